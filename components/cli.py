@@ -1,0 +1,73 @@
+"""The `embedopt` command line: one subcommand per component.
+
+Each subcommand lives in its own module, imported only when that subcommand
+runs, so `embedopt --help` stays fast and a missing optional extra (kfp,
+kubernetes) only matters to the subcommand that needs it. A subcommand module
+exposes `main(argv: list[str]) -> int` and builds its own `argparse` parser
+with `prog="embedopt <name>"`, so Beam pipeline options can pass through.
+"""
+
+from __future__ import annotations
+
+import importlib
+import sys
+
+# name -> (module, one-line help). Order is the order shown by --help.
+COMMANDS: dict[str, tuple[str, str]] = {
+    "demo": ("components.demo", "run the main job on an embedded default and print a report"),
+    "synth": ("components.preprocess.synth", "write synthetic Criteo-format logs with a planted ground truth"),
+    "preprocess": ("components.preprocess.pipeline", "Beam pipeline: logs -> GZIP TFRecords of tf.Examples (TFX layout)"),
+    "train": ("components.trainer.cli", "train the DLRM-style model (run_fn) under tf.distribute"),
+    "k8s": ("components.launcher.cli", "render, submit and watch Kubernetes training jobs"),
+    "pipeline": ("components.pipeline.cli", "compile the Kubeflow (KFP v2) pipeline"),
+    "bench": ("benchmarks.__main__", "run the benchmarks, write results.json and plots"),
+}
+
+
+def _usage() -> str:
+    width = max(len(name) for name in COMMANDS)
+    lines = [
+        "usage: embedopt <command> [options]",
+        "",
+        "Train recommendation models with huge embedding tables on TensorFlow,",
+        "with optimizers whose sparse path touches only the rows a batch uses.",
+        "",
+        "commands:",
+    ]
+    lines += [f"  {name:<{width}}  {help_}" for name, (_, help_) in COMMANDS.items()]
+    lines += ["", "Run `embedopt <command> --help` for the options of one command."]
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if not argv or argv[0] in ("-h", "--help", "help"):
+        print(_usage())
+        return 0
+    if argv[0] == "--version":
+        from importlib.metadata import version
+
+        print(f"embedopt {version('embedopt')}")
+        return 0
+    name, rest = argv[0], argv[1:]
+    if name not in COMMANDS:
+        print(f"embedopt: unknown command {name!r}; choose one of: {', '.join(COMMANDS)}", file=sys.stderr)
+        return 2
+    module_name, _ = COMMANDS[name]
+    try:
+        module = importlib.import_module(module_name)
+    except ModuleNotFoundError as err:
+        if err.name and err.name.split(".")[0] in ("components", "benchmarks", "optimizers"):
+            print(f"embedopt: command {name!r} is not available in this version", file=sys.stderr)
+            return 2
+        print(
+            f"embedopt {name}: needs the Python package {err.name!r}; "
+            f"install the matching extra, e.g. `pip install 'embedopt[k8s,kfp,bench]'`",
+            file=sys.stderr,
+        )
+        return 2
+    return int(module.main(rest) or 0)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
