@@ -1,0 +1,131 @@
+"""Names, feature spec and `metadata.json`: the contract with the trainer.
+
+The preprocess pipeline writes `DIR/metadata.json`; the reader and the trainer
+read it back with `load_metadata`. All key names live here so no other module
+spells them as string literals.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+from typing import Any
+
+FORMAT_VERSION = 1
+LABEL_KEY = "label"
+DENSE_KEY = "dense"
+NUM_DENSE = 13
+NUM_CATEGORICAL = 26
+CATEGORICAL_KEYS = tuple(f"cat_{i}" for i in range(NUM_CATEGORICAL))
+
+# Raw column names (Criteo Kaggle convention), used for CSV headers and TFDS features.
+RAW_LABEL = "label"
+RAW_DENSE = tuple(f"I{i}" for i in range(1, NUM_DENSE + 1))
+RAW_CATEGORICAL = tuple(f"C{i}" for i in range(1, NUM_CATEGORICAL + 1))
+RAW_COLUMNS = (RAW_LABEL, *RAW_DENSE, *RAW_CATEGORICAL)
+
+METADATA_FILE = "metadata.json"
+TRAIN_DIR = "Split-train"
+EVAL_DIR = "Split-eval"
+VOCAB_DIR = "vocab"
+DEAD_LETTER_DIR = "dead_letter"
+SPLITS = ("train", "eval")
+SPLIT_DIRS = {"train": TRAIN_DIR, "eval": EVAL_DIR}
+SYNTH_META_SUFFIX = ".meta.json"
+
+
+def feature_spec() -> dict[str, dict[str, Any]]:
+    """The `tf.Example` layout: name -> {"dtype", "shape"} (all fixed length)."""
+    spec = {
+        LABEL_KEY: {"dtype": "int64", "shape": [1]},
+        DENSE_KEY: {"dtype": "float32", "shape": [NUM_DENSE]},
+    }
+    spec.update({key: {"dtype": "int64", "shape": [1]} for key in CATEGORICAL_KEYS})
+    return spec
+
+
+@dataclasses.dataclass(frozen=True)
+class Metadata:
+    """Parsed `metadata.json`.
+
+    `vocab_sizes[key]` is the exclusive upper bound of the ids of feature
+    `key`; id 0 means missing or out of vocabulary.
+    """
+
+    vocab_sizes: dict[str, int]
+    row_counts: dict[str, int]
+    dead_letter_count: int
+    input_pattern: str
+    format: str
+    options: dict[str, Any]
+    feature_spec: dict[str, dict[str, Any]] = dataclasses.field(default_factory=feature_spec)
+    label_key: str = LABEL_KEY
+    dense_key: str = DENSE_KEY
+    num_dense: int = NUM_DENSE
+    categorical_keys: tuple[str, ...] = CATEGORICAL_KEYS
+    format_version: int = FORMAT_VERSION
+    synth_metadata: dict[str, Any] | None = None
+
+    def to_json(self) -> dict[str, Any]:
+        data = dataclasses.asdict(self)
+        data["categorical_keys"] = list(self.categorical_keys)
+        if self.synth_metadata is None:
+            del data["synth_metadata"]
+        return data
+
+
+_REQUIRED = (
+    "format_version", "label_key", "dense_key", "num_dense", "categorical_keys", "vocab_sizes",
+    "feature_spec", "row_counts", "dead_letter_count", "input_pattern", "format", "options",
+)
+
+
+def metadata_from_json(data: dict[str, Any], where: str = "metadata") -> Metadata:
+    """Validates a decoded `metadata.json`; raises ValueError naming the problem."""
+    missing = [key for key in _REQUIRED if key not in data]
+    if missing:
+        raise ValueError(f"{where}: missing fields {missing}")
+    if data["format_version"] != FORMAT_VERSION:
+        raise ValueError(f"{where}: format_version {data['format_version']!r}, expected {FORMAT_VERSION}")
+    keys = tuple(data["categorical_keys"])
+    if set(data["vocab_sizes"]) != set(keys):
+        raise ValueError(f"{where}: vocab_sizes keys {sorted(data['vocab_sizes'])} != categorical_keys {list(keys)}")
+    bad = {k: v for k, v in data["vocab_sizes"].items() if not isinstance(v, int) or v < 1}
+    if bad:
+        raise ValueError(f"{where}: vocab sizes must be integers >= 1, got {bad}")
+    spec = data["feature_spec"]
+    expected = {data["label_key"], data["dense_key"], *keys}
+    if set(spec) != expected:
+        raise ValueError(f"{where}: feature_spec keys {sorted(spec)} != {sorted(expected)}")
+    if spec[data["dense_key"]].get("shape") != [data["num_dense"]]:
+        raise ValueError(f"{where}: feature_spec[{data['dense_key']!r}] shape must be [{data['num_dense']}]")
+    if set(data["row_counts"]) != set(SPLITS):
+        raise ValueError(f"{where}: row_counts must have keys {list(SPLITS)}, got {sorted(data['row_counts'])}")
+    fields = {f.name for f in dataclasses.fields(Metadata)}
+    kwargs = {k: v for k, v in data.items() if k in fields}
+    kwargs["categorical_keys"] = keys
+    return Metadata(**kwargs)
+
+
+def load_metadata(path_or_dir: str | os.PathLike[str]) -> Metadata:
+    """Reads `metadata.json` from a file path or from the preprocess output dir."""
+    path = os.fspath(path_or_dir)
+    if os.path.isdir(path):
+        path = os.path.join(path, METADATA_FILE)
+    try:
+        with open(path, encoding="utf-8") as f:
+            data = json.load(f)
+    except FileNotFoundError:
+        raise ValueError(f"no metadata file at {path!r}; run `embedopt preprocess` first") from None
+    except json.JSONDecodeError as err:
+        raise ValueError(f"{path}: not valid JSON ({err})") from None
+    return metadata_from_json(data, where=path)
+
+
+def write_metadata(metadata: Metadata, output_dir: str) -> str:
+    path = os.path.join(output_dir, METADATA_FILE)
+    with open(path, "w", encoding="utf-8") as f:
+        json.dump(metadata.to_json(), f, indent=2, sort_keys=True)
+        f.write("\n")
+    return path

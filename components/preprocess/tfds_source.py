@@ -1,0 +1,75 @@
+"""Reading a prepared TFDS dataset as raw Criteo rows.
+
+The dataset's features must be named like the Criteo columns: `label`,
+`I1`..`I13` and `C1`..`C26` (integers or strings; for strings "" is missing).
+Each example becomes `(source, index, fields)` with `source` =
+"tfds:<name>/<split>", `index` its 1-based position in the split, and
+`fields` the 40 values as strings, so it goes through the same validation as
+a text row. The dataset is looked up with `tfds.builder(name, data_dir=...)`,
+which also finds a dataset prepared in `data_dir` whose builder class is not
+importable by the worker.
+"""
+
+from __future__ import annotations
+
+import apache_beam as beam
+
+from components.preprocess import metadata as md
+
+
+def _builder(name: str, data_dir: str | None):
+    import tensorflow_datasets as tfds
+
+    try:
+        return tfds.builder(name, data_dir=data_dir)
+    except Exception as err:  # tfds raises several types (DatasetNotFoundError, FileNotFoundError, ...)
+        raise ValueError(f"unknown or unprepared TFDS dataset {name!r} (data_dir={data_dir!r}): {err}") from None
+
+
+def check_tfds_dataset(name: str, data_dir: str | None, split: str) -> None:
+    """Raises ValueError when the dataset, its split or its Criteo columns are missing."""
+    builder = _builder(name, data_dir)
+    splits = builder.info.splits
+    if not splits:
+        raise ValueError(f"TFDS dataset {name!r} is not prepared in {data_dir!r}; run download_and_prepare first")
+    for part in split.split("+"):
+        base = part.split("[")[0]
+        if base not in splits:
+            raise ValueError(f"TFDS dataset {name!r} has no split {base!r}; available: {sorted(splits)}")
+    missing = [col for col in md.RAW_COLUMNS if col not in builder.info.features]
+    if missing:
+        raise ValueError(f"TFDS dataset {name!r} lacks features {missing}; expected {list(md.RAW_COLUMNS)}")
+
+
+def _as_text(value) -> str:
+    if isinstance(value, bytes):
+        return value.decode("utf-8", errors="backslashreplace")
+    if hasattr(value, "item"):
+        value = value.item()
+    return value.decode("utf-8", errors="backslashreplace") if isinstance(value, bytes) else str(value)
+
+
+class ReadTfdsExamplesFn(beam.DoFn):
+    def __init__(self, name: str, data_dir: str | None):
+        self._name = name
+        self._data_dir = data_dir
+
+    def process(self, split: str):
+        import tensorflow_datasets as tfds
+
+        dataset = _builder(self._name, self._data_dir).as_dataset(split=split, shuffle_files=False)
+        source = f"tfds:{self._name}/{split}"
+        for index, example in enumerate(tfds.as_numpy(dataset), start=1):
+            yield source, index, tuple(_as_text(example[col]) for col in md.RAW_COLUMNS)
+
+
+class ReadTfdsRows(beam.PTransform):
+    """A TFDS dataset split -> (source, index, fields) raw rows."""
+
+    def __init__(self, name: str, data_dir: str | None = None, split: str = "train"):
+        super().__init__()
+        self._fn = ReadTfdsExamplesFn(name, data_dir)
+        self._split = split
+
+    def expand(self, pbegin):
+        return pbegin | "Split" >> beam.Create([self._split]) | "ReadTfds" >> beam.ParDo(self._fn)
