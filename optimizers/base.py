@@ -1,0 +1,236 @@
+"""The shell shared by every embedopt optimizer.
+
+`SparseOptimizer` is a `keras.optimizers.Optimizer` (TensorFlow backend) that
+changes how a step is carried out, not what the rules are:
+
+1. gradients are all-reduced across replicas (Keras's own all-reduce, which
+   concatenates `tf.IndexedSlices` rather than densifying them);
+2. each sparse gradient is deduplicated (repeated rows summed);
+3. NaN/Inf anywhere raises (default) or skips the whole step;
+4. `clipnorm` / `clipvalue` / `global_clipnorm` act on the deduplicated
+   slice values, after the all-reduce, so they see what a single replica on
+   the global batch would see;
+5. decoupled weight decay and the rule touch only the gathered rows.
+
+Keras's base class clips per replica, before the all-reduce, and applies
+weight decay to the whole table; both are switched off here and done as above.
+A subclass lists its slots and implements `_rule`, which calls one pure
+function from `optimizers.rules` for both the dense and the sparse path.
+"""
+
+from __future__ import annotations
+
+import keras
+import tensorflow as tf
+
+from optimizers import hyperparams, sparse
+from optimizers.rules import decoupled_weight_decay
+
+NONFINITE_MODES = ("raise", "skip")
+
+
+class SparseOptimizer(keras.optimizers.Optimizer):
+    """Base class: Keras optimizer with a real `tf.IndexedSlices` path.
+
+    Subclasses set `slot_names` (and `lazy`) and implement `_rule`.
+
+    Args:
+        learning_rate: float, `LearningRateSchedule` or zero-argument callable.
+        nonfinite: what a step does when any gradient holds NaN or Inf:
+            `"raise"` (default) fails with `tf.errors.InvalidArgumentError`
+            naming the variables; `"skip"` leaves every variable, slot and
+            `iterations` as they were and counts the step in `skipped_steps`.
+            Either way no variable is changed by that step.
+        **kwargs: the Keras base arguments (`weight_decay`, `clipnorm`,
+            `clipvalue`, `global_clipnorm`, `use_ema`, `loss_scale_factor`,
+            `name`, ...). `gradient_accumulation_steps` is refused: it would
+            need a dense, table-sized accumulator.
+    """
+
+    slot_names: tuple[str, ...] = ()
+    # Lazy: a sparse step leaves the rows it does not touch, and their slots,
+    # as they are. Not lazy (Adam): untouched rows also take the step a zero
+    # gradient gives them, so the result equals the densified gradient's.
+    lazy = True
+
+    def __init__(self, learning_rate, nonfinite="raise", **kwargs):
+        if isinstance(learning_rate, int) and not isinstance(learning_rate, bool):
+            learning_rate = float(learning_rate)
+        super().__init__(learning_rate=learning_rate, **kwargs)
+        owner = type(self).__name__
+        hyperparams.check_range(owner, "learning_rate", learning_rate, low=0.0)
+        if nonfinite not in NONFINITE_MODES:
+            raise ValueError(f"{owner}: `nonfinite` must be one of {NONFINITE_MODES}, got {nonfinite!r}")
+        if self.gradient_accumulation_steps:
+            raise ValueError(
+                f"{owner}: `gradient_accumulation_steps` is not supported: accumulating sparse "
+                "gradients needs a dense buffer as large as the table; use a larger batch instead"
+            )
+        for name in ("clipnorm", "clipvalue", "global_clipnorm"):
+            value = getattr(self, name)
+            if value is not None:
+                hyperparams.check_range(owner, name, value, low=0.0, low_open=True)
+        if self.weight_decay is not None:
+            hyperparams.check_range(owner, "weight_decay", self.weight_decay, low=0.0)
+        self.nonfinite = nonfinite
+
+    # -- variables ---------------------------------------------------------
+
+    def build(self, var_list):
+        if self.built:
+            return
+        super().build(var_list)
+        self._slots = {
+            name: [self._make_slot(var, name) for var in var_list] for name in self.slot_names
+        }
+        self.skipped_steps = self.add_variable(
+            shape=(), dtype="int64", initializer="zeros", aggregation="only_first_replica",
+            name="skipped_steps",
+        )
+
+    def _make_slot(self, var, name):
+        return self.add_variable_from_reference(var, name=name, initializer=self._slot_initializer(name))
+
+    def _slot_initializer(self, name):
+        return "zeros"
+
+    def get_slot(self, variable, name):
+        """The slot `name` of `variable` (a Keras variable), for inspection."""
+        return self._slots[name][self._get_variable_index(variable)]
+
+    # -- one step ----------------------------------------------------------
+
+    def _clip_gradients(self, grads):
+        # Clipping happens in `_backend_update_step`, after all-reduce and dedup.
+        return grads
+
+    def _apply_weight_decay(self, variables):
+        # Weight decay is applied row-wise inside `update_step`.
+        return
+
+    def _backend_update_step(self, grads, trainable_variables, learning_rate):
+        trainable_variables = [v.value if isinstance(v, keras.Variable) else v for v in trainable_variables]
+        grads_and_vars = self._all_reduce_sum_gradients(list(zip(grads, trainable_variables)))
+        grads = [
+            sparse.dedup_indexed_slices(g) if isinstance(g, tf.IndexedSlices) else g
+            for g, _ in grads_and_vars
+        ]
+        flags = sparse.finite_flags(grads)
+        finite = tf.reduce_all(flags)
+        if self.nonfinite == "raise":
+            names = tf.constant([v.name for _, v in grads_and_vars])
+            tf.debugging.Assert(
+                finite,
+                [
+                    f"{type(self).__name__}: NaN or Inf in the gradients of",
+                    tf.boolean_mask(names, tf.logical_not(flags)),
+                    "; no variable was updated. Pass nonfinite='skip' to skip such steps.",
+                ],
+                summarize=20,
+            )
+        grads = self._clip(grads)
+        tf.__internal__.distribute.interim.maybe_merge_call(
+            self._distributed_guarded_update,
+            self._distribution_strategy,
+            list(zip(grads, [v for _, v in grads_and_vars])),
+            learning_rate,
+            finite,
+        )
+
+    def _clip(self, grads):
+        if self.clipnorm:
+            return [sparse.clip_by_norm(g, self.clipnorm) for g in grads]
+        if self.global_clipnorm:
+            return sparse.clip_by_global_norm(grads, self.global_clipnorm)
+        if self.clipvalue:
+            return [sparse.clip_by_value(g, self.clipvalue) for g in grads]
+        return grads
+
+    def _distributed_guarded_update(self, distribution, grads_and_vars, learning_rate, finite):
+        def guarded(var, grad, lr, ok):
+            tf.cond(ok, lambda: self.update_step(grad, var, lr), lambda: None)
+
+        for grad, var in grads_and_vars:
+            distribution.extended.update(var, guarded, args=(grad, learning_rate, finite), group=False)
+
+        def undo_count(iterations, skipped, ok):
+            # The Keras base adds 1 to `iterations` after every apply; a
+            # skipped step takes it back so the counter counts applied steps.
+            def on_skip():
+                iterations.assign_sub(1)
+                skipped.assign_add(1)
+
+            tf.cond(ok, lambda: None, on_skip)
+
+        distribution.extended.update(
+            self._iterations.value, undo_count, args=(self.skipped_steps.value, finite), group=False
+        )
+
+    def update_step(self, gradient, variable, learning_rate):
+        """Applies the rule to `variable`: touched rows only for `tf.IndexedSlices`."""
+        dtype = variable.dtype
+        lr = tf.cast(learning_rate, dtype)
+        index = self._get_variable_index(variable)
+        slots = [self._slots[name][index].value for name in self.slot_names]
+        decay = self._weight_decay_for(variable, dtype)
+        if isinstance(gradient, tf.IndexedSlices):
+            self._sparse_update(variable, slots, gradient, lr, decay)
+        else:
+            self._dense_update(variable, slots, tf.cast(gradient, dtype), lr, decay)
+
+    def _weight_decay_for(self, variable, dtype):
+        if self.weight_decay is None or not self._use_weight_decay(variable):
+            return None
+        return hyperparams.resolve(self.weight_decay, dtype)
+
+    def _step(self, dtype):
+        return tf.cast(self.iterations, dtype)
+
+    def _apply_rule(self, var_value, slot_values, grad, lr, decay):
+        if decay is not None:
+            var_value = decoupled_weight_decay(var_value, lr, decay)
+        return self._rule(var_value, slot_values, grad, lr)
+
+    def _dense_update(self, variable, slots, grad, lr, decay):
+        new_var, *new_slots = self._apply_rule(variable.read_value(), [s.read_value() for s in slots], grad, lr, decay)
+        for slot, value in zip(slots, new_slots):
+            slot.assign(value)
+        variable.assign(new_var)
+
+    def _sparse_update(self, variable, slots, grad, lr, decay):
+        indices = grad.indices
+        values = tf.cast(grad.values, variable.dtype)
+        var_rows = tf.gather(variable, indices)
+        slot_rows = [tf.gather(s, indices) for s in slots]
+        new_var_rows, *new_slot_rows = self._apply_rule(var_rows, slot_rows, values, lr, decay)
+        if not self.lazy:
+            # The zero-gradient step on the whole table (a scalar zero that
+            # broadcasts, not a dense gradient), then the touched rows get
+            # their real update, computed above from the old rows.
+            self._dense_update(variable, slots, tf.zeros([], variable.dtype), lr, decay)
+        for slot, rows in zip(slots, new_slot_rows):
+            slot.scatter_update(tf.IndexedSlices(rows, indices))
+        variable.scatter_update(tf.IndexedSlices(new_var_rows, indices))
+
+    def _rule(self, var, slots, grad, lr):
+        """Returns `(new_var, *new_slots)`; implemented by each optimizer."""
+        raise NotImplementedError
+
+    # -- config ------------------------------------------------------------
+
+    def _hyper(self, name, dtype):
+        return hyperparams.resolve(getattr(self, name), dtype)
+
+    def get_config(self):
+        config = super().get_config()
+        config["nonfinite"] = self.nonfinite
+        config["weight_decay"] = hyperparams.serialize(self.weight_decay)
+        return config
+
+    @classmethod
+    def from_config(cls, config, custom_objects=None):
+        config = dict(config)
+        for key, value in config.items():
+            if key != "learning_rate":
+                config[key] = hyperparams.deserialize(value)
+        return super().from_config(config, custom_objects=custom_objects)
