@@ -74,13 +74,14 @@ def make_dataset(
             dataset = dataset.shard(input_context.num_input_pipelines, input_context.input_pipeline_id)
         else:
             by_record = True
-    if shuffle:
+    if shuffle and not by_record:
         dataset = dataset.shuffle(len(files), seed=seed, reshuffle_each_iteration=True)
+    # Record-level sharding needs every pipeline to see the records in the same order.
     dataset = dataset.interleave(
         lambda f: tf.data.TFRecordDataset(f, compression_type="GZIP"),
         cycle_length=cycle_length,
         num_parallel_calls=tf.data.AUTOTUNE,
-        deterministic=not shuffle,
+        deterministic=by_record or not shuffle,
     )
     if by_record:
         dataset = dataset.shard(input_context.num_input_pipelines, input_context.input_pipeline_id)

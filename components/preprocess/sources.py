@@ -69,7 +69,7 @@ class ReadRangeFn(beam.DoFn):
         path, start, end, line = file_range
         if end is None:
             with FileSystems.open(path) as f:
-                lines = (raw.rstrip(b"\n") for raw in f)
+                lines = (raw.rstrip(b"\n") for raw in iter(f.readline, b""))
                 yield from self._emit(path, line, lines)
             return
         with FileSystems.open(path, compression_type=CompressionTypes.UNCOMPRESSED) as f:
