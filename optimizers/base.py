@@ -116,25 +116,13 @@ class SparseOptimizer(keras.optimizers.Optimizer):
             for g, _ in grads_and_vars
         ]
         flags = sparse.finite_flags(grads)
-        finite = tf.reduce_all(flags)
-        if self.nonfinite == "raise":
-            names = tf.constant([v.name for _, v in grads_and_vars])
-            tf.debugging.Assert(
-                finite,
-                [
-                    f"{type(self).__name__}: NaN or Inf in the gradients of",
-                    tf.boolean_mask(names, tf.logical_not(flags)),
-                    "; no variable was updated. Pass nonfinite='skip' to skip such steps.",
-                ],
-                summarize=20,
-            )
         grads = self._clip(grads)
         tf.__internal__.distribute.interim.maybe_merge_call(
             self._distributed_guarded_update,
             self._distribution_strategy,
             list(zip(grads, [v for _, v in grads_and_vars])),
             learning_rate,
-            finite,
+            flags,
         )
 
     def _clip(self, grads):
@@ -146,25 +134,47 @@ class SparseOptimizer(keras.optimizers.Optimizer):
             return [sparse.clip_by_value(g, self.clipvalue) for g in grads]
         return grads
 
-    def _distributed_guarded_update(self, distribution, grads_and_vars, learning_rate, finite):
-        def guarded(var, grad, lr, ok):
-            tf.cond(ok, lambda: self.update_step(grad, var, lr), lambda: None)
+    def _distributed_guarded_update(self, distribution, grads_and_vars, learning_rate, flags):
+        def guarded(var, grad, lr, flags):
+            tf.cond(tf.reduce_all(flags), lambda: self.update_step(grad, var, lr), lambda: None)
 
         for grad, var in grads_and_vars:
-            distribution.extended.update(var, guarded, args=(grad, learning_rate, finite), group=False)
+            distribution.extended.update(var, guarded, args=(grad, learning_rate, flags), group=False)
 
-        def undo_count(iterations, skipped, ok):
-            # The Keras base adds 1 to `iterations` after every apply; a
-            # skipped step takes it back so the counter counts applied steps.
-            def on_skip():
+        names = [v.name for _, v in grads_and_vars]
+        distribution.extended.update(
+            self._iterations.value, self._account_for_step, args=(self.skipped_steps.value, flags, names),
+            group=False,
+        )
+
+    def _account_for_step(self, iterations, skipped, flags, names):
+        """Raises, or undoes the step count, when a gradient was not finite.
+
+        This touches `iterations`, so the Keras base's `iterations += 1`,
+        which comes after it in program order, cannot run before it: a
+        raised error leaves the counter as it was.
+        """
+
+        def on_nonfinite():
+            if self.nonfinite == "raise":
+                tf.debugging.Assert(
+                    False,
+                    [
+                        f"{type(self).__name__}: NaN or Inf in the gradients of",
+                        tf.boolean_mask(tf.constant(names), tf.logical_not(flags)),
+                        "at step",
+                        iterations.read_value(),
+                        "; no variable was updated. Pass nonfinite='skip' to skip such steps.",
+                    ],
+                    summarize=20,
+                )
+            else:
+                # The Keras base adds 1 after every apply; a skipped step
+                # takes it back, so `iterations` counts applied steps.
                 iterations.assign_sub(1)
                 skipped.assign_add(1)
 
-            tf.cond(ok, lambda: None, on_skip)
-
-        distribution.extended.update(
-            self._iterations.value, undo_count, args=(self.skipped_steps.value, finite), group=False
-        )
+        tf.cond(tf.reduce_all(flags), lambda: None, on_nonfinite)
 
     def update_step(self, gradient, variable, learning_rate):
         """Applies the rule to `variable`: touched rows only for `tf.IndexedSlices`."""
