@@ -10,11 +10,13 @@ with `prog="embedopt <name>"`, so Beam pipeline options can pass through.
 from __future__ import annotations
 
 import importlib
+import os
 import sys
 
 # name -> (module, one-line help). Order is the order shown by --help.
 COMMANDS: dict[str, tuple[str, str]] = {
     "demo": ("components.demo", "run the main job on an embedded default and print a report"),
+    "compare": ("components.compare", "train a small SparseEmbedding model with every optimizer; print a table"),
     "synth": ("components.preprocess.synth", "write synthetic Criteo-format logs with a planted ground truth"),
     "preprocess": ("components.preprocess.pipeline", "Beam pipeline: logs -> GZIP TFRecords of tf.Examples (TFX layout)"),
     "train": ("components.trainer.cli", "train the DLRM-style model (run_fn) under tf.distribute"),
@@ -54,6 +56,9 @@ def main(argv: list[str] | None = None) -> int:
         print(f"embedopt: unknown command {name!r}; choose one of: {', '.join(COMMANDS)}", file=sys.stderr)
         return 2
     module_name, _ = COMMANDS[name]
+    # TensorFlow's C++ start-up chatter (no CUDA driver, CPU features) is
+    # noise on a command line; users can lower the level again.
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     try:
         module = importlib.import_module(module_name)
     except ModuleNotFoundError as err:
