@@ -1,0 +1,1 @@
+"""Reproducible benchmarks: JSON results and PNG plots (`embedopt bench`)."""
