@@ -1,0 +1,164 @@
+"""`embedopt train`: command-line flags -> `FnArgs` -> `run_fn`, or N local workers.
+
+Each flag maps to one `FnArgs` field or one `custom_config` key. With
+`--local-workers N` the command starts N copies of itself under
+MultiWorkerMirroredStrategy on localhost (see local_workers.py).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import math
+import os
+import sys
+
+PROG = "embedopt train"
+
+
+def _widths(text: str) -> list[int]:
+    try:
+        widths = [int(x) for x in text.split(",") if x.strip()]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected comma-separated integers, got {text!r}") from None
+    if not widths or min(widths) < 1:
+        raise argparse.ArgumentTypeError(f"expected layer widths >= 1, got {text!r}")
+    return widths
+
+
+def build_parser() -> argparse.ArgumentParser:
+    from components.trainer import fn_args as keys
+
+    defaults = keys.TrainerConfig()
+    p = argparse.ArgumentParser(
+        prog=PROG,
+        description="Train the DLRM-style model on the preprocess output, evaluate it and export a SavedModel "
+        "(serving_default: serialized tf.Example -> probabilities). Strategy from TF_CONFIG: several workers -> "
+        "MultiWorkerMirroredStrategy, else MirroredStrategy over 2+ local GPUs, else one device.",
+    )
+    data = p.add_argument_group("data (FnArgs)")
+    data.add_argument("--data", help="preprocess output dir: sets --train-files DIR/Split-train/*, --eval-files "
+                      "DIR/Split-eval/* and --metadata DIR/metadata.json unless those are given")
+    data.add_argument("--train-files", nargs="+", help="training file patterns (GZIP TFRecords of tf.Example)")
+    data.add_argument("--eval-files", nargs="+", help="evaluation file patterns")
+    data.add_argument("--metadata", help="the preprocess metadata.json (FnArgs.schema_path); default: beside Split-train")
+    data.add_argument("--train-steps", type=int, required=True, help="total training steps; a resumed run stops at exactly this step")
+    data.add_argument("--eval-steps", type=int, help="evaluation batches (default: enough to cover the eval split once)")
+    out = p.add_argument_group("outputs (FnArgs)")
+    out.add_argument("--output", help="sets --serving-model-dir OUTPUT/serving_model and --model-run-dir OUTPUT/model_run")
+    out.add_argument("--serving-model-dir", help="where the SavedModel goes (chief only)")
+    out.add_argument("--model-run-dir", help="checkpoints, TensorBoard logs, metrics.json, training_curve.png; "
+                     "a run restarted with the same dir resumes from its latest checkpoint")
+    model = p.add_argument_group("model and optimizers (custom_config)")
+    model.add_argument("--optimizer", default=defaults.optimizer,
+                       help=f"optimizer of the embedding tables (sparse path), an embedopt name (default {defaults.optimizer})")
+    model.add_argument("--dense-optimizer", default=defaults.dense_optimizer,
+                       help=f"optimizer of the MLP weights (default {defaults.dense_optimizer})")
+    model.add_argument("--learning-rate", type=float, default=defaults.learning_rate,
+                       help=f"embedding learning rate (default {defaults.learning_rate})")
+    model.add_argument("--dense-learning-rate", type=float, default=defaults.dense_learning_rate,
+                       help=f"dense learning rate (default {defaults.dense_learning_rate})")
+    model.add_argument("--batch-size", type=int, default=defaults.batch_size,
+                       help=f"GLOBAL batch size, split over all replicas of all workers (default {defaults.batch_size})")
+    model.add_argument("--embedding-dim", type=int, default=defaults.embedding_dim,
+                       help=f"embedding width, also the bottom MLP's output width (default {defaults.embedding_dim})")
+    model.add_argument("--table-layout", choices=keys.TABLE_LAYOUTS, default=defaults.table_layout,
+                       help="per_feature: one table per categorical feature, sized by metadata vocab_sizes; "
+                       "shared: one table of sum(vocab sizes) rows with per-feature offsets (default per_feature)")
+    model.add_argument("--interaction", choices=keys.INTERACTIONS, default=defaults.interaction,
+                       help="dot: pairwise dot products of the feature vectors (DLRM); concat: concatenation (default dot)")
+    model.add_argument("--bottom-mlp", type=_widths, default=list(defaults.bottom_mlp),
+                       help="hidden widths of the MLP on dense features, e.g. 64,32 (default 64,32)")
+    model.add_argument("--top-mlp", type=_widths, default=list(defaults.top_mlp),
+                       help="hidden widths of the MLP after the interaction (default 64,32)")
+    model.add_argument("--seed", type=int, default=defaults.seed, help="initialisation and shuffling seed (default 0)")
+    run = p.add_argument_group("execution (custom_config)")
+    run.add_argument("--checkpoint-every", type=int, default=defaults.checkpoint_every,
+                     help=f"save a checkpoint (model + optimizer slots + step) every K steps (default {defaults.checkpoint_every})")
+    run.add_argument("--log-every", type=int, default=defaults.log_every,
+                     help=f"TensorBoard/log interval in steps (default {defaults.log_every})")
+    run.add_argument("--strategy", choices=keys.STRATEGIES, default=defaults.strategy,
+                     help="auto (default): from TF_CONFIG and the local GPUs; mirrored: MirroredStrategy over local "
+                     "GPUs or the CPU; multi_worker: MultiWorkerMirroredStrategy (TF_CONFIG); default: one device")
+    run.add_argument("--mixed-precision", action="store_true",
+                     help="mixed_float16 compute with dynamic loss scaling; tables and optimizer state stay float32. "
+                     "Meant for GPUs: on CPU it runs, with a warning, and is slower")
+    run.add_argument("--no-progress", action="store_true", help="log lines instead of a progress bar")
+    run.add_argument("--local-workers", type=int, default=0,
+                     help="start N local worker processes with TF_CONFIG on free localhost ports "
+                     "(MultiWorkerMirroredStrategy); their logs are prefixed [worker i]")
+    return p
+
+
+def fn_args_from_args(args: argparse.Namespace):
+    from components.preprocess.metadata import EVAL_DIR, METADATA_FILE, TRAIN_DIR, load_metadata
+    from components.trainer.fn_args import FnArgs
+
+    train_files, eval_files, metadata = args.train_files, args.eval_files, args.metadata
+    if args.data:
+        train_files = train_files or [os.path.join(args.data, TRAIN_DIR, "*")]
+        eval_files = eval_files or [os.path.join(args.data, EVAL_DIR, "*")]
+        metadata = metadata or os.path.join(args.data, METADATA_FILE)
+    if not train_files or not eval_files:
+        raise ValueError("give --data DIR, or both --train-files and --eval-files")
+    serving = args.serving_model_dir or (args.output and os.path.join(args.output, "serving_model"))
+    run_dir = args.model_run_dir or (args.output and os.path.join(args.output, "model_run"))
+    if not serving or not run_dir:
+        raise ValueError("give --output DIR, or both --serving-model-dir and --model-run-dir")
+    custom_config = dict(
+        optimizer=args.optimizer, dense_optimizer=args.dense_optimizer, learning_rate=args.learning_rate,
+        dense_learning_rate=args.dense_learning_rate, batch_size=args.batch_size, embedding_dim=args.embedding_dim,
+        table_layout=args.table_layout, interaction=args.interaction, bottom_mlp=args.bottom_mlp,
+        top_mlp=args.top_mlp, checkpoint_every=args.checkpoint_every, log_every=args.log_every,
+        strategy=args.strategy, mixed_precision=args.mixed_precision, seed=args.seed, progress=not args.no_progress,
+    )
+    if metadata:
+        custom_config["metadata_path"] = metadata
+    eval_steps = args.eval_steps
+    if eval_steps is None:
+        meta_path = metadata or os.path.join(os.path.dirname(os.path.dirname(train_files[0])), METADATA_FILE)
+        eval_steps = max(1, math.ceil(load_metadata(meta_path).row_counts["eval"] / args.batch_size))
+    return FnArgs(train_files=train_files, eval_files=eval_files, train_steps=args.train_steps, eval_steps=eval_steps,
+                  serving_model_dir=serving, model_run_dir=run_dir, schema_path=metadata, custom_config=custom_config)
+
+
+def _without_local_workers(argv: list[str]) -> list[str]:
+    out, skip = [], False
+    for arg in argv:
+        if skip:
+            skip = False
+        elif arg == "--local-workers":
+            skip = True
+        elif not arg.startswith("--local-workers="):
+            out.append(arg)
+    return out
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(message)s")
+    if args.local_workers < 0:
+        print(f"{PROG}: --local-workers must be >= 0, got {args.local_workers}", file=sys.stderr)
+        return 2
+    if args.local_workers:
+        from components.trainer.local_workers import launch
+
+        return launch(_without_local_workers(argv) + ["--no-progress"], args.local_workers)
+    try:
+        from components.trainer.run import run_fn
+
+        metrics = run_fn(fn_args_from_args(args))
+    except ValueError as err:
+        print(f"{PROG}: {err}", file=sys.stderr)
+        return 2
+    summary = {k: metrics[k] for k in ("steps", "resumed_from_step", "eval_auc", "eval_log_loss",
+                                       "mean_step_seconds", "examples_per_second", "strategy", "num_workers",
+                                       "weights_checksum")}
+    print(f"{PROG}: {json.dumps(summary)}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,147 @@
+"""`FnArgs` (TFX's field names) and the trainer settings carried in `custom_config`.
+
+TFX calls `run_fn(fn_args)` with an object holding `train_files`,
+`eval_files`, `train_steps`, `eval_steps`, `serving_model_dir`,
+`model_run_dir`, `schema_path` and `custom_config`; our `FnArgs` has the same
+fields, so `run_fn` accepts either. Model and optimizer settings travel in
+`custom_config` under the keys below; `TrainerConfig.from_custom_config`
+validates them and fills in defaults.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+from typing import Any
+
+import optimizers
+
+# custom_config keys.
+OPTIMIZER = "optimizer"
+DENSE_OPTIMIZER = "dense_optimizer"
+LEARNING_RATE = "learning_rate"
+DENSE_LEARNING_RATE = "dense_learning_rate"
+BATCH_SIZE = "batch_size"
+EMBEDDING_DIM = "embedding_dim"
+TABLE_LAYOUT = "table_layout"
+INTERACTION = "interaction"
+BOTTOM_MLP = "bottom_mlp"
+TOP_MLP = "top_mlp"
+CHECKPOINT_EVERY = "checkpoint_every"
+LOG_EVERY = "log_every"
+STRATEGY = "strategy"
+MIXED_PRECISION = "mixed_precision"
+SEED = "seed"
+PROGRESS = "progress"
+METADATA_PATH = "metadata_path"
+
+TABLE_LAYOUTS = ("per_feature", "shared")
+INTERACTIONS = ("dot", "concat")
+STRATEGIES = ("auto", "mirrored", "multi_worker", "default")
+
+
+@dataclasses.dataclass
+class FnArgs:
+    """The subset of TFX's `FnArgs` that `run_fn` reads (same names).
+
+    `schema_path` is our `metadata.json` (a TFX schema file is not used; when
+    it is not a metadata.json, `custom_config["metadata_path"]` or the
+    `metadata.json` beside the `Split-train` directory is used instead).
+    """
+
+    train_files: list[str]
+    eval_files: list[str]
+    train_steps: int
+    eval_steps: int
+    serving_model_dir: str
+    model_run_dir: str
+    schema_path: str | None = None
+    custom_config: dict[str, Any] = dataclasses.field(default_factory=dict)
+
+
+@dataclasses.dataclass(frozen=True)
+class TrainerConfig:
+    """Validated `custom_config`. Learning rates of None take each optimizer's default."""
+
+    optimizer: str = "lazy_adam"
+    dense_optimizer: str = "adam"
+    learning_rate: float | None = 1e-3
+    dense_learning_rate: float | None = 1e-3
+    batch_size: int = 1024
+    embedding_dim: int = 16
+    table_layout: str = "per_feature"
+    interaction: str = "dot"
+    bottom_mlp: tuple[int, ...] = (64, 32)
+    top_mlp: tuple[int, ...] = (64, 32)
+    checkpoint_every: int = 1000
+    log_every: int = 100
+    strategy: str = "auto"
+    mixed_precision: bool = False
+    seed: int = 0
+    progress: bool = True
+    metadata_path: str | None = None
+
+    def __post_init__(self):
+        for name in (OPTIMIZER, DENSE_OPTIMIZER):
+            value = getattr(self, name)
+            if value not in optimizers.OPTIMIZERS:
+                raise ValueError(f"{name}: unknown optimizer {value!r}; valid names: {', '.join(optimizers.OPTIMIZERS)}")
+        for name in (LEARNING_RATE, DENSE_LEARNING_RATE):
+            value = getattr(self, name)
+            if value is not None and not value > 0:
+                raise ValueError(f"{name} must be > 0, got {value!r}")
+        for name in (BATCH_SIZE, EMBEDDING_DIM, CHECKPOINT_EVERY, LOG_EVERY):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise ValueError(f"{name} must be an integer >= 1, got {value!r}")
+        for name, valid in ((TABLE_LAYOUT, TABLE_LAYOUTS), (INTERACTION, INTERACTIONS), (STRATEGY, STRATEGIES)):
+            if getattr(self, name) not in valid:
+                raise ValueError(f"{name} must be one of {valid}, got {getattr(self, name)!r}")
+        for name in (BOTTOM_MLP, TOP_MLP):
+            value = getattr(self, name)
+            if not all(isinstance(u, int) and u >= 1 for u in value):
+                raise ValueError(f"{name} must be a list of layer widths >= 1, got {value!r}")
+
+    @classmethod
+    def from_custom_config(cls, custom_config: dict[str, Any] | None) -> TrainerConfig:
+        """Raises ValueError naming unknown keys or bad values."""
+        config = dict(custom_config or {})
+        known = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(config) - known)
+        if unknown:
+            raise ValueError(f"custom_config: unknown keys {unknown}; valid keys: {sorted(known)}")
+        for name in (BOTTOM_MLP, TOP_MLP):
+            if name in config:
+                config[name] = tuple(config[name])
+        return cls(**config)
+
+    def to_json(self) -> dict[str, Any]:
+        data = dataclasses.asdict(self)
+        data[BOTTOM_MLP], data[TOP_MLP] = list(self.bottom_mlp), list(self.top_mlp)
+        return data
+
+
+def check_fn_args(fn_args) -> None:
+    """Raises ValueError for steps < 1 or missing directories/file lists."""
+    if not fn_args.train_files:
+        raise ValueError("train_files is empty; pass the preprocess output, e.g. DIR/Split-train/*.tfrecord.gz")
+    if not fn_args.eval_files:
+        raise ValueError("eval_files is empty; pass the preprocess output, e.g. DIR/Split-eval/*.tfrecord.gz")
+    if not isinstance(fn_args.train_steps, int) or fn_args.train_steps < 1:
+        raise ValueError(f"train_steps must be an integer >= 1, got {fn_args.train_steps!r}")
+    if not isinstance(fn_args.eval_steps, int) or fn_args.eval_steps < 1:
+        raise ValueError(f"eval_steps must be an integer >= 1, got {fn_args.eval_steps!r}")
+    for name in ("serving_model_dir", "model_run_dir"):
+        if not getattr(fn_args, name):
+            raise ValueError(f"{name} is empty; pass a directory to write to")
+
+
+def metadata_location(fn_args, config: TrainerConfig) -> str:
+    """Where metadata.json is: schema_path if it is one, else custom_config, else beside Split-train."""
+    schema = getattr(fn_args, "schema_path", None)
+    if schema and (os.path.isdir(schema) or schema.endswith(".json")):
+        return schema
+    if config.metadata_path:
+        return config.metadata_path
+    files = [fn_args.train_files] if isinstance(fn_args.train_files, str) else list(fn_args.train_files)
+    return os.path.join(os.path.dirname(os.path.dirname(files[0])), "metadata.json")

@@ -1,0 +1,118 @@
+"""The DLRM-style model: embedding tables, bottom MLP, interaction, top MLP.
+
+  dense [B, 13] -> bottom MLP -> x0 [B, d]
+  cat_i [B]     -> SparseEmbedding -> e_i [B, d]
+  dot:    z = upper triangle (i < j) of <v_i, v_j> over v = (x0, e_0..e_25), concat [x0, z]
+  concat: z = [x0, e_0, ..., e_25]
+  z -> top MLP -> Dense(1) -> logit [B] (float32 also under mixed precision)
+
+Tables are `optimizers.SparseEmbedding`, so their gradients are
+`tf.IndexedSlices` and a step touches only the looked-up rows. With the
+"shared" layout all features share one table of sum(vocab sizes) rows and
+feature i reads rows offset_i + id.
+"""
+
+from __future__ import annotations
+
+import keras
+import numpy as np
+import tensorflow as tf
+
+import optimizers
+from components.preprocess.metadata import Metadata
+
+
+class DLRM(keras.Model):
+    """Logits for click probability from the preprocess features dict.
+
+    Args:
+        vocab_sizes: rows per categorical feature, in `categorical_keys` order.
+        categorical_keys: feature names, e.g. ("cat_0", ..., "cat_25").
+        dense_key: name of the [B, num_dense] float feature.
+        embedding_dim: width of every embedding (and of the bottom MLP output).
+        table_layout: "per_feature" (one table each) or "shared" (one table, offsets).
+        interaction: "dot" or "concat".
+        bottom_mlp, top_mlp: hidden layer widths.
+    """
+
+    def __init__(self, vocab_sizes, categorical_keys, dense_key, embedding_dim=16, table_layout="per_feature",
+                 interaction="dot", bottom_mlp=(64, 32), top_mlp=(64, 32), seed=0, **kwargs):
+        super().__init__(**kwargs)
+        self.vocab_sizes = [int(v) for v in vocab_sizes]
+        self.categorical_keys = tuple(categorical_keys)
+        self.dense_key = dense_key
+        self.table_layout = table_layout
+        self.interaction = interaction
+        init = keras.initializers.RandomUniform(-0.05, 0.05, seed=seed)
+        if table_layout == "shared":
+            self.offsets = tf.constant(np.cumsum([0] + self.vocab_sizes[:-1]), dtype=tf.int64)
+            self.tables = [optimizers.SparseEmbedding(sum(self.vocab_sizes), embedding_dim,
+                                                      embeddings_initializer=init, name="shared_table")]
+        elif table_layout == "per_feature":
+            self.tables = [
+                optimizers.SparseEmbedding(size, embedding_dim, embeddings_initializer=init, name=f"table_{key}")
+                for key, size in zip(self.categorical_keys, self.vocab_sizes)
+            ]
+        else:
+            raise ValueError(f"table_layout must be 'per_feature' or 'shared', got {table_layout!r}")
+        if interaction not in ("dot", "concat"):
+            raise ValueError(f"interaction must be 'dot' or 'concat', got {interaction!r}")
+        dense_init = keras.initializers.GlorotUniform(seed=seed)
+        self.bottom = [keras.layers.Dense(u, activation="relu", kernel_initializer=dense_init) for u in bottom_mlp]
+        self.bottom.append(keras.layers.Dense(embedding_dim, activation="relu", kernel_initializer=dense_init))
+        self.top = [keras.layers.Dense(u, activation="relu", kernel_initializer=dense_init) for u in top_mlp]
+        self.head = keras.layers.Dense(1, dtype="float32", kernel_initializer=dense_init)
+        n = len(self.categorical_keys) + 1
+        rows, cols = np.triu_indices(n, k=1)
+        self.pair_index = tf.constant(rows * n + cols, dtype=tf.int32)
+
+    def embedding_variables(self) -> list:
+        """The table variables: these go to the sparse (embedding) optimizer."""
+        return [table.embeddings for table in self.tables]
+
+    def dense_variables(self) -> list:
+        """Every other trainable variable: these go to the dense optimizer."""
+        tables = {id(v) for v in self.embedding_variables()}
+        return [v for v in self.trainable_variables if id(v) not in tables]
+
+    def _embed(self, features):
+        ids = [tf.cast(features[key], tf.int64) for key in self.categorical_keys]
+        if self.table_layout == "shared":
+            stacked = tf.stack(ids, axis=1) + self.offsets  # [B, F]
+            return self.tables[0](stacked)  # [B, F, d]
+        return tf.stack([table(i) for table, i in zip(self.tables, ids)], axis=1)
+
+    def call(self, features, training=False):
+        x = tf.cast(features[self.dense_key], self.compute_dtype)
+        for layer in self.bottom:
+            x = layer(x)
+        embedded = tf.cast(self._embed(features), x.dtype)
+        vectors = tf.concat([x[:, None, :], embedded], axis=1)  # [B, F+1, d]
+        if self.interaction == "dot":
+            products = tf.matmul(vectors, vectors, transpose_b=True)  # [B, F+1, F+1]
+            flat = tf.reshape(products, [tf.shape(products)[0], -1])
+            z = tf.concat([x, tf.gather(flat, self.pair_index, axis=1)], axis=1)
+        else:
+            z = tf.reshape(vectors, [tf.shape(vectors)[0], vectors.shape[1] * vectors.shape[2]])
+        for layer in self.top:
+            z = layer(z)
+        return tf.squeeze(self.head(z), axis=1)
+
+
+def build_model(metadata: Metadata, config) -> DLRM:
+    """A built DLRM (variables created) for `metadata`'s features and `config`'s sizes."""
+    model = DLRM(
+        vocab_sizes=[metadata.vocab_sizes[key] for key in metadata.categorical_keys],
+        categorical_keys=metadata.categorical_keys,
+        dense_key=metadata.dense_key,
+        embedding_dim=config.embedding_dim,
+        table_layout=config.table_layout,
+        interaction=config.interaction,
+        bottom_mlp=config.bottom_mlp,
+        top_mlp=config.top_mlp,
+        seed=config.seed,
+    )
+    example = {metadata.dense_key: tf.zeros([1, metadata.num_dense])}
+    example.update({key: tf.zeros([1], tf.int64) for key in metadata.categorical_keys})
+    model(example)
+    return model

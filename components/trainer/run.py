@@ -1,0 +1,161 @@
+"""`run_fn(fn_args)`: train, evaluate and export (the TFX Trainer module contract).
+
+Steps: validate the arguments and metadata -> choose the strategy from
+TF_CONFIG -> build model and both optimizers in `strategy.scope()` -> restore
+the latest checkpoint, if any -> train the remaining `train_steps - step`
+steps with checkpoints every `checkpoint_every` steps -> evaluate
+`eval_steps` global batches -> export the SavedModel and write metrics,
+curve and TensorBoard logs. Every worker runs every step (collectives need
+all of them); only the chief writes to the real directories, the others
+write to temporary ones that are deleted afterwards.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import shutil
+import tempfile
+import time
+
+import keras
+import numpy as np
+import tensorflow as tf
+
+from components.preprocess.metadata import load_metadata
+from components.preprocess.reader import make_dataset
+from components.trainer import artifacts
+from components.trainer.export import export_saved_model
+from components.trainer.fn_args import TrainerConfig, check_fn_args, metadata_location
+from components.trainer.loop import TrainState, build_optimizers, evaluate, make_train_step, train
+from components.trainer.loss_scale import DynamicLossScale
+from components.trainer.model import build_model
+from components.trainer.strategy import choose_strategy, cluster_from_env
+
+log = logging.getLogger(__name__)
+
+
+def _files(patterns) -> list[str]:
+    return [patterns] if isinstance(patterns, str) else list(patterns)
+
+
+def _check_files(name: str, patterns) -> None:
+    if not any(tf.io.gfile.glob(p) for p in _files(patterns)):
+        raise ValueError(f"{name}: no files match {_files(patterns)!r}; expected the preprocess output, "
+                         "e.g. DIR/Split-train/*.tfrecord.gz")
+
+
+def _distributed_dataset(strategy, patterns, metadata, global_batch, *, shuffle, seed):
+    def dataset_fn(context: tf.distribute.InputContext):
+        return make_dataset(_files(patterns), metadata, context.get_per_replica_batch_size(global_batch),
+                            shuffle=shuffle, num_epochs=None, input_context=context, seed=seed,
+                            drop_remainder=True)
+
+    return strategy.distribute_datasets_from_function(dataset_fn)
+
+
+def _set_precision(mixed: bool) -> None:
+    if mixed and not tf.config.list_physical_devices("GPU"):
+        log.warning("--mixed-precision on CPU: float16 runs but is slower than float32; it pays off on GPUs")
+    keras.mixed_precision.set_global_policy("mixed_float16" if mixed else "float32")
+
+
+def run_fn(fn_args) -> dict:
+    """Trains and exports as described in the module docstring; returns the metrics dict.
+
+    `fn_args` is our `FnArgs` or TFX's (same field names). Raises ValueError
+    for bad arguments, TF_CONFIG, missing files or metadata that does not
+    match the data.
+    """
+    config = TrainerConfig.from_custom_config(getattr(fn_args, "custom_config", None))
+    check_fn_args(fn_args)
+    cluster = cluster_from_env()
+    metadata_path = metadata_location(fn_args, config)
+    metadata = load_metadata(metadata_path)
+    _check_files("train_files", fn_args.train_files)
+    _check_files("eval_files", fn_args.eval_files)
+    _set_precision(config.mixed_precision)
+    strategy = choose_strategy(config.strategy, cluster)
+    global_batch = config.batch_size
+    if global_batch % strategy.num_replicas_in_sync:
+        raise ValueError(f"batch_size {global_batch} must be a multiple of the {strategy.num_replicas_in_sync} replicas")
+    is_chief = cluster.is_chief
+    scratch = None if is_chief else tempfile.mkdtemp(prefix=f"embedopt-worker{cluster.task_index}-")
+    run_dir = fn_args.model_run_dir if is_chief else scratch
+    serving_dir = fn_args.serving_model_dir if is_chief else os.path.join(scratch, "serving")
+    keras.utils.set_random_seed(config.seed)
+
+    with strategy.scope():
+        model = build_model(metadata, config)
+        embedding_optimizer, dense_optimizer = build_optimizers(model, config, config.mixed_precision)
+        step = tf.Variable(0, dtype=tf.int64, trainable=False, name="global_step")
+        state = TrainState(model, embedding_optimizer, dense_optimizer, step,
+                           DynamicLossScale() if config.mixed_precision else None)
+    checkpoint = state.checkpoint()
+    real_ckpt_dir = os.path.join(fn_args.model_run_dir, artifacts.CHECKPOINT_DIR)
+    latest = tf.train.latest_checkpoint(real_ckpt_dir)
+    if latest:
+        checkpoint.restore(latest).assert_existing_objects_matched()
+    resumed_from = int(step.numpy())
+    if resumed_from > fn_args.train_steps:
+        raise ValueError(f"checkpoint {latest} is at step {resumed_from}, past train_steps={fn_args.train_steps}; "
+                         "use a new model_run_dir or more steps")
+    if resumed_from:
+        log.info("resumed from checkpoint %s at step %d", latest, resumed_from)
+    ckpt_dir = real_ckpt_dir if is_chief else os.path.join(scratch, artifacts.CHECKPOINT_DIR)
+    manager = tf.train.CheckpointManager(checkpoint, ckpt_dir, max_to_keep=3)
+
+    train_ds = _distributed_dataset(strategy, fn_args.train_files, metadata, global_batch, shuffle=True, seed=config.seed)
+    eval_ds = _distributed_dataset(strategy, fn_args.eval_files, metadata, global_batch, shuffle=False, seed=None)
+    train_step = make_train_step(strategy, state, global_batch)
+    writer = (tf.summary.create_file_writer(os.path.join(run_dir, artifacts.LOGS_DIR, "train"))
+              if is_chief else tf.summary.create_noop_writer())
+    start = time.perf_counter()
+    try:
+        result = train(
+            train_step, iter(train_ds), state, fn_args.train_steps, global_batch,
+            checkpoint_every=config.checkpoint_every, save_checkpoint=lambda s: manager.save(checkpoint_number=s),
+            log_every=config.log_every, progress=config.progress and is_chief, summary_writer=writer,
+        )
+    except tf.errors.InvalidArgumentError as err:
+        raise ValueError(f"the training data does not match the metadata at {metadata_path} "
+                         f"(ids out of range or missing features?): {err.message.strip()[:600]}") from None
+    train_seconds = time.perf_counter() - start
+    manager.save(checkpoint_number=int(step.numpy()))
+    metrics = evaluate(strategy, model, iter(eval_ds), fn_args.eval_steps)
+    export_saved_model(model, metadata, serving_dir)
+
+    # The first step includes tracing; it is left out of the step time.
+    timed = result.step_seconds[1:] or result.step_seconds
+    mean_step = float(np.mean(timed)) if timed else float("nan")
+    metrics.update(
+        steps=int(step.numpy()),
+        resumed_from_step=resumed_from,
+        steps_this_run=result.steps_run,
+        global_batch_size=global_batch,
+        num_replicas=strategy.num_replicas_in_sync,
+        num_workers=cluster.num_workers,
+        strategy=type(strategy).__name__,
+        mean_step_seconds=mean_step,
+        examples_per_second=global_batch / mean_step if timed else float("nan"),
+        train_seconds=train_seconds,
+        final_train_loss=result.losses[-1][1] if result.losses else None,
+        table_rows=[int(t.input_dim) for t in model.tables],
+        # Per-variable sums: equal on every worker when they stayed in sync.
+        weights_checksum=[float(np.sum(v.numpy(), dtype=np.float64)) for v in model.trainable_variables],
+        config=config.to_json(),
+        serving_model_dir=fn_args.serving_model_dir,
+        metadata_path=metadata_path,
+    )
+    if is_chief:
+        with tf.summary.create_file_writer(os.path.join(run_dir, artifacts.LOGS_DIR, "eval")).as_default():
+            artifacts.write_scalar("auc", metrics["eval_auc"], step=metrics["steps"])
+            artifacts.write_scalar("log_loss", metrics["eval_log_loss"], step=metrics["steps"])
+        points = artifacts.merged_losses(run_dir, result.losses)
+        metrics["training_curve"] = artifacts.plot_curve(
+            os.path.join(run_dir, artifacts.CURVE_FILE), points,
+            f"{config.optimizer} embeddings / {config.dense_optimizer} dense")
+        artifacts.write_json(os.path.join(run_dir, artifacts.METRICS_FILE), metrics)
+    else:
+        shutil.rmtree(scratch, ignore_errors=True)
+    return metrics
