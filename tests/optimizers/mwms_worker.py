@@ -18,7 +18,8 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 import numpy as np  # noqa: E402
 import tensorflow as tf  # noqa: E402
 
-from tests.optimizers import mwms_model  # noqa: E402
+import optimizers  # noqa: E402
+from tests.optimizers import tiny_model  # noqa: E402
 
 
 def main(out_dir, names):
@@ -29,16 +30,18 @@ def main(out_dir, names):
         )
     )
     assert strategy.num_replicas_in_sync == 2, strategy.num_replicas_in_sync
-    x, y = mwms_model.data()
-    half = mwms_model.GLOBAL_BATCH // 2
+    x, y = tiny_model.data()
+    half = tiny_model.GLOBAL_BATCH // 2
     for name in names:
-        variables, opt, replica_step = mwms_model.build(strategy, name)
+        variables, opt, replica_step = tiny_model.build(
+            strategy, lambda: optimizers.get(name, learning_rate=0.05, clipnorm=0.5)
+        )
 
         @tf.function
         def step(xb, yb):
             strategy.run(replica_step, args=(xb, yb))
 
-        for start in range(0, len(x), mwms_model.GLOBAL_BATCH):
+        for start in range(0, len(x), tiny_model.GLOBAL_BATCH):
             mine = slice(start + task * half, start + (task + 1) * half)
             step(tf.constant(x[mine]), tf.constant(y[mine]))
         arrays = {f"var{i}": v.numpy() for i, v in enumerate(variables)}

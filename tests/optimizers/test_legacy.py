@@ -266,7 +266,7 @@ def test_boundary_hyperparameters_accepted(cls, kwargs):
 
 
 @pytest.mark.parametrize("case", CASES)
-def test_mirrored_matches_single_replica(case):
+def test_mirrored_matches_single_replica(case, mirrored_strategy):
     """Two replicas, each with half of the global batch, give the one-replica result."""
     rng = _rng(6)
     init = rng.normal(size=(6, 2)).astype(np.float32)
@@ -282,8 +282,7 @@ def test_mirrored_matches_single_replica(case):
             loss = loss_fn(single_var, ids, weights)
         single_opt.apply_gradients([(tape.gradient(loss, single_var), single_var)])
 
-    strategy = tf.distribute.MirroredStrategy(["/cpu:0", "/cpu:1"])
-    assert strategy.num_replicas_in_sync == 2
+    strategy = mirrored_strategy
     with strategy.scope():
         mirrored_var, mirrored_opt = tf.Variable(init), case.make()
     dataset = tf.data.Dataset.from_tensor_slices((ids, weights)).batch(4).repeat(2)

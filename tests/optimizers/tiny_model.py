@@ -1,4 +1,10 @@
-"""The tiny model and data shared by the multi-worker test and its workers."""
+"""The tiny embedding model and data shared by the distribution tests.
+
+Three ids per example from a small vocabulary, so rows repeat within and
+across replicas (duplicates to sum), a linear head, and a replica step that
+scales the loss by the global batch size, as a custom loop under
+`tf.distribute` must.
+"""
 
 from __future__ import annotations
 
@@ -16,20 +22,25 @@ def data():
     return x, y
 
 
-def build(strategy, name):
+def initial_weights():
+    rng = np.random.default_rng(11)
+    return rng.normal(size=(VOCAB, DIM)).astype(np.float32), rng.normal(size=(3 * DIM, 1)).astype(np.float32)
+
+
+def build(strategy, make_optimizer):
     """Variables, optimizer and a replica step, made inside `strategy.scope()`."""
     import optimizers
 
-    rng = np.random.default_rng(11)
+    table0, kernel0 = initial_weights()
     with strategy.scope():
         embedding = optimizers.SparseEmbedding(VOCAB, DIM)
         head = keras.layers.Dense(1)
         embedding.build()
         head.build((None, 3 * DIM))
-        embedding.embeddings.assign(rng.normal(size=(VOCAB, DIM)).astype(np.float32))
-        head.kernel.assign(rng.normal(size=(3 * DIM, 1)).astype(np.float32))
+        embedding.embeddings.assign(table0)
+        head.kernel.assign(kernel0)
         variables = embedding.trainable_variables + head.trainable_variables
-        opt = optimizers.get(name, learning_rate=0.05, clipnorm=0.5)
+        opt = make_optimizer()
         opt.build(variables)
 
     def replica_step(xb, yb):
