@@ -22,6 +22,9 @@ import optimizers
 from components.preprocess.metadata import Metadata
 
 
+EMBEDDING_INIT_SCALE = 0.001
+
+
 class DLRM(keras.Model):
     """Logits for click probability from the preprocess features dict.
 
@@ -43,7 +46,7 @@ class DLRM(keras.Model):
         self.dense_key = dense_key
         self.table_layout = table_layout
         self.interaction = interaction
-        init = keras.initializers.RandomUniform(-0.05, 0.05, seed=seed)
+        init = keras.initializers.RandomUniform(-EMBEDDING_INIT_SCALE, EMBEDDING_INIT_SCALE, seed=seed)
         if table_layout == "shared":
             self.offsets = tf.constant(np.cumsum([0] + self.vocab_sizes[:-1]), dtype=tf.int64)
             self.tables = [optimizers.SparseEmbedding(sum(self.vocab_sizes), embedding_dim,

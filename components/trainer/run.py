@@ -70,10 +70,10 @@ def run_fn(fn_args) -> dict:
     config = TrainerConfig.from_custom_config(getattr(fn_args, "custom_config", None))
     check_fn_args(fn_args)
     cluster = cluster_from_env()
-    metadata_path = metadata_location(fn_args, config)
-    metadata = load_metadata(metadata_path)
     _check_files("train_files", fn_args.train_files)
     _check_files("eval_files", fn_args.eval_files)
+    metadata_path = metadata_location(fn_args, config)
+    metadata = load_metadata(metadata_path)
     _set_precision(config.mixed_precision)
     strategy = choose_strategy(config.strategy, cluster)
     global_batch = config.batch_size
@@ -135,7 +135,8 @@ def run_fn(fn_args) -> dict:
         global_batch_size=global_batch,
         num_replicas=strategy.num_replicas_in_sync,
         num_workers=cluster.num_workers,
-        strategy=type(strategy).__name__,
+        strategy=("MultiWorkerMirroredStrategy" if isinstance(strategy, tf.distribute.MultiWorkerMirroredStrategy)
+                  else type(strategy).__name__),
         mean_step_seconds=mean_step,
         examples_per_second=global_batch / mean_step if timed else float("nan"),
         train_seconds=train_seconds,

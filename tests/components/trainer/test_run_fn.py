@@ -17,13 +17,13 @@ from tests.components.trainer.conftest import bayes_auc
 from tests.components.trainer.helpers import log_loss, rank_auc, serialized_examples
 
 BATCH = 256
-STEPS = 200
+STEPS = 80
 
 
 def make_fn_args(data_dir, out_dir, steps=STEPS, **config) -> FnArgs:
     with open(os.path.join(data_dir, "metadata.json"), encoding="utf-8") as f:
         eval_rows = json.load(f)["row_counts"]["eval"]
-    custom = dict(batch_size=BATCH, learning_rate=0.01, dense_learning_rate=0.003, checkpoint_every=50,
+    custom = dict(batch_size=BATCH, learning_rate=0.003, dense_learning_rate=0.003, checkpoint_every=30,
                   log_every=20, progress=False)
     custom.update(config)
     return FnArgs(
