@@ -15,6 +15,7 @@ from __future__ import annotations
 import logging
 import os
 import shutil
+import sys
 import tempfile
 import time
 
@@ -115,7 +116,8 @@ def run_fn(fn_args) -> dict:
         result = train(
             train_step, iter(train_ds), state, fn_args.train_steps, global_batch,
             checkpoint_every=config.checkpoint_every, save_checkpoint=lambda s: manager.save(checkpoint_number=s),
-            log_every=config.log_every, progress=config.progress and is_chief, summary_writer=writer,
+            # Off a terminal the bar's carriage returns would flood the log: log lines instead.
+            log_every=config.log_every, progress=config.progress and is_chief and sys.stdout.isatty(), summary_writer=writer,
         )
     except tf.errors.InvalidArgumentError as err:
         raise ValueError(f"the training data does not match the metadata at {metadata_path} "
