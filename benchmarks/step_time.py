@@ -1,31 +1,64 @@
-"""Training-step time of an embedding model: our sparse path vs Keras built-ins.
+"""Item 1: training-step time against table rows, our sparse path vs Keras built-ins.
 
-One step = lookup of `batch x ids_per_example` Zipf-distributed ids in a
-`rows x dim` table, sum-pool, a linear head, binary cross-entropy, gradient
-and optimizer apply, all inside one `tf.function`. Warm-up steps (tracing)
-are excluded; the median of the timed steps is reported.
+One step = lookup of `batch x ids_per_example` Zipf ids in a `rows x dim`
+table, sum-pool, a linear head, binary cross-entropy, gradient and optimizer
+apply, all in one `tf.function`. "ours" is `SparseEmbedding` + an embedopt
+lazy optimizer; "keras" is `keras.layers.Embedding` + the matching
+`keras.optimizers` built-in. Each table size runs in its own child process
+(both pairs side by side in it); warm-up steps (tracing) are not timed.
 """
 
 from __future__ import annotations
 
-import argparse
-import json
-import statistics
-import time
+import gc
 
 import numpy as np
 
-# (embedding layer, optimizer) pairs compared. "ours" gathers from the
-# variable and applies a lazy rule; "keras" is the built-in pair.
-PAIRS = ("ours", "keras")
+from benchmarks import harness, results
+
+NAME = "step_time"
+
+# Our optimizer -> the Keras built-in it is compared with.
+KERAS_PAIR = {
+    "lazy_adam": ("adam", {}),
+    "adagrad": ("adagrad", {}),
+    "rowwise_adagrad": ("adagrad", {}),
+    "ftrl": ("ftrl", {}),
+    "momentum": ("sgd", {"momentum": 0.9}),
+    "sgd": ("sgd", {}),
+    "adamw": ("adamw", {}),
+}
+
+FULL = dict(rows=[100_000, 1_000_000, 4_000_000, 10_000_000], optimizers=list(KERAS_PAIR), dim=32, batch=4096,
+            ids_per_example=26, warmup=3, steps=20, keras_warmup=2, keras_steps=8, keras_big_steps=4,
+            keras_big_rows=10_000_000, keras_big_optimizers=["lazy_adam"], jit_rows=1_000_000, goal_rows=4_000_000)
+QUICK = dict(rows=[10_000, 100_000], optimizers=["lazy_adam", "rowwise_adagrad"], dim=32, batch=1024,
+             ids_per_example=26, warmup=2, steps=5, keras_warmup=1, keras_steps=3, keras_big_steps=3,
+             keras_big_rows=None, keras_big_optimizers=[], jit_rows=100_000, goal_rows=100_000)
 
 
-def zipf_ids(rows, shape, seed=0, exponent=1.1):
-    rng = np.random.default_rng(seed)
-    return np.minimum(rng.zipf(exponent, size=shape) - 1, rows - 1).astype(np.int64)
+def size_label(rows: int) -> str:
+    if rows >= 1_000_000 and rows % 1_000_000 == 0:
+        return f"{rows // 1_000_000}M"
+    if rows >= 1_000 and rows % 1_000 == 0:
+        return f"{rows // 1_000}k"
+    return str(rows)
 
 
-def build_step(pair, rows, dim, optimizer="lazy_adam", learning_rate=1e-3):
+def zipf_ids(rows: int, shape, seed: int = 0, exponent: float = 1.1) -> np.ndarray:
+    """Ids in [0, rows) with P(id = r) ~ (r + 1)^-exponent (id 0 the most frequent).
+
+    Inverse-CDF sampling of the continuous power law on [1, rows + 1), so the
+    whole support is used (clipping an unbounded Zipf draw would pile the
+    tail onto the last row).
+    """
+    u = np.random.default_rng(seed).random(shape)
+    a = 1.0 - exponent
+    x = (1.0 + u * ((rows + 1.0) ** a - 1.0)) ** (1.0 / a)
+    return np.minimum(x.astype(np.int64) - 1, rows - 1)
+
+
+def build_step(pair: str, rows: int, dim: int, optimizer: str, learning_rate: float = 1e-3, jit_compile=False):
     import keras
     import tensorflow as tf
 
@@ -36,18 +69,17 @@ def build_step(pair, rows, dim, optimizer="lazy_adam", learning_rate=1e-3):
         opt = optimizers.get(optimizer, learning_rate=learning_rate)
     elif pair == "keras":
         embedding = keras.layers.Embedding(rows, dim)
-        builtin = {"lazy_adam": "adam", "adam": "adam", "adamw": "adamw", "rowwise_adagrad": "adagrad"}
-        opt = keras.optimizers.get({"class_name": builtin.get(optimizer, optimizer),
-                                   "config": {"learning_rate": learning_rate}})
+        name, extra = KERAS_PAIR[optimizer]
+        opt = keras.optimizers.get({"class_name": name, "config": {"learning_rate": learning_rate, **extra}})
     else:
-        raise ValueError(f"pair must be one of {PAIRS}, got {pair!r}")
+        raise ValueError(f"pair must be 'ours' or 'keras', got {pair!r}")
     head = keras.layers.Dense(1)
     embedding.build((None, None))
     head.build((None, dim))
     variables = embedding.trainable_variables + head.trainable_variables
     opt.build(variables)
 
-    @tf.function(jit_compile=False)
+    @tf.function(jit_compile=jit_compile)
     def step(ids, labels):
         with tf.GradientTape() as tape:
             pooled = tf.reduce_sum(embedding(ids), axis=1)
@@ -56,45 +88,104 @@ def build_step(pair, rows, dim, optimizer="lazy_adam", learning_rate=1e-3):
         opt.apply_gradients(zip(tape.gradient(loss, variables), variables))
         return loss
 
-    return step
+    return step, opt
 
 
-def time_steps(pair, rows, dim=32, batch=4096, ids_per_example=26, steps=20, warmup=3, optimizer="lazy_adam"):
-    """Per-step seconds (list) for `pair` at this table size."""
+def make_batches(rows: int, batch: int, ids_per_example: int, count: int = 4):
     import tensorflow as tf
 
-    step = build_step(pair, rows, dim, optimizer)
-    batches = [
-        (tf.constant(zipf_ids(rows, (batch, ids_per_example), seed=i)),
-         tf.constant(np.random.default_rng(i).integers(0, 2, batch).astype(np.float32)))
-        for i in range(4)
-    ]
-    times = []
-    for i in range(warmup + steps):
-        ids, labels = batches[i % len(batches)]
-        start = time.perf_counter()
-        step(ids, labels).numpy()
-        if i >= warmup:
-            times.append(time.perf_counter() - start)
-    return times
+    ids = [zipf_ids(rows, (batch, ids_per_example), seed=i) for i in range(count)]
+    unique = float(np.mean([len(np.unique(x)) for x in ids]))
+    labels = [np.random.default_rng(100 + i).integers(0, 2, batch).astype(np.float32) for i in range(count)]
+    return [(tf.constant(x), tf.constant(y)) for x, y in zip(ids, labels)], unique
 
 
-def main(argv=None):
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--rows", type=int, default=1_000_000)
-    parser.add_argument("--dim", type=int, default=32)
-    parser.add_argument("--batch", type=int, default=4096)
-    parser.add_argument("--steps", type=int, default=20)
-    parser.add_argument("--optimizer", default="lazy_adam")
-    args = parser.parse_args(argv)
-    result = {}
-    for pair in PAIRS:
-        times = time_steps(pair, args.rows, args.dim, args.batch, steps=args.steps, optimizer=args.optimizer)
-        result[pair] = {"median_ms": 1000 * statistics.median(times), "times_ms": [1000 * t for t in times]}
-    result["ratio_keras_over_ours"] = result["keras"]["median_ms"] / result["ours"]["median_ms"]
-    result.update(rows=args.rows, dim=args.dim, batch=args.batch, optimizer=args.optimizer)
-    print(json.dumps(result, indent=2))
+def time_pair(pair, rows, dim, optimizer, batches, warmup, steps, jit_compile=False) -> list[float]:
+    step, _ = build_step(pair, rows, dim, optimizer, jit_compile=jit_compile)
+    return harness.time_calls(lambda i: step(*batches[i % len(batches)]).numpy(), warmup, steps)
 
 
-if __name__ == "__main__":
-    main()
+def measure_size(rows, optimizers, keras_optimizers, dim, batch, ids_per_example, warmup, steps, keras_warmup,
+                 keras_steps, jit=False) -> dict:
+    """Child process body: every configuration at one table size."""
+    batches, unique = make_batches(rows, batch, ids_per_example)
+    base = dict(rows=rows, dim=dim, batch=batch, ids_per_example=ids_per_example, unique_rows_per_batch=unique)
+    out = []
+    for optimizer in optimizers:
+        cases = [("ours", False, warmup, steps)]
+        if jit and optimizer == "lazy_adam":
+            cases.append(("ours", True, warmup, steps))
+        if optimizer in keras_optimizers:
+            cases.append(("keras", False, keras_warmup, keras_steps))
+        for pair, jit_compile, n_warm, n_steps in cases:
+            params = dict(base, optimizer=optimizer, pair=pair, jit_compile=jit_compile, warmup=n_warm)
+            if pair == "keras":
+                params["keras_optimizer"] = KERAS_PAIR[optimizer][0]
+            try:
+                out.append({"params": params,
+                            "repeats_s": time_pair(pair, rows, dim, optimizer, batches, n_warm, n_steps, jit_compile)})
+            except Exception as err:  # noqa: BLE001 - recorded, e.g. an op XLA cannot compile
+                out.append({"params": params, "error": f"{type(err).__name__}: {str(err).splitlines()[0][:300]}"})
+            gc.collect()
+    return {"cases": out}
+
+
+def _find(measurements, **params):
+    for m in measurements:
+        if all(m["params"].get(k) == v for k, v in params.items()):
+            return m
+    return None
+
+
+def run(quick: bool, repeats: int | None = None, progress=None) -> dict:
+    cfg = QUICK if quick else FULL
+    steps = repeats or cfg["steps"]
+    measurements, notes, errors = [], [], []
+    for rows in cfg["rows"]:
+        if cfg["keras_big_rows"] and rows >= cfg["keras_big_rows"]:
+            keras_opts, keras_steps = cfg["keras_big_optimizers"], cfg["keras_big_steps"]
+        else:
+            keras_opts, keras_steps = cfg["optimizers"], cfg["keras_steps"]
+        child = harness.run_child(f"{__name__}:measure_size", dict(
+            rows=rows, optimizers=cfg["optimizers"], keras_optimizers=keras_opts, dim=cfg["dim"], batch=cfg["batch"],
+            ids_per_example=cfg["ids_per_example"], warmup=cfg["warmup"], steps=steps,
+            keras_warmup=cfg["keras_warmup"], keras_steps=repeats or keras_steps, jit=rows == cfg["jit_rows"]))
+        for case in child["cases"]:
+            if "error" in case:
+                errors.append(case)
+                notes.append(f"{case['params']}: {case['error']}")
+            else:
+                measurements.append(results.measurement(case["params"], case["repeats_s"],
+                                                        child_peak_rss_bytes=child["peak_rss_bytes"]))
+        if progress:
+            progress(f"{NAME} {size_label(rows)}")
+    if cfg["keras_big_rows"]:
+        notes.append(f"Keras built-in pairs at {size_label(cfg['keras_big_rows'])} rows: only "
+                     f"{', '.join(cfg['keras_big_optimizers'])}'s pair, {cfg['keras_big_steps']} timed steps after "
+                     f"{cfg['keras_warmup']} warm-up (each step takes seconds); ours: {steps} after {cfg['warmup']}.")
+    ratios, goals = {}, []
+    small, large = min(cfg["rows"]), max(cfg["rows"])
+    for optimizer in cfg["optimizers"]:
+        ours = {rows: _find(measurements, optimizer=optimizer, pair="ours", rows=rows, jit_compile=False)
+                for rows in cfg["rows"]}
+        for rows in cfg["rows"]:
+            keras_m = _find(measurements, optimizer=optimizer, pair="keras", rows=rows)
+            if keras_m and ours[rows]:
+                ratios[f"{optimizer}: keras/ours @{size_label(rows)}"] = keras_m["median_s"] / ours[rows]["median_s"]
+        if ours[small] and ours[large]:
+            scale = ours[large]["median_s"] / ours[small]["median_s"]
+            ratios[f"{optimizer}: ours {size_label(large)}/{size_label(small)}"] = scale
+            goals.append(results.goal(f"step_time {optimizer}: ours @{size_label(large)} / ours @{size_label(small)}",
+                                      "<= 1.3", scale, scale <= 1.3))
+        key = f"{optimizer}: keras/ours @{size_label(cfg['goal_rows'])}"
+        if key in ratios:
+            goals.append(results.goal(f"step_time {optimizer}: keras / ours @{size_label(cfg['goal_rows'])}",
+                                      ">= 20", ratios[key], ratios[key] >= 20))
+    jit_on = _find(measurements, optimizer="lazy_adam", pair="ours", rows=cfg["jit_rows"], jit_compile=True)
+    jit_off = _find(measurements, optimizer="lazy_adam", pair="ours", rows=cfg["jit_rows"], jit_compile=False)
+    if jit_on and jit_off:
+        ratios[f"lazy_adam: ours jit on/off @{size_label(cfg['jit_rows'])}"] = jit_on["median_s"] / jit_off["median_s"]
+    bench = results.benchmark(__doc__.splitlines()[0], measurements, ratios, goals, notes)
+    if errors:
+        bench["errors"] = errors
+    return bench

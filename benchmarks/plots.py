@@ -1,0 +1,154 @@
+"""One small PNG per benchmark (matplotlib, Agg backend; the `bench` extra)."""
+
+from __future__ import annotations
+
+import os
+
+from benchmarks.step_time import size_label
+
+DPI = 100
+
+
+def _pyplot():
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def _save(fig, path):
+    fig.tight_layout()
+    fig.savefig(path, dpi=DPI)
+    _pyplot().close(fig)
+
+
+def _bars(ax, labels, values, title, ylabel, goal=None, goal_label=None):
+    ax.bar(range(len(values)), values, color="#4c72b0")
+    ax.set_xticks(range(len(values)), labels, rotation=30, ha="right", fontsize=8)
+    ax.set_title(title, fontsize=10)
+    ax.set_ylabel(ylabel, fontsize=9)
+    if goal is not None:
+        ax.axhline(goal, color="#c44e52", linestyle="--", linewidth=1, label=goal_label)
+        ax.legend(fontsize=8)
+
+
+def plot_step_time(bench, path):
+    plt = _pyplot()
+    fig, (left, right) = plt.subplots(1, 2, figsize=(10, 3.8))
+    ms = [m for m in bench["measurements"] if not m["params"]["jit_compile"]]
+    optimizers = sorted({m["params"]["optimizer"] for m in ms})
+    for opt in optimizers:
+        for pair, style in (("ours", "-o"), ("keras", "--x")):
+            pts = sorted((m["params"]["rows"], 1000 * m["median_s"]) for m in ms
+                         if m["params"]["optimizer"] == opt and m["params"]["pair"] == pair)
+            if pts and (pair == "ours" or opt == "lazy_adam"):
+                left.plot(*zip(*pts), style, markersize=3, label=f"{pair} {opt}" if pair == "ours" else "keras Adam")
+        ratio = sorted((m["params"]["rows"], k["median_s"] / m["median_s"]) for m in ms for k in ms
+                       if m["params"]["optimizer"] == opt and m["params"]["pair"] == "ours"
+                       and k["params"]["optimizer"] == opt and k["params"]["pair"] == "keras"
+                       and k["params"]["rows"] == m["params"]["rows"])
+        if ratio:
+            right.plot(*zip(*ratio), "-o", markersize=3, label=opt)
+    for ax in (left, right):
+        ax.set_xscale("log")
+        ax.set_yscale("log")
+        ax.set_xlabel("table rows", fontsize=9)
+        rows = sorted({m["params"]["rows"] for m in ms})
+        ax.set_xticks(rows, [size_label(r) for r in rows])
+        ax.minorticks_off()
+    left.set_ylabel("median step time (ms)", fontsize=9)
+    left.set_title("step time vs table rows", fontsize=10)
+    left.legend(fontsize=6, ncol=2)
+    right.axhline(20, color="#c44e52", linestyle="--", linewidth=1, label="goal 20x")
+    right.set_ylabel("keras built-in / ours", fontsize=9)
+    right.set_title("speed-up over Keras Embedding + built-in", fontsize=10)
+    right.legend(fontsize=6, ncol=2)
+    _save(fig, path)
+
+
+def plot_apply_bandwidth(bench, path):
+    plt = _pyplot()
+    fig, ax = plt.subplots(figsize=(6.5, 3.6))
+    ms = [m for m in bench["measurements"] if "bandwidth_GBps" in m]
+    labels = [m["params"].get("optimizer", m["params"]["case"]) for m in ms]
+    copy = next(m["bandwidth_GBps"] for m in ms if m["params"]["case"] == "memcpy")
+    _bars(ax, labels, [m["bandwidth_GBps"] for m in ms], "sparse apply: effective bandwidth", "GB/s",
+          0.5 * copy, "goal: 50% of memcpy")
+    _save(fig, path)
+
+
+def plot_dense_parity(bench, path):
+    plt = _pyplot()
+    fig, ax = plt.subplots(figsize=(5, 3.4))
+    ms = bench["measurements"]
+    _bars(ax, [f"{m['params']['optimizer']} {m['params']['timed']}" for m in ms], [1000 * m["median_s"] for m in ms],
+          "dense MLP: our Adam vs keras Adam", "median ms")
+    _save(fig, path)
+
+
+def plot_input_pipeline(bench, path):
+    plt = _pyplot()
+    fig, ax = plt.subplots(figsize=(4.5, 3.4))
+    ms = bench["measurements"]
+    trainer = next(m["examples_per_s"] for m in ms if m["params"]["kind"] == "trainer")
+    _bars(ax, [m["params"]["kind"] for m in ms], [m["examples_per_s"] for m in ms], "reader vs trainer",
+          "examples/s", 3 * trainer, "goal: 3x trainer")
+    _save(fig, path)
+
+
+def plot_preprocess_rate(bench, path):
+    plt = _pyplot()
+    fig, ax = plt.subplots(figsize=(4.5, 3.4))
+    ms = bench["measurements"]
+    _bars(ax, [f"{m['params']['workers']} worker(s)" for m in ms], [m["rows_per_s"] for m in ms],
+          f"Beam DirectRunner, {ms[0]['params']['rows']} rows", "rows/s")
+    _save(fig, path)
+
+
+def plot_memory(bench, path):
+    plt = _pyplot()
+    fig, ax = plt.subplots(figsize=(6.5, 3.6))
+    ms = bench["measurements"]
+    labels = [m["params"]["optimizer"].replace("keras Embedding + keras Adam", "keras Adam") for m in ms]
+    x = range(len(ms))
+    ax.bar([i - 0.2 for i in x], [m["peak_rss_bytes"] / 1e9 for m in ms], 0.4, label="peak RSS")
+    ax.bar([i + 0.2 for i in x], [m["slot_bytes"] / 1e9 for m in ms], 0.4, label="slot bytes")
+    ax.set_xticks(list(x), labels, rotation=30, ha="right", fontsize=8)
+    ax.set_ylabel("GB", fontsize=9)
+    ax.set_title(f"memory at {size_label(ms[0]['params']['rows'])} rows x {ms[0]['params']['dim']}", fontsize=10)
+    ax.legend(fontsize=8)
+    _save(fig, path)
+
+
+def plot_multi_worker(bench, path):
+    plt = _pyplot()
+    fig, ax = plt.subplots(figsize=(4.5, 3.4))
+    ms = bench["measurements"]
+    _bars(ax, [size_label(m["params"]["rows"]) for m in ms], [1000 * m["median_s"] for m in ms],
+          "2 workers, MultiWorkerMirroredStrategy", "median step ms", 1.5 * 1000 * ms[0]["median_s"],
+          "goal: 1.5x smallest")
+    _save(fig, path)
+
+
+PLOTTERS = {
+    "step_time": plot_step_time,
+    "apply_bandwidth": plot_apply_bandwidth,
+    "dense_parity": plot_dense_parity,
+    "input_pipeline": plot_input_pipeline,
+    "preprocess_rate": plot_preprocess_rate,
+    "memory": plot_memory,
+    "multi_worker": plot_multi_worker,
+}
+
+
+def plot_all(document: dict, output_dir: str) -> list[str]:
+    """Writes `<name>.png` for every benchmark that has measurements; returns the paths."""
+    paths = []
+    for name, bench in document["benchmarks"].items():
+        if name in PLOTTERS and bench.get("measurements"):
+            path = os.path.join(output_dir, f"{name}.png")
+            PLOTTERS[name](bench, path)
+            paths.append(path)
+    return paths
