@@ -37,7 +37,8 @@ def _bars(ax, labels, values, title, ylabel, goal=None, goal_label=None):
 def plot_step_time(bench, path):
     plt = _pyplot()
     fig, (left, right) = plt.subplots(1, 2, figsize=(10, 3.8))
-    ms = [m for m in bench["measurements"] if not m["params"]["jit_compile"]]
+    ms = [m for m in bench["measurements"]
+          if not m["params"]["jit_compile"] and m["params"].get("nonfinite", "raise") == "raise"]
     optimizers = sorted({m["params"]["optimizer"] for m in ms})
     for opt in optimizers:
         for pair, style in (("ours", "-o"), ("keras", "--x")):
