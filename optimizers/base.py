@@ -20,8 +20,11 @@ function from `optimizers.rules` for both the dense and the sparse path.
 
 from __future__ import annotations
 
+import logging
+
 import keras
 import tensorflow as tf
+from tensorflow.python.ops import control_flow_util  # no public API tells "tracing under XLA"
 
 from optimizers import hyperparams, sparse
 from optimizers.rules import decoupled_weight_decay
@@ -116,6 +119,7 @@ class SparseOptimizer(keras.optimizers.Optimizer):
             for g, _ in grads_and_vars
         ]
         flags = sparse.finite_flags(grads)
+        self._raise_on_nonfinite = self.nonfinite == "raise" and not self._compiling_with_xla()
         grads = self._clip(grads)
         tf.__internal__.distribute.interim.maybe_merge_call(
             self._distributed_guarded_update,
@@ -124,6 +128,22 @@ class SparseOptimizer(keras.optimizers.Optimizer):
             learning_rate,
             flags,
         )
+
+    def _compiling_with_xla(self):
+        """Whether this step is traced for XLA, where an assertion cannot raise.
+
+        Compiled code drops `Assert`, so under `jit_compile=True` (Keras's
+        default for `fit` on GPU) a non-finite step is skipped and counted,
+        as with `nonfinite="skip"`, and a warning says so once.
+        """
+        xla = control_flow_util.GraphOrParentsInXlaContext(tf.compat.v1.get_default_graph())
+        if xla and self.nonfinite == "raise" and not getattr(self, "_warned_xla", False):
+            self._warned_xla = True
+            logging.getLogger(__name__).warning(
+                "%s: under XLA (jit_compile) a NaN/Inf gradient cannot raise; such steps are skipped "
+                "and counted in `skipped_steps` instead", type(self).__name__,
+            )
+        return xla
 
     def _clip(self, grads):
         if self.clipnorm:
@@ -156,17 +176,20 @@ class SparseOptimizer(keras.optimizers.Optimizer):
         """
 
         def on_nonfinite():
-            if self.nonfinite == "raise":
+            if self._raise_on_nonfinite:
+                # Plain data only (no string gather), so the step still
+                # compiles under XLA (`jit_compile=True`).
                 tf.debugging.Assert(
                     False,
                     [
-                        f"{type(self).__name__}: NaN or Inf in the gradients of",
-                        tf.boolean_mask(tf.constant(names), tf.logical_not(flags)),
+                        f"{type(self).__name__}: NaN or Inf in the gradients; no variable was updated. "
+                        f"Finite flags for {names}:",
+                        flags,
                         "at step",
                         iterations.read_value(),
-                        "; no variable was updated. Pass nonfinite='skip' to skip such steps.",
+                        "Pass nonfinite='skip' to skip such steps.",
                     ],
-                    summarize=20,
+                    summarize=len(names),
                 )
             else:
                 # The Keras base adds 1 after every apply; a skipped step

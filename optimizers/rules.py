@@ -74,7 +74,7 @@ def rowwise_adagrad(var, acc, grad, lr, epsilon):
     new_acc = acc + mean_sq
     denom = tf.sqrt(new_acc + epsilon)
     if rank > 1:
-        denom = tf.reshape(denom, tf.concat([tf.shape(denom), tf.ones([rank - 1], tf.int32)], 0))
+        denom = tf.reshape(denom, [-1] + [1] * (rank - 1))
     return (var - lr * grad / denom, new_acc)
 
 
