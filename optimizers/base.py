@@ -27,6 +27,7 @@ import tensorflow as tf
 from tensorflow.python.ops import control_flow_util  # no public API tells "tracing under XLA"
 
 from optimizers import hyperparams, sparse
+from optimizers.distributed import local_variable
 from optimizers.rules import decoupled_weight_decay
 
 NONFINITE_MODES = ("raise", "skip")
@@ -204,7 +205,9 @@ class SparseOptimizer(keras.optimizers.Optimizer):
         dtype = variable.dtype
         lr = tf.cast(learning_rate, dtype)
         index = self._get_variable_index(variable)
-        slots = [self._slots[name][index].value for name in self.slot_names]
+        # Inside `extended.update` `variable` is already this device's copy;
+        # the slots must be too, or each gather reads the whole slot.
+        slots = [local_variable(self._slots[name][index].value) for name in self.slot_names]
         decay = self._weight_decay_for(variable, dtype)
         if isinstance(gradient, tf.IndexedSlices):
             self._sparse_update(variable, slots, gradient, lr, decay)

@@ -5,6 +5,8 @@ from __future__ import annotations
 import keras
 import tensorflow as tf
 
+from optimizers.distributed import local_variable
+
 
 @keras.saving.register_keras_serializable(package="embedopt")
 class SparseEmbedding(keras.layers.Layer):
@@ -68,7 +70,7 @@ class SparseEmbedding(keras.layers.Layer):
             raise TypeError(f"SparseEmbedding {self.name!r}: ids must be integers, got {ids.dtype.name}")
         if self.validate_ids:
             ids = self._checked(ids)
-        rows = tf.gather(self.embeddings.value, ids)
+        rows = tf.gather(local_variable(self.embeddings.value), ids)
         return tf.cast(rows, self.compute_dtype)
 
     def _checked(self, ids):

@@ -28,17 +28,23 @@ def all_graphs(graph):
     return graphs
 
 
-def table_sized_tensors(layer, opt):
+def table_sized_tensors(make_layer, make_opt, strategy=None):
     """Names of the ops in one traced training step that output a table-sized tensor."""
-    layer.build((None, 3))
-    opt.build(layer.trainable_variables)
+    strategy = strategy or tf.distribute.get_strategy()
+    with strategy.scope():
+        layer, opt = make_layer(), make_opt()
+        layer.build((None, 3))
+        opt.build(layer.trainable_variables)
 
-    @tf.function
-    def step(ids):
+    def replica_step(ids):
         with tf.GradientTape() as tape:
             loss = tf.reduce_sum(tf.square(layer(ids)))
         grads = tape.gradient(loss, layer.trainable_variables)
         opt.apply_gradients(zip(grads, layer.trainable_variables))
+
+    @tf.function
+    def step(ids):
+        strategy.run(replica_step, args=(ids,))
 
     graph = step.get_concrete_function(tf.TensorSpec([None, 3], tf.int64)).graph
     return [
@@ -53,12 +59,22 @@ def table_sized_tensors(layer, opt):
 @pytest.mark.parametrize("case", [c for c in CASES if c.name != "adam"], ids=str)
 @pytest.mark.parametrize("clip", [{}, {"clipnorm": 1.0}, {"global_clipnorm": 1.0}, {"clipvalue": 0.5}])
 def test_sparse_step_never_materializes_the_table(case, clip):
-    assert table_sized_tensors(optimizers.SparseEmbedding(TABLE_ROWS, 4), make(case, **clip)) == []
+    assert table_sized_tensors(sparse_embedding, lambda: make(case, **clip)) == []
+
+
+@pytest.mark.parametrize("case", [c for c in CASES if c.name in ("lazy_adam", "rowwise_adagrad", "ftrl")], ids=str)
+def test_mirrored_sparse_step_never_materializes_the_table(case, mirrored_strategy):
+    # `tf.gather` on a distributed variable would read the whole table.
+    assert table_sized_tensors(sparse_embedding, lambda: make(case), mirrored_strategy) == []
 
 
 def test_check_sees_adams_exact_full_table_pass():
-    assert table_sized_tensors(optimizers.SparseEmbedding(TABLE_ROWS, 4), optimizers.Adam()) != []
+    assert table_sized_tensors(sparse_embedding, optimizers.Adam) != []
 
 
 def test_check_sees_keras_embedding_full_table_read():
-    assert table_sized_tensors(keras.layers.Embedding(TABLE_ROWS, 4), keras.optimizers.SGD()) != []
+    assert table_sized_tensors(lambda: keras.layers.Embedding(TABLE_ROWS, 4), keras.optimizers.SGD) != []
+
+
+def sparse_embedding():
+    return optimizers.SparseEmbedding(TABLE_ROWS, 4)
