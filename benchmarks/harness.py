@@ -35,15 +35,30 @@ def time_calls(fn, warmup: int, repeats: int) -> list[float]:
     return times
 
 
+def _status_bytes(field: str) -> int | None:
+    try:
+        with open("/proc/self/status", encoding="utf-8") as f:
+            for line in f:
+                if line.startswith(field + ":"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    return None
+
+
 def peak_rss_bytes() -> int:
     """This process's peak resident set size (VmHWM)."""
-    with open("/proc/self/status", encoding="utf-8") as f:
-        for line in f:
-            if line.startswith("VmHWM:"):
-                return int(line.split()[1]) * 1024
-    import resource
+    peak = _status_bytes("VmHWM")
+    if peak is None:
+        import resource
 
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+        peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+    return peak
+
+
+def current_rss_bytes() -> int | None:
+    """This process's resident set size now (VmRSS); None where /proc is missing."""
+    return _status_bytes("VmRSS")
 
 
 def run_child(target: str, kwargs: dict, timeout: float = 1800, env: dict | None = None) -> dict:

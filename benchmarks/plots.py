@@ -114,8 +114,9 @@ def plot_memory(bench, path):
     ms = bench["measurements"]
     labels = [m["params"]["optimizer"].replace("keras Embedding + keras Adam", "keras Adam") for m in ms]
     x = range(len(ms))
-    ax.bar([i - 0.2 for i in x], [m["peak_rss_bytes"] / 1e9 for m in ms], 0.4, label="peak RSS")
-    ax.bar([i + 0.2 for i in x], [m["slot_bytes"] / 1e9 for m in ms], 0.4, label="slot bytes")
+    ax.bar([i - 0.27 for i in x], [m["peak_rss_bytes"] / 1e9 for m in ms], 0.27, label="peak RSS")
+    ax.bar(list(x), [(m.get("rss_after_steps_bytes") or 0) / 1e9 for m in ms], 0.27, label="RSS after steps")
+    ax.bar([i + 0.27 for i in x], [m["slot_bytes"] / 1e9 for m in ms], 0.27, label="slot bytes")
     ax.set_xticks(list(x), labels, rotation=30, ha="right", fontsize=8)
     ax.set_ylabel("GB", fontsize=9)
     ax.set_title(f"memory at {size_label(ms[0]['params']['rows'])} rows x {ms[0]['params']['dim']}", fontsize=10)
