@@ -5,8 +5,9 @@ Row model (all parameters drawn once from the seed):
   I_j  = floor(exp(mu_j + sigma_j * z)) - 1, z ~ N(0, 1), missing with prob q_j
   logit = b + sum_j w_j * (log1p(I_j) - mu_j) + sum_f u_f[C_f]
   label ~ Bernoulli(sigmoid(logit))
-A missing count enters as log1p(0) = 0 and a missing value adds 0: exactly
-what the preprocessed features show, so the truth is learnable from them.
+A missing count enters as log1p(0) = 0 (as in the preprocessed features, where
+it cannot be told from a count of 0) and a missing categorical adds 0, so the
+logit is a function of what the preprocessed features show.
 The per-value weights u_f are N(0, a_f^2) for "frequent" values, those
 expected at least `frequent_count` times in `reference_rows` rows, and much
 smaller (`tail_weight_scale`) for the long tail, so most of the signal sits
@@ -35,11 +36,11 @@ class SynthConfig:
     zipf_exponent: float = 1.1
     max_categorical_missing: float = 0.3
     max_dense_missing: float = 0.4
-    head_weight_scale: float = 0.45
+    head_weight_scale: float = 0.4
     tail_weight_scale: float = 0.05
-    dense_weight_scale: float = 0.25
+    dense_weight_scale: float = 0.15
     reference_rows: int = 300_000
-    frequent_count: int = 30
+    frequent_count: int = 300
     target_positive_rate: float = 0.25
     calibration_rows: int = 200_000
 
@@ -84,8 +85,11 @@ class GroundTruth:
             self.cdfs.append(np.cumsum(pmf))
             expected = pmf * config.reference_rows * (1 - self.cat_missing[f])
             head = int(np.sum(expected >= config.frequent_count))
-            weights = rng.normal(0, config.tail_weight_scale, size)
-            weights[:head] = rng.normal(0, feature_scale[f], head)
+            # A stream per feature: the head size varies with frequent_count, and must not shift
+            # the draws of the other features or of the dense weights.
+            feature_rng = np.random.default_rng([config.seed, 0, f + 1])
+            weights = feature_rng.normal(0, config.tail_weight_scale, size)
+            weights[:head] = feature_rng.normal(0, feature_scale[f], head)
             self.weights.append(weights.astype(np.float32))
             self.head_sizes.append(head)
         self.dense_mu = rng.uniform(0.5, 4.0, NUM_DENSE)
@@ -123,7 +127,7 @@ class GroundTruth:
         counts = np.maximum(counts, 0)
         counts[rng.random((n, NUM_DENSE)) < self.dense_missing] = -1
         x = np.log1p(np.maximum(counts, 0))
-        parts[:, 0] = (x - self.dense_mu * (counts >= 0)) @ self.dense_weights
+        parts[:, 0] = (x - self.dense_mu) @ self.dense_weights
         prob = 1 / (1 + np.exp(-(parts.sum(axis=1) + self.bias)))
         label = (rng.random(n) < prob).astype(np.int8)
         return Chunk(cat_ids, counts, parts, prob, label)

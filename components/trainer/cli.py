@@ -72,6 +72,9 @@ def build_parser() -> argparse.ArgumentParser:
                        help="hidden widths of the MLP on dense features, e.g. 64,32 (default 64,32)")
     model.add_argument("--top-mlp", type=_widths, default=list(defaults.top_mlp),
                        help="hidden widths of the MLP after the interaction (default 64,32)")
+    model.add_argument("--no-wide", action="store_true",
+                       help="drop the first-order term (a per-value weight summed into the logit, stored as one "
+                       "extra column of each table); default: on")
     model.add_argument("--seed", type=int, default=defaults.seed, help="initialisation and shuffling seed (default 0)")
     run = p.add_argument_group("execution (custom_config)")
     run.add_argument("--checkpoint-every", type=int, default=defaults.checkpoint_every,
@@ -87,7 +90,10 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--no-progress", action="store_true", help="log lines instead of a progress bar")
     run.add_argument("--local-workers", type=int, default=0,
                      help="start N local worker processes with TF_CONFIG on free localhost ports "
-                     "(MultiWorkerMirroredStrategy); their logs are prefixed [worker i]")
+                     "(MultiWorkerMirroredStrategy); their logs are prefixed [worker i]. Stopping the launcher "
+                     "(SIGTERM, Ctrl-C, --timeout) stops the workers: SIGTERM, then SIGKILL after 10 s")
+    run.add_argument("--timeout", type=float,
+                     help="with --local-workers: stop the workers and exit 124 after this many seconds")
     return p
 
 
@@ -110,7 +116,7 @@ def fn_args_from_args(args: argparse.Namespace):
         optimizer=args.optimizer, dense_optimizer=args.dense_optimizer, learning_rate=args.learning_rate,
         dense_learning_rate=args.dense_learning_rate, batch_size=args.batch_size, embedding_dim=args.embedding_dim,
         table_layout=args.table_layout, interaction=args.interaction, bottom_mlp=args.bottom_mlp,
-        top_mlp=args.top_mlp, checkpoint_every=args.checkpoint_every, log_every=args.log_every,
+        top_mlp=args.top_mlp, wide=not args.no_wide, checkpoint_every=args.checkpoint_every, log_every=args.log_every,
         strategy=args.strategy, mixed_precision=args.mixed_precision, seed=args.seed, progress=not args.no_progress,
     )
     if metadata:
@@ -123,29 +129,40 @@ def fn_args_from_args(args: argparse.Namespace):
                   serving_model_dir=serving, model_run_dir=run_dir, schema_path=metadata, custom_config=custom_config)
 
 
+LAUNCHER_ONLY = ("--local-workers", "--timeout")
+
+
 def _without_local_workers(argv: list[str]) -> list[str]:
+    """The worker's argv: the launcher's without the flags only the launcher reads."""
     out, skip = [], False
     for arg in argv:
         if skip:
             skip = False
-        elif arg == "--local-workers":
+        elif arg in LAUNCHER_ONLY:
             skip = True
-        elif not arg.startswith("--local-workers="):
+        elif not arg.startswith(tuple(f"{flag}=" for flag in LAUNCHER_ONLY)):
             out.append(arg)
     return out
 
 
 def main(argv: list[str] | None = None) -> int:
+    from components.trainer.local_workers import follow_launcher
+
+    follow_launcher()
     argv = list(sys.argv[1:] if argv is None else argv)
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     if args.local_workers < 0:
         print(f"{PROG}: --local-workers must be >= 0, got {args.local_workers}", file=sys.stderr)
         return 2
+    if args.timeout is not None and (not args.local_workers or args.timeout <= 0):
+        print(f"{PROG}: --timeout needs --local-workers and a value > 0, got {args.timeout}", file=sys.stderr)
+        return 2
     if args.local_workers:
         from components.trainer.local_workers import launch
 
-        return launch(_without_local_workers(argv) + ["--no-progress"], args.local_workers)
+        return launch(_without_local_workers(argv) + ["--no-progress"], args.local_workers,
+                      timeout_seconds=args.timeout)
     try:
         from components.trainer.run import run_fn
 

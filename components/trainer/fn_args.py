@@ -30,6 +30,7 @@ TOP_MLP = "top_mlp"
 CHECKPOINT_EVERY = "checkpoint_every"
 LOG_EVERY = "log_every"
 STRATEGY = "strategy"
+WIDE = "wide"
 MIXED_PRECISION = "mixed_precision"
 SEED = "seed"
 PROGRESS = "progress"
@@ -73,6 +74,7 @@ class TrainerConfig:
     interaction: str = "dot"
     bottom_mlp: tuple[int, ...] = (64, 32)
     top_mlp: tuple[int, ...] = (64, 32)
+    wide: bool = True
     checkpoint_every: int = 1000
     log_every: int = 100
     strategy: str = "auto"
@@ -97,6 +99,8 @@ class TrainerConfig:
         for name, valid in ((TABLE_LAYOUT, TABLE_LAYOUTS), (INTERACTION, INTERACTIONS), (STRATEGY, STRATEGIES)):
             if getattr(self, name) not in valid:
                 raise ValueError(f"{name} must be one of {valid}, got {getattr(self, name)!r}")
+        if not isinstance(self.wide, bool):
+            raise ValueError(f"{WIDE} must be true or false, got {self.wide!r}")
         for name in (BOTTOM_MLP, TOP_MLP):
             value = getattr(self, name)
             if not all(isinstance(u, int) and u >= 1 for u in value):

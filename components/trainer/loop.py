@@ -110,8 +110,14 @@ def make_predict_step(strategy: tf.distribute.Strategy, model: keras.Model):
     return predict_step
 
 
-def evaluate(strategy, model, eval_iterator, eval_steps: int) -> dict[str, float]:
-    """AUC and log loss over `eval_steps` global batches (identical on every worker)."""
+def evaluate(strategy, model, eval_iterator, eval_steps: int, max_examples: int | None = None) -> dict[str, float]:
+    """AUC and log loss over `eval_steps` global batches (identical on every worker).
+
+    The eval dataset repeats, so enough steps to cover the split end with a
+    batch that wraps around to its first rows; `max_examples` (the split's
+    row count) cuts those off. With one input pipeline, reading in file
+    order, the result is then exactly the split, each row once.
+    """
     predict_step = make_predict_step(strategy, model)
     auc = keras.metrics.AUC(num_thresholds=10_001)
     log_loss = keras.metrics.BinaryCrossentropy()
@@ -120,7 +126,7 @@ def evaluate(strategy, model, eval_iterator, eval_steps: int) -> dict[str, float
         p, y = predict_step(eval_iterator)
         probs.append(p.numpy())
         labels.append(y.numpy())
-    probs, labels = np.concatenate(probs), np.concatenate(labels)
+    probs, labels = np.concatenate(probs)[:max_examples], np.concatenate(labels)[:max_examples]
     auc.update_state(labels, probs)
     log_loss.update_state(labels[:, None], probs[:, None])
     return {

@@ -5,6 +5,14 @@
   dot:    z = upper triangle (i < j) of <v_i, v_j> over v = (x0, e_0..e_25), concat [x0, z]
   concat: z = [x0, e_0, ..., e_25]
   z -> top MLP -> Dense(1) -> logit [B] (float32 also under mixed precision)
+  wide (default on): logit += sum_i w_i, w_i a first-order weight per feature value
+
+The wide term is the linear ("LR") part of wide & deep / DeepFM: a click
+log's signal is mostly a sum of per-value effects, which dot products and
+ReLU MLPs can only approximate, while a per-value weight represents it
+exactly and learns it from few examples. Each table row carries it as one
+extra column (row = [e_i, w_i], width d + 1), so it costs no extra lookup,
+variable or optimizer call.
 
 Tables are `optimizers.SparseEmbedding`, so their gradients are
 `tf.IndexedSlices` and a step touches only the looked-up rows. With the
@@ -36,11 +44,15 @@ class DLRM(keras.Model):
         table_layout: "per_feature" (one table each) or "shared" (one table, offsets).
         interaction: "dot" or "concat".
         bottom_mlp, top_mlp: hidden layer widths.
+        wide: add the first-order term (one more column per table row).
     """
 
     def __init__(self, vocab_sizes, categorical_keys, dense_key, embedding_dim=16, table_layout="per_feature",
-                 interaction="dot", bottom_mlp=(64, 32), top_mlp=(64, 32), seed=0, **kwargs):
+                 interaction="dot", bottom_mlp=(64, 32), top_mlp=(64, 32), wide=True, seed=0, **kwargs):
         super().__init__(**kwargs)
+        self.embedding_dim = int(embedding_dim)
+        self.wide = bool(wide)
+        width = self.embedding_dim + (1 if self.wide else 0)
         self.vocab_sizes = [int(v) for v in vocab_sizes]
         self.categorical_keys = tuple(categorical_keys)
         self.dense_key = dense_key
@@ -49,11 +61,11 @@ class DLRM(keras.Model):
         init = keras.initializers.RandomUniform(-EMBEDDING_INIT_SCALE, EMBEDDING_INIT_SCALE, seed=seed)
         if table_layout == "shared":
             self.offsets = tf.constant(np.cumsum([0] + self.vocab_sizes[:-1]), dtype=tf.int64)
-            self.tables = [optimizers.SparseEmbedding(sum(self.vocab_sizes), embedding_dim,
+            self.tables = [optimizers.SparseEmbedding(sum(self.vocab_sizes), width,
                                                       embeddings_initializer=init, name="shared_table")]
         elif table_layout == "per_feature":
             self.tables = [
-                optimizers.SparseEmbedding(size, embedding_dim, embeddings_initializer=init, name=f"table_{key}")
+                optimizers.SparseEmbedding(size, width, embeddings_initializer=init, name=f"table_{key}")
                 for key, size in zip(self.categorical_keys, self.vocab_sizes)
             ]
         else:
@@ -89,7 +101,8 @@ class DLRM(keras.Model):
         x = tf.cast(features[self.dense_key], self.compute_dtype)
         for layer in self.bottom:
             x = layer(x)
-        embedded = tf.cast(self._embed(features), x.dtype)
+        rows = tf.cast(self._embed(features), x.dtype)  # [B, F, width]
+        embedded = rows[:, :, : self.embedding_dim]
         vectors = tf.concat([x[:, None, :], embedded], axis=1)  # [B, F+1, d]
         if self.interaction == "dot":
             products = tf.matmul(vectors, vectors, transpose_b=True)  # [B, F+1, F+1]
@@ -99,7 +112,10 @@ class DLRM(keras.Model):
             z = tf.reshape(vectors, [tf.shape(vectors)[0], vectors.shape[1] * vectors.shape[2]])
         for layer in self.top:
             z = layer(z)
-        return tf.squeeze(self.head(z), axis=1)
+        logit = tf.squeeze(self.head(z), axis=1)
+        if self.wide:
+            logit += tf.reduce_sum(tf.cast(rows[:, :, self.embedding_dim], tf.float32), axis=1)
+        return logit
 
 
 def build_model(metadata: Metadata, config) -> DLRM:
@@ -113,6 +129,7 @@ def build_model(metadata: Metadata, config) -> DLRM:
         interaction=config.interaction,
         bottom_mlp=config.bottom_mlp,
         top_mlp=config.top_mlp,
+        wide=config.wide,
         seed=config.seed,
     )
     example = {metadata.dense_key: tf.zeros([1, metadata.num_dense])}

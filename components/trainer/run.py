@@ -12,6 +12,7 @@ write to temporary ones that are deleted afterwards.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import shutil
@@ -55,6 +56,14 @@ def _distributed_dataset(strategy, patterns, metadata, global_batch, *, shuffle,
     return strategy.distribute_datasets_from_function(dataset_fn)
 
 
+@contextlib.contextmanager
+def _timed(phases: dict[str, float], name: str):
+    start = time.perf_counter()
+    yield
+    phases[name] = time.perf_counter() - start
+    log.info("%s: %.1f s", name, phases[name])
+
+
 def _set_precision(mixed: bool) -> None:
     if mixed and not tf.config.list_physical_devices("GPU"):
         log.warning("--mixed-precision on CPU: float16 runs but is slower than float32; it pays off on GPUs")
@@ -85,6 +94,8 @@ def run_fn(fn_args) -> dict:
     run_dir = fn_args.model_run_dir if is_chief else scratch
     serving_dir = fn_args.serving_model_dir if is_chief else os.path.join(scratch, "serving")
     keras.utils.set_random_seed(config.seed)
+    phases = {}
+    phase_start = time.perf_counter()
 
     with strategy.scope():
         model = build_model(metadata, config)
@@ -103,6 +114,7 @@ def run_fn(fn_args) -> dict:
                          "use a new model_run_dir or more steps")
     if resumed_from:
         log.info("resumed from checkpoint %s at step %d", latest, resumed_from)
+    phases["build_and_restore"] = time.perf_counter() - phase_start
     ckpt_dir = real_ckpt_dir if is_chief else os.path.join(scratch, artifacts.CHECKPOINT_DIR)
     manager = tf.train.CheckpointManager(checkpoint, ckpt_dir, max_to_keep=3)
 
@@ -122,10 +134,13 @@ def run_fn(fn_args) -> dict:
     except tf.errors.InvalidArgumentError as err:
         raise ValueError(f"the training data does not match the metadata at {metadata_path} "
                          f"(ids out of range or missing features?): {err.message.strip()[:600]}") from None
-    train_seconds = time.perf_counter() - start
-    manager.save(checkpoint_number=int(step.numpy()))
-    metrics = evaluate(strategy, model, iter(eval_ds), fn_args.eval_steps)
-    export_saved_model(model, metadata, serving_dir)
+    train_seconds = phases["train"] = time.perf_counter() - start
+    with _timed(phases, "final_checkpoint"):
+        manager.save(checkpoint_number=int(step.numpy()))
+    with _timed(phases, "eval"):
+        metrics = evaluate(strategy, model, iter(eval_ds), fn_args.eval_steps, max_examples=metadata.row_counts.get("eval"))
+    with _timed(phases, "export"):
+        export_saved_model(model, metadata, serving_dir)
 
     # The first step includes tracing; it is left out of the step time.
     timed = result.step_seconds[1:] or result.step_seconds
@@ -142,6 +157,8 @@ def run_fn(fn_args) -> dict:
         mean_step_seconds=mean_step,
         examples_per_second=global_batch / mean_step if timed else float("nan"),
         train_seconds=train_seconds,
+        # Wall time of each phase of this run (the periodic checkpoints are inside "train").
+        phase_seconds={k: round(v, 3) for k, v in phases.items()},
         final_train_loss=result.losses[-1][1] if result.losses else None,
         table_rows=[int(t.input_dim) for t in model.tables],
         # Per-variable sums: equal on every worker when they stayed in sync.

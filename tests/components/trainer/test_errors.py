@@ -63,7 +63,7 @@ def test_metadata_missing_a_feature_is_refused(planted_data, tmp_path):
     "custom,message",
     [({"optimiser": "sgd"}, "unknown keys"), ({"optimizer": "rmsprop"}, "unknown optimizer"),
      ({"batch_size": 0}, "batch_size"), ({"table_layout": "sharded"}, "table_layout"),
-     ({"learning_rate": -1.0}, "learning_rate")],
+     ({"learning_rate": -1.0}, "learning_rate"), ({"wide": "yes"}, "wide")],
 )
 def test_bad_custom_config(custom, message):
     with pytest.raises(ValueError, match=message):
@@ -84,7 +84,7 @@ def test_cli_help_documents_every_flag(capsys):
     for flag in ("--train-files", "--eval-files", "--metadata", "--train-steps", "--eval-steps", "--serving-model-dir",
                  "--model-run-dir", "--optimizer", "--dense-optimizer", "--learning-rate", "--dense-learning-rate",
                  "--batch-size", "--embedding-dim", "--table-layout", "--interaction", "--checkpoint-every",
-                 "--strategy", "--mixed-precision", "--local-workers"):
+                 "--strategy", "--mixed-precision", "--local-workers", "--timeout", "--no-wide"):
         assert flag in text
 
 

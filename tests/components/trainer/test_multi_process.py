@@ -88,3 +88,52 @@ def test_kill_9_then_restart_resumes_with_exact_step_count(planted_data, tmp_pat
     with open(os.path.join(out, "model_run", "metrics.json"), encoding="utf-8") as f:
         metrics = json.load(f)
     assert metrics["steps"] == steps and metrics["steps_this_run"] == steps - metrics["resumed_from_step"]
+
+
+def _running(pid: int) -> bool:
+    """True while `pid` exists and is not a zombie (a dead worker not yet reaped counts as gone)."""
+    try:
+        with open(f"/proc/{pid}/stat", encoding="utf-8") as f:
+            return f.read().rsplit(")", 1)[1].split()[0] != "Z"
+    except FileNotFoundError:
+        return False
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads /proc")
+def test_sigterm_to_the_launcher_stops_its_workers(planted_data, tmp_path):
+    cmd = train_cmd(planted_data, str(tmp_path / "out"), 100_000, "--local-workers", "2", "--log-every", "5",
+                    "--eval-steps", "1")
+    launcher = subprocess.Popen(cmd, cwd=ROOT, env=ENV, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    pids, lines = {}, []
+    try:
+        deadline = time.monotonic() + 240
+        # Wait until both workers are training (a step line from each), so they sit in collectives when stopped.
+        stepping = set()
+        while len(stepping) < 2 and time.monotonic() < deadline:
+            line = launcher.stdout.readline()
+            if not line:
+                break
+            lines.append(line)
+            if "started worker" in line:
+                pids[line.split("started worker ")[1].split()[0]] = int(line.rsplit("pid ", 1)[1].rstrip(")\n"))
+            if line.startswith("[worker ") and " step " in line:
+                stepping.add(line[:10])
+        assert len(pids) == 2 and len(stepping) == 2, "".join(lines[-40:])
+        assert all(_running(pid) for pid in pids.values())
+        launcher.send_signal(signal.SIGTERM)
+        code = launcher.wait(timeout=15)
+        rest = launcher.stdout.read()
+        gone_by = time.monotonic() + 5
+        while any(_running(pid) for pid in pids.values()) and time.monotonic() < gone_by:
+            time.sleep(0.1)
+        left_running = [pid for pid in pids.values() if _running(pid)]
+    finally:
+        if launcher.poll() is None:
+            launcher.kill()
+        for pid in pids.values():
+            if _running(pid):
+                os.kill(pid, signal.SIGKILL)
+    assert not left_running, f"workers {left_running} outlived the launcher"
+    assert code == 128 + signal.SIGTERM, rest[-2000:]
+    assert "received SIGTERM; stopped the workers" in rest

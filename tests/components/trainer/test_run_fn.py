@@ -54,10 +54,11 @@ def test_saved_model_scores_serialized_examples(trained, planted_data):
     probs = serve(examples=tf.constant(records))["probabilities"].numpy()
     assert probs.shape == (len(records), 1) and probs.dtype == np.float32
     assert np.all((probs > 0) & (probs < 1))
-    # The exported model is the evaluated one: its AUC on the eval split, computed here
-    # with rank statistics, matches metrics.json (which counts a few repeated rows
-    # to fill the last batch, hence the stated 0.01).
-    assert abs(rank_auc(labels, probs[:, 0]) - metrics["eval_auc"]) < 0.01
+    # The exported model is the evaluated one, and the evaluation saw each eval row once
+    # (the last batch's wrapped-around rows are cut off): its AUC computed here with rank
+    # statistics matches metrics.json up to the 10,001-threshold binning of keras's AUC.
+    assert metrics["eval_examples"] == len(records)
+    assert abs(rank_auc(labels, probs[:, 0]) - metrics["eval_auc"]) < 2e-3
 
 
 def test_metrics_json_and_artifacts_written(trained):
@@ -69,7 +70,7 @@ def test_metrics_json_and_artifacts_written(trained):
     assert 0.0 < saved["eval_log_loss"] < 1.0
     assert saved["examples_per_second"] > 0 and saved["mean_step_seconds"] > 0
     assert saved["examples_per_second"] == pytest.approx(BATCH / saved["mean_step_seconds"])
-    assert saved["eval_examples"] >= fn_args.eval_steps * BATCH - BATCH
+    assert fn_args.eval_steps * BATCH - BATCH < saved["eval_examples"] <= fn_args.eval_steps * BATCH
     assert os.path.getsize(os.path.join(fn_args.model_run_dir, "training_curve.png")) > 1000
     assert glob.glob(os.path.join(fn_args.model_run_dir, "logs", "train", "events.out.tfevents.*"))
     assert glob.glob(os.path.join(fn_args.model_run_dir, "logs", "eval", "events.out.tfevents.*"))
