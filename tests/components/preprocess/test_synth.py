@@ -63,6 +63,33 @@ def test_bayes_auc_matches_independent_auc_of_true_probabilities(tmp_path):
     assert all(len(v) == 8 and int(v, 16) >= 0 for row in cats[:200] for v in row if v)
 
 
+SMALL_VOCAB = (50_000, 1000, 20, 3, 5000, 300, 20_000, 7, 100, 40, 200_000, 100_000, 10,
+               500, 60, 24, 1000, 30_000, 5, 80, 15, 2, 9, 4000, 600, 100)
+
+
+def test_dense_logit_is_a_function_of_the_preprocessed_counts():
+    """Preprocess maps a missing count and a count of 0 both to log1p(0) = 0; the truth must not tell them apart."""
+    truth = GroundTruth(SynthConfig(seed=2, vocab_sizes=SMALL_VOCAB, calibration_rows=2000))
+    chunk = truth.sample(5000)
+    assert (chunk.counts < 0).any() and (chunk.counts == 0).any()
+    x = np.log1p(np.maximum(chunk.counts, 0))
+    np.testing.assert_allclose(chunk.logit_parts[:, 0], (x - truth.dense_mu) @ truth.dense_weights, rtol=1e-12)
+
+
+def test_frequent_count_moves_only_the_head_boundary():
+    """Each feature draws its value weights from its own stream: a different threshold changes which values
+    are "frequent" and nothing else (not the dense weights, not the other features' draws)."""
+    low = GroundTruth(SynthConfig(seed=4, vocab_sizes=SMALL_VOCAB, frequent_count=30, calibration_rows=2000))
+    high = GroundTruth(SynthConfig(seed=4, vocab_sizes=SMALL_VOCAB, frequent_count=300, calibration_rows=2000))
+    np.testing.assert_array_equal(low.dense_weights, high.dense_weights)
+    assert sum(high.head_sizes) < sum(low.head_sizes)
+    for f, (a, b) in enumerate(zip(low.weights, high.weights)):
+        head = high.head_sizes[f]
+        # Beyond the larger head both are the same tail draws; the shared head has the same normal draws.
+        np.testing.assert_array_equal(a[low.head_sizes[f]:], b[low.head_sizes[f]:])
+        np.testing.assert_array_equal(a[:head], b[:head])
+
+
 def _design(cats, dense, columns=None):
     """One-hot of values seen >= 3 times in training (rest: one OOV column per feature), dense and presence."""
     if columns is None:
@@ -104,6 +131,7 @@ def test_logistic_model_on_true_features_approaches_bayes_auc(tmp_path):
     assert synth.main(["--rows", "180000", "--output", path, "--seed", "3", "--no-progress"]) == 0
     meta = json.load(open(path + ".meta.json"))
     assert 0.75 <= meta["bayes_auc"] <= 0.85 and 0.2 <= meta["positive_rate"] <= 0.3
+    assert meta["logit_variance"]["frequent_and_dense_fraction"] > 0.95
     labels, dense, cats = _read_tsv(path)
     n_train = 150_000
     idx, xd, columns, n_sparse = _design(cats[:n_train], dense[:n_train])
