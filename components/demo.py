@@ -1,7 +1,7 @@
 """`embedopt demo`: the whole job on an embedded default, then a report.
 
 synth (planted logistic truth, Bayes-optimal AUC recorded) -> preprocess
-(Beam DirectRunner, hashed ids; the largest table gets 2^20 rows) -> train
+(Beam DirectRunner, hashed ids; the largest feature gets 2^20 rows) -> train
 (Adagrad on the embedding tables, Adam on the MLPs, one pass over the
 training split by default) -> SavedModel export -> a printed report: eval
 AUC against the Bayes-optimal AUC of the same eval rows, step time, where
@@ -36,7 +36,7 @@ LEARNING_RATES = {"adagrad": 0.5, "lazy_adam": 2e-3}
 
 
 def hash_buckets(vocab_sizes) -> list[int]:
-    """Rows per table: 2^20 for features with 1M+ values, else ~4x the values (few collisions), capped at 2^18."""
+    """Rows per feature: 2^20 for features with 1M+ values, else ~4x the values (few collisions), capped at 2^18."""
     return [LARGE_TABLE_ROWS if v >= LARGE_TABLE_ROWS else min(max(4 * v, 64), OTHER_TABLE_CAP) for v in vocab_sizes]
 
 
@@ -135,8 +135,8 @@ def run(args: argparse.Namespace) -> dict:
     timings["train_seconds"] = time.monotonic() - start
     report = {
         "rows": args.rows, "train_rows": train_rows, "eval_rows": eval_rows, "steps": metrics["steps"],
-        "batch_size": BATCH_SIZE, "largest_table_rows": max(metrics["table_rows"]),
-        "total_table_rows": sum(metrics["table_rows"]), "eval_auc": metrics["eval_auc"],
+        "batch_size": BATCH_SIZE, "table_layout": metrics["config"]["table_layout"],
+        "largest_feature_rows": max(metadata.vocab_sizes.values()), "total_table_rows": sum(metrics["table_rows"]), "eval_auc": metrics["eval_auc"],
         "eval_examples": metrics["eval_examples"], "bayes_auc": bayes["eval"], "auc_gap": bayes["eval"] - metrics["eval_auc"],
         "bayes_auc_all_rows": synth_meta["bayes_auc"], "frequent_count": config.frequent_count,
         "reference_rows": config.reference_rows,
@@ -158,7 +158,8 @@ def format_report(r: dict) -> str:
         "",
         "embedopt demo: report",
         f"  data        {r['rows']:,} synthetic rows ({r['train_rows']:,} train / {r['eval_rows']:,} eval); "
-        f"26 tables, {r['total_table_rows']:,} rows in all, largest {r['largest_table_rows']:,}",
+        f"26 hashed features, {r['total_table_rows']:,} table rows in all ({r['table_layout']} layout), "
+        f"largest feature {r['largest_feature_rows']:,}",
         f"  training    {r['steps']} steps of batch {r['batch_size']}: {r['mean_step_seconds'] * 1000:.1f} ms/step, "
         f"{r['examples_per_second']:,.0f} examples/s",
         f"  eval AUC    {r['eval_auc']:.4f} on {r['eval_examples']:,} eval rows (Bayes-optimal on the same rows: "

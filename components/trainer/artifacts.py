@@ -1,7 +1,7 @@
 """What a run leaves in `model_run_dir`: metrics.json, the training curve PNG, TensorBoard logs.
 
 Layout:
-  model_run_dir/metrics.json          eval AUC, log loss, examples/s, step time, steps, ...
+  model_run_dir/metrics.json          eval AUC, log loss, examples/s, step time, steps, phase_seconds, ...
   model_run_dir/training_curve.png    loss against step (needs matplotlib; skipped with a warning without it)
   model_run_dir/logs/train/           TensorBoard scalars: loss, examples_per_second
   model_run_dir/logs/eval/            TensorBoard scalars: auc, log_loss

@@ -44,7 +44,8 @@ def build_parser() -> argparse.ArgumentParser:
     data.add_argument("--eval-files", nargs="+", help="evaluation file patterns")
     data.add_argument("--metadata", help="the preprocess metadata.json (FnArgs.schema_path); default: beside Split-train")
     data.add_argument("--train-steps", type=int, required=True, help="total training steps; a resumed run stops at exactly this step")
-    data.add_argument("--eval-steps", type=int, help="evaluation batches (default: enough to cover the eval split once)")
+    data.add_argument("--eval-steps", type=int, help="evaluation batches (default: enough to cover the eval split once; the rows the last batch "
+                      "wraps around to are not counted twice)")
     out = p.add_argument_group("outputs (FnArgs)")
     out.add_argument("--output", help="sets --serving-model-dir OUTPUT/serving_model and --model-run-dir OUTPUT/model_run")
     out.add_argument("--serving-model-dir", help="where the SavedModel goes (chief only)")
@@ -62,10 +63,12 @@ def build_parser() -> argparse.ArgumentParser:
     model.add_argument("--batch-size", type=int, default=defaults.batch_size,
                        help=f"GLOBAL batch size, split over all replicas of all workers (default {defaults.batch_size})")
     model.add_argument("--embedding-dim", type=int, default=defaults.embedding_dim,
-                       help=f"embedding width, also the bottom MLP's output width (default {defaults.embedding_dim})")
+                       help=f"embedding width, also the bottom MLP's output width; tables have one more column for the "
+                       f"wide term (default {defaults.embedding_dim})")
     model.add_argument("--table-layout", choices=keys.TABLE_LAYOUTS, default=defaults.table_layout,
                        help="per_feature: one table per categorical feature, sized by metadata vocab_sizes; "
-                       "shared: one table of sum(vocab sizes) rows with per-feature offsets (default per_feature)")
+                       "shared: one table of sum(vocab sizes) rows with per-feature offsets, one lookup and one "
+                       f"gradient all-reduce per step instead of 26 (default {defaults.table_layout})")
     model.add_argument("--interaction", choices=keys.INTERACTIONS, default=defaults.interaction,
                        help="dot: pairwise dot products of the feature vectors (DLRM); concat: concatenation (default dot)")
     model.add_argument("--bottom-mlp", type=_widths, default=list(defaults.bottom_mlp),

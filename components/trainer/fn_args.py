@@ -70,7 +70,10 @@ class TrainerConfig:
     dense_learning_rate: float | None = 1e-3
     batch_size: int = 1024
     embedding_dim: int = 16
-    table_layout: str = "per_feature"
+    # One shared table: measured on the demo data (26 hashed tables, 3.07M rows, batch 512, 2 cores),
+    # 2 local workers took 0.060 s/step against 0.204 s with a table per feature (each table's
+    # IndexedSlices is its own all-gather), and one device 0.029 against 0.032 s/step.
+    table_layout: str = "shared"
     interaction: str = "dot"
     bottom_mlp: tuple[int, ...] = (64, 32)
     top_mlp: tuple[int, ...] = (64, 32)

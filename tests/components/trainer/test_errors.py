@@ -90,7 +90,7 @@ def test_cli_help_documents_every_flag(capsys):
 
 def test_cli_builds_the_fn_args_run_fn_gets(planted_data, tmp_path):
     args = cli.build_parser().parse_args(["--data", planted_data, "--output", str(tmp_path), "--train-steps", "7",
-                                          "--optimizer", "ftrl", "--dense-optimizer", "sgd", "--table-layout", "shared",
+                                          "--optimizer", "ftrl", "--dense-optimizer", "sgd", "--table-layout", "per_feature",
                                           "--bottom-mlp", "8,4", "--batch-size", "100"])
     fn_args = cli.fn_args_from_args(args)
     assert fn_args.train_files == [os.path.join(planted_data, "Split-train", "*")]
@@ -100,4 +100,4 @@ def test_cli_builds_the_fn_args_run_fn_gets(planted_data, tmp_path):
         eval_rows = json.load(f)["row_counts"]["eval"]
     assert fn_args.train_steps == 7 and fn_args.eval_steps == -(-eval_rows // 100)
     config = TrainerConfig.from_custom_config(fn_args.custom_config)
-    assert (config.optimizer, config.dense_optimizer, config.table_layout, config.bottom_mlp) == ("ftrl", "sgd", "shared", (8, 4))
+    assert (config.optimizer, config.dense_optimizer, config.table_layout, config.bottom_mlp) == ("ftrl", "sgd", "per_feature", (8, 4))

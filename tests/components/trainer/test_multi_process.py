@@ -137,3 +137,22 @@ def test_sigterm_to_the_launcher_stops_its_workers(planted_data, tmp_path):
     assert not left_running, f"workers {left_running} outlived the launcher"
     assert code == 128 + signal.SIGTERM, rest[-2000:]
     assert "received SIGTERM; stopped the workers" in rest
+
+
+def test_stop_workers_sigkills_a_worker_that_ignores_sigterm_after_the_grace_period():
+    from components.trainer.local_workers import stop_workers
+
+    stubborn = subprocess.Popen([sys.executable, "-c", "import signal, time; signal.signal(signal.SIGTERM, signal.SIG_IGN); "
+                                 "print('ready', flush=True); time.sleep(60)"], stdout=subprocess.PIPE, text=True)
+    polite = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    try:
+        assert stubborn.stdout.readline() == "ready\n"
+        start = time.monotonic()
+        stop_workers([stubborn, polite], grace_seconds=1.0)
+        elapsed = time.monotonic() - start
+    finally:
+        for p in (stubborn, polite):
+            if p.poll() is None:
+                p.kill()
+    assert polite.returncode == -signal.SIGTERM and stubborn.returncode == -signal.SIGKILL
+    assert 1.0 <= elapsed < 5
