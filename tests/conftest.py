@@ -21,15 +21,23 @@ tf.config.set_logical_device_configuration(
 import pytest  # noqa: E402
 
 
+@pytest.fixture(autouse=True)
+def _fresh_collective_keys():
+    """Gives every `MirroredStrategy` made during a test its own collective-key range.
+
+    Each `MirroredStrategy` numbers its collective ops from
+    `MirroredStrategy._collective_key_base` (TensorFlow's hook for tests), so
+    two instances in one process would reuse the same keys and abort each
+    other's all-reduce ("Collective instance 100 expected type 0 ... but got
+    type 2"). Trainer tests make their own strategies through `run_fn`.
+    """
+    tf.distribute.MirroredStrategy._collective_key_base += 100_000
+    yield
+
+
 @pytest.fixture(scope="session")
 def mirrored_strategy():
-    """The one `MirroredStrategy` over the two logical CPUs for the whole test session.
-
-    Every `MirroredStrategy` made in a process numbers its collective ops from
-    the same start, so a second instance's all-reduce or gather can collide
-    with the first's ("Collective instance 100 expected type 0 ... but got
-    type 2") and abort. Tests share this one instead of making their own.
-    """
+    """One `MirroredStrategy` over the two logical CPUs, shared by the optimizer tests."""
     strategy = tf.distribute.MirroredStrategy(["/cpu:0", "/cpu:1"])
     assert strategy.num_replicas_in_sync == 2
     return strategy
