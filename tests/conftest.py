@@ -37,7 +37,12 @@ def _fresh_collective_keys():
 
 @pytest.fixture(scope="session")
 def mirrored_strategy():
-    """One `MirroredStrategy` over the two logical CPUs, shared by the optimizer tests."""
+    """One `MirroredStrategy` over the two logical CPUs, shared by the optimizer tests.
+
+    A session fixture is set up before the test's own fixtures, so it takes a
+    key range of its own here rather than the previous test's.
+    """
+    tf.distribute.MirroredStrategy._collective_key_base += 100_000
     strategy = tf.distribute.MirroredStrategy(["/cpu:0", "/cpu:1"])
     assert strategy.num_replicas_in_sync == 2
     return strategy
