@@ -12,12 +12,12 @@ from __future__ import annotations
 
 import json
 import os
-import socket
 import subprocess
 import sys
 import tempfile
 
 from benchmarks import harness, results, step_time
+from components.trainer.local_workers import free_ports
 
 NAME = "multi_worker"
 FULL = dict(rows=[100_000, 1_000_000], dim=32, global_batch=4096, warmup=3, steps=20)
@@ -68,20 +68,9 @@ def worker(rows, dim, global_batch, warmup, steps) -> dict:
     return out
 
 
-def _free_ports(n: int) -> list[int]:
-    sockets = [socket.socket() for _ in range(n)]
-    try:
-        for s in sockets:
-            s.bind(("127.0.0.1", 0))
-        return [s.getsockname()[1] for s in sockets]
-    finally:
-        for s in sockets:
-            s.close()
-
-
 def launch(kwargs: dict, num_workers: int = 2, timeout: float = 900) -> list[dict]:
     """Runs `worker(**kwargs)` in `num_workers` processes under one TF_CONFIG cluster."""
-    cluster = {"worker": [f"127.0.0.1:{p}" for p in _free_ports(num_workers)]}
+    cluster = {"worker": [f"127.0.0.1:{p}" for p in free_ports(num_workers)]}
     with tempfile.TemporaryDirectory(prefix="embedopt-bench-mw-") as tmp:
         procs, outs = [], []
         for i in range(num_workers):
