@@ -35,28 +35,29 @@ def test_missing_metadata(planted_data, tmp_path):
         run_fn(fn_args)
 
 
-def test_metadata_that_does_not_match_the_data(planted_data, tmp_path):
+def fn_args_with_metadata(planted_data, tmp_path, change):
+    """FnArgs on the planted data whose schema_path is a copy of its metadata.json edited by `change`."""
     with open(os.path.join(planted_data, "metadata.json"), encoding="utf-8") as f:
         meta = json.load(f)
-    meta["vocab_sizes"] = {key: 2 for key in meta["vocab_sizes"]}  # the data holds ids far above 1
+    change(meta)
     wrong = tmp_path / "metadata.json"
     wrong.write_text(json.dumps(meta))
     fn_args = make_fn_args(planted_data, str(tmp_path), steps=2)
     fn_args.schema_path = str(wrong)
+    return fn_args
+
+
+def test_metadata_that_does_not_match_the_data(planted_data, tmp_path):
+    def tiny_vocabularies(meta):
+        meta["vocab_sizes"] = {key: 2 for key in meta["vocab_sizes"]}  # the data holds ids far above 1
+
     with pytest.raises(ValueError, match="does not match the metadata"):
-        run_fn(fn_args)
+        run_fn(fn_args_with_metadata(planted_data, tmp_path, tiny_vocabularies))
 
 
 def test_metadata_missing_a_feature_is_refused(planted_data, tmp_path):
-    with open(os.path.join(planted_data, "metadata.json"), encoding="utf-8") as f:
-        meta = json.load(f)
-    del meta["vocab_sizes"]["cat_3"]
-    wrong = tmp_path / "metadata.json"
-    wrong.write_text(json.dumps(meta))
-    fn_args = make_fn_args(planted_data, str(tmp_path), steps=2)
-    fn_args.schema_path = str(wrong)
     with pytest.raises(ValueError, match="vocab_sizes keys"):
-        run_fn(fn_args)
+        run_fn(fn_args_with_metadata(planted_data, tmp_path, lambda meta: meta["vocab_sizes"].pop("cat_3")))
 
 
 @pytest.mark.parametrize(
