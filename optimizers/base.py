@@ -120,7 +120,7 @@ class SparseOptimizer(keras.optimizers.Optimizer):
             for g, _ in grads_and_vars
         ]
         flags = sparse.finite_flags(grads)
-        self._raise_on_nonfinite = self.nonfinite == "raise" and not self._compiling_with_xla()
+        raise_on_nonfinite = self.nonfinite == "raise" and not self._compiling_with_xla()
         grads = self._clip(grads)
         tf.__internal__.distribute.interim.maybe_merge_call(
             self._distributed_guarded_update,
@@ -128,6 +128,7 @@ class SparseOptimizer(keras.optimizers.Optimizer):
             list(zip(grads, [v for _, v in grads_and_vars])),
             learning_rate,
             flags,
+            raise_on_nonfinite,
         )
 
     def _compiling_with_xla(self):
@@ -155,7 +156,7 @@ class SparseOptimizer(keras.optimizers.Optimizer):
             return [sparse.clip_by_value(g, self.clipvalue) for g in grads]
         return grads
 
-    def _distributed_guarded_update(self, distribution, grads_and_vars, learning_rate, flags):
+    def _distributed_guarded_update(self, distribution, grads_and_vars, learning_rate, flags, raise_on_nonfinite):
         def guarded(var, grad, lr, flags):
             tf.cond(tf.reduce_all(flags), lambda: self.update_step(grad, var, lr), lambda: None)
 
@@ -164,11 +165,12 @@ class SparseOptimizer(keras.optimizers.Optimizer):
 
         names = [v.name for _, v in grads_and_vars]
         distribution.extended.update(
-            self._iterations.value, self._account_for_step, args=(self.skipped_steps.value, flags, names),
+            self._iterations.value, self._account_for_step,
+            args=(self.skipped_steps.value, flags, names, raise_on_nonfinite),
             group=False,
         )
 
-    def _account_for_step(self, iterations, skipped, flags, names):
+    def _account_for_step(self, iterations, skipped, flags, names, raise_on_nonfinite):
         """Raises, or undoes the step count, when a gradient was not finite.
 
         This touches `iterations`, so the Keras base's `iterations += 1`,
@@ -177,7 +179,7 @@ class SparseOptimizer(keras.optimizers.Optimizer):
         """
 
         def on_nonfinite():
-            if self._raise_on_nonfinite:
+            if raise_on_nonfinite:
                 # Plain data only (no string gather), so the step still
                 # compiles under XLA (`jit_compile=True`).
                 tf.debugging.Assert(
