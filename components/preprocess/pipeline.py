@@ -1,14 +1,21 @@
 """`embedopt preprocess`: Criteo-style logs -> GZIP TFRecords in TFX layout.
 
-Steps (named PTransforms): ReadRows -> ParseAndValidate -> (Vocabularies) ->
-EncodeExamples -> WriteTrain / WriteEval, with WriteDeadLetter for rejected
-rows. Our flags are parsed here; every other flag is handed to Beam's
+Steps (named PTransforms): PlanInput (files -> line-aligned ranges) ->
+ReadRows (ranges -> batches of lines) -> ParseAndValidate (columns, bad rows
+to the dead letter) -> EncodeExamples (ids, tf.Examples) -> WriteExamples
+(GZIP shards), with WriteDeadLetter for rejected rows. With a vocabulary,
+the input is read twice: a first pass (ReadRowsForVocab -> ParseForVocab ->
+Vocabularies) counts the values, and the second starts only when the
+vocabularies are done, so nothing ever holds the parsed rows: memory is
+O(vocabulary), not O(rows). Hash mode reads the input once.
+
+Our flags are parsed here; every other flag is handed to Beam's
 `PipelineOptions` untouched, so `--runner`, `--direct_num_workers`,
 `--direct_running_mode` and Dataflow/Flink/Spark options work as usual.
 DirectRunner is used when no runner is named.
 
 Output layout under DIR:
-  Split-train/data-*.tfrecord.gz, Split-eval/data-*.tfrecord.gz
+  Split-train/data-*.tfrecord.gz, Split-eval/data-*.tfrecord.gz  (--num-shards per split)
   vocab/cat_<i>.txt          (vocabulary modes only; line k holds id k)
   dead_letter/part-*.jsonl   rejected rows with line number and reason
   metadata.json              written after the pipeline finishes (see metadata.py)
@@ -17,6 +24,7 @@ Output layout under DIR:
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import logging
 import os
@@ -29,15 +37,22 @@ from apache_beam.io.filesystems import FileSystems
 from apache_beam.options.pipeline_options import PipelineOptions, StandardOptions
 
 from components.preprocess import metadata as md
+from components.preprocess.columns import ParseAndValidate
 from components.preprocess.encode import EncodeExamples
-from components.preprocess.rows import ParseAndValidate, header_columns
-from components.preprocess.sources import ReadTextLines
-from components.preprocess.tfds_source import ReadTfdsRows, check_tfds_dataset
+from components.preprocess.progress import ProgressMonitor
+from components.preprocess.rows import header_columns
+from components.preprocess.sink import WriteShards
+from components.preprocess.sources import PlanRanges, ReadLineBatches, estimated_text_bytes
+from components.preprocess.tfds_source import ReadTfdsRows, check_tfds_dataset, tfds_num_examples
 from components.preprocess.vocab import ComputeVocabularies, WriteVocabFn, vocab_path
 
 PROG = "embedopt preprocess"
 DEFAULT_MIN_FREQUENCY = 2
 _COUNTS_DIR = "_counts"
+_PROGRESS_DIR = "_progress"
+_MIN_SHARD_BYTES = 1 << 20
+_SHARD_BYTES = 64 << 20
+_TFDS_ROW_BYTES = 200  # a Criteo row's size as text, to size TFDS shards like text ones
 
 
 class UsageError(ValueError):
@@ -83,8 +98,18 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--tfds-name", help="TFDS dataset name for --format tfds (default: --input)")
     parser.add_argument("--tfds-data-dir", help="TFDS data_dir holding the prepared dataset")
     parser.add_argument("--tfds-split", default="train", help="TFDS split to read, e.g. train or train+test (default train)")
+    parser.add_argument("--num-shards", type=int,
+                        help="output files per split; the input is cut into this many line-aligned ranges, read in "
+                        "parallel (a .gz file cannot be cut: it gets a shard per 1/N of the input's size). Default: one "
+                        f"per {_SHARD_BYTES >> 20} MB of input, at least 8 (fewer for inputs under 8 MB, one per MB)")
     parser.add_argument("--overwrite", action="store_true", help="replace the outputs of an earlier run in --output")
+    parser.add_argument("--no-progress", action="store_true", help="no progress bar or progress log lines")
     return parser
+
+
+def default_num_shards(total_bytes: int) -> int:
+    """One shard per 64 MB, at least 8 so readers interleave files in parallel, but none under 1 MB."""
+    return int(max(1, min(total_bytes // _MIN_SHARD_BYTES, max(8, total_bytes // _SHARD_BYTES))))
 
 
 def _matched_files(pattern: str) -> list[str]:
@@ -123,57 +148,68 @@ def _check_output(output: str, overwrite: bool) -> None:
         return
     if not overwrite:
         raise UsageError(f"output directory {output!r} already has data; pass --overwrite to replace it")
-    ours = [md.TRAIN_DIR, md.EVAL_DIR, md.VOCAB_DIR, md.DEAD_LETTER_DIR, md.METADATA_FILE, _COUNTS_DIR]
+    ours = [md.TRAIN_DIR, md.EVAL_DIR, md.VOCAB_DIR, md.DEAD_LETTER_DIR, md.METADATA_FILE, _COUNTS_DIR, _PROGRESS_DIR]
     FileSystems.delete([FileSystems.join(output, name) for name in ours if FileSystems.exists(FileSystems.join(output, name))])
 
 
-def _write_count(pcoll, output: str, name: str):
+def _write_counts(counts, output: str):
+    """(name, n) elements -> one "name total" line per name in DIR/_counts/counts.txt."""
     return (
-        pcoll
-        | f"Count{name}" >> beam.combiners.Count.Globally()
-        | f"WriteCount{name}" >> beam.io.WriteToText(os.path.join(output, _COUNTS_DIR, name), shard_name_template="")
+        counts
+        | "SumCounts" >> beam.CombinePerKey(sum)
+        | "FormatCounts" >> beam.MapTuple(lambda name, n: f"{name} {n}")
+        | "WriteCounts" >> beam.io.WriteToText(os.path.join(output, _COUNTS_DIR, "counts.txt"), shard_name_template="")
     )
 
 
-def build_pipeline(pipeline: beam.Pipeline, args: argparse.Namespace, files: list[str] | None, csv_columns=None) -> None:
-    """Adds the preprocessing steps to `pipeline` (inputs already checked)."""
-    out = args.output
+def _read_source(args: argparse.Namespace, pass_name: str, after=()):
     if args.format == "tfds":
-        raw = pipeline | "ReadRows" >> ReadTfdsRows(args.tfds_name, args.tfds_data_dir, args.tfds_split)
-    else:
-        raw = pipeline | "ReadRows" >> ReadTextLines(files, skip_header=args.format == "csv")
-    parsed = raw | "ParseAndValidate" >> ParseAndValidate(args.format, args.eval_fraction, csv_columns)
-    rows = parsed["rows"]
+        return ReadTfdsRows(args.tfds_name, args.tfds_data_dir, args.tfds_split,
+                            rows_per_shard=args.tfds_rows_per_shard, after=after)
+    return ReadLineBatches(args.format == "csv", range_bytes=args.range_bytes, progress_dir=args.progress_dir,
+                           pass_name=pass_name, after=after)
+
+
+def build_pipeline(pipeline: beam.Pipeline, args: argparse.Namespace, files: list[str] | None, csv_columns=None) -> None:
+    """Adds the preprocessing steps to `pipeline` (inputs already checked, see `prepare`)."""
+    out = args.output
+    start = pipeline if args.format == "tfds" else pipeline | "PlanInput" >> PlanRanges(files, args.range_bytes)
     if args.hash_buckets:
-        examples = rows | "EncodeExamples" >> EncodeExamples(hash_buckets=args.hash_bucket_sizes)
+        batches = start | "ReadRows" >> _read_source(args, "encode")
+        parsed = batches | "ParseAndValidate" >> ParseAndValidate(args.format, args.eval_fraction, csv_columns)
+        examples = parsed["rows"] | "EncodeExamples" >> EncodeExamples(hash_buckets=args.hash_bucket_sizes)
     else:
+        first = start | "ReadRowsForVocab" >> _read_source(args, "count")
+        counted = first | "ParseForVocab" >> ParseAndValidate(args.format, args.eval_fraction, csv_columns)
         vocab = ComputeVocabularies(top_n=args.vocab_sizes_list, min_frequency=args.min_frequency)
-        vocabularies = rows | "Vocabularies" >> vocab
+        vocabularies = counted["rows"] | "Vocabularies" >> vocab
         _ = vocabularies | "WriteVocab" >> beam.ParDo(WriteVocabFn(out))
-        examples = rows | "EncodeExamples" >> EncodeExamples(vocabularies=vocabularies)
-    for split in md.SPLITS:
-        _ = examples[split] | f"Write{split.title()}" >> beam.io.WriteToTFRecord(
-            os.path.join(out, md.SPLIT_DIRS[split], "data"),
-            file_name_suffix=".tfrecord.gz",
-            compression_type=CompressionTypes.GZIP,
-        )
-        _write_count(examples[split], out, split)
+        # The vocabularies gate the second read: the runner then runs it after the first pass instead of
+        # holding the first pass's rows until they are done.
+        gate = beam.pvalue.AsDict(vocabularies)
+        batches = start | "ReadRows" >> _read_source(args, "encode", after=[gate])
+        parsed = batches | "ParseAndValidate" >> ParseAndValidate(args.format, args.eval_fraction, csv_columns)
+        examples = parsed["rows"] | "EncodeExamples" >> EncodeExamples(vocabularies=vocabularies)
+    split_counts = examples | "WriteExamples" >> WriteShards(out)
     dead = parsed["dead_letter"]
     _ = (
         dead
         | "DeadLetterJson" >> beam.Map(lambda record: json.dumps(record, sort_keys=True))
         | "WriteDeadLetter" >> beam.io.WriteToText(os.path.join(out, md.DEAD_LETTER_DIR, "part"), file_name_suffix=".jsonl")
     )
-    _write_count(dead, out, "dead_letter")
+    dead_counts = dead | "CountDeadLetter" >> beam.Map(lambda _: ("dead_letter", 1))
+    _write_counts((split_counts, dead_counts) | "AllCounts" >> beam.Flatten(), out)
 
 
-def _read_count(output: str, name: str) -> int:
-    path = os.path.join(output, _COUNTS_DIR, name)
-    if not FileSystems.exists(path):
-        return 0
-    with FileSystems.open(path, compression_type=CompressionTypes.UNCOMPRESSED) as f:
-        text = f.read().decode().strip()
-    return int(text or 0)
+def _read_counts(output: str) -> dict[str, int]:
+    path = os.path.join(output, _COUNTS_DIR, "counts.txt")
+    counts = {name: 0 for name in (*md.SPLITS, "dead_letter")}
+    if FileSystems.exists(path):
+        with FileSystems.open(path, compression_type=CompressionTypes.UNCOMPRESSED) as f:
+            for line in f.read().decode().splitlines():
+                name, n = line.split()
+                counts[name] = int(n)
+    return counts
 
 
 def _vocab_sizes(args: argparse.Namespace) -> dict[str, int]:
@@ -222,6 +258,20 @@ def prepare(argv: list[str]) -> tuple[argparse.Namespace, list[str], list[str] |
         args.input_pattern = args.input
         if args.format == "csv":
             csv_columns = _csv_columns(files)
+    if args.num_shards is not None and args.num_shards < 1:
+        raise UsageError(f"--num-shards must be >= 1, got {args.num_shards}")
+    if args.format == "tfds":
+        rows = tfds_num_examples(args.tfds_name, args.tfds_data_dir, args.tfds_split)
+        args.total_bytes = rows * _TFDS_ROW_BYTES
+        shards = args.num_shards or default_num_shards(args.total_bytes)
+        args.tfds_rows_per_shard = max(1, -(-rows // shards))
+        args.range_bytes = None
+    else:
+        args.total_bytes = sum(estimated_text_bytes(path) for path in files)
+        shards = args.num_shards or default_num_shards(args.total_bytes)
+        args.range_bytes = max(1, -(-args.total_bytes // shards))
+    args.target_shards = shards
+    args.progress_dir = None if args.no_progress or "://" in args.output else os.path.join(args.output, _PROGRESS_DIR)
     _check_output(args.output, args.overwrite)
     return args, beam_args, files, csv_columns
 
@@ -233,14 +283,19 @@ def run(argv: list[str]) -> md.Metadata:
     if options.view_as(StandardOptions).runner is None:
         options.view_as(StandardOptions).runner = "DirectRunner"
     start = time.monotonic()
-    with beam.Pipeline(options=options) as pipeline:
-        build_pipeline(pipeline, args, files, csv_columns)
-    counts = {name: _read_count(args.output, name) for name in (*md.SPLITS, "dead_letter")}
-    FileSystems.delete([os.path.join(args.output, _COUNTS_DIR)])
+    passes = 1 if args.hash_buckets else 2
+    progress = (ProgressMonitor(args.progress_dir, args.total_bytes, passes) if args.progress_dir
+                else contextlib.nullcontext())
+    with progress:
+        with beam.Pipeline(options=options) as pipeline:
+            build_pipeline(pipeline, args, files, csv_columns)
+    counts = _read_counts(args.output)
+    FileSystems.delete([os.path.join(args.output, name) for name in (_COUNTS_DIR, _PROGRESS_DIR)
+                        if FileSystems.exists(os.path.join(args.output, name))])
     options_record = {
         "vocab_mode": "hash" if args.hash_buckets else ("top_n" if args.vocab_size else "min_frequency"),
         "vocab_size": args.vocab_sizes_list, "min_frequency": args.min_frequency,
-        "hash_buckets": args.hash_bucket_sizes, "eval_fraction": args.eval_fraction,
+        "hash_buckets": args.hash_bucket_sizes, "eval_fraction": args.eval_fraction, "num_shards": args.target_shards,
         "tfds_name": args.tfds_name, "tfds_data_dir": args.tfds_data_dir, "tfds_split": args.tfds_split,
         "beam_args": beam_args,
     }

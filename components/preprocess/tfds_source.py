@@ -2,10 +2,10 @@
 
 The dataset's features must be named like the Criteo columns: `label`,
 `I1`..`I13` and `C1`..`C26` (integers or strings; for strings "" is missing).
-Each example becomes `(source, index, fields)` with `source` =
-"tfds:<name>/<split>", `index` its 1-based position in the split, and
-`fields` the 40 values as strings, so it goes through the same validation as
-a text row. The dataset is looked up with `tfds.builder(name, data_dir=...)`,
+Examples arrive in `LineBatch`es (see sources.py) with `source` =
+"tfds:<name>/<split>", line numbers = 1-based positions in the split, and
+each row the 40 values as strings, so it goes through the same validation
+as a text row. The dataset is looked up with `tfds.builder(name, data_dir=...)`,
 which also finds a dataset prepared in `data_dir` whose builder class is not
 importable by the worker.
 """
@@ -50,26 +50,47 @@ def _as_text(value) -> str:
 
 
 class ReadTfdsExamplesFn(beam.DoFn):
-    def __init__(self, name: str, data_dir: str | None):
+    """split -> LineBatches whose lines are tuples of 40 field strings; a new shard every `rows_per_shard` rows."""
+
+    def __init__(self, name: str, data_dir: str | None, batch_rows: int, rows_per_shard: int):
         self._name = name
         self._data_dir = data_dir
+        self._batch_rows = batch_rows
+        self._rows_per_shard = max(1, rows_per_shard)
 
-    def process(self, split: str):
+    def process(self, split: str, *unused_side_inputs):
         import tensorflow_datasets as tfds
+
+        from components.preprocess.sources import LineBatch
 
         dataset = _builder(self._name, self._data_dir).as_dataset(split=split, shuffle_files=False)
         source = f"tfds:{self._name}/{split}"
+        rows, first = [], 1
         for index, example in enumerate(tfds.as_numpy(dataset), start=1):
-            yield source, index, tuple(_as_text(example[col]) for col in md.RAW_COLUMNS)
+            if not rows:
+                first = index
+            rows.append(tuple(_as_text(example[col]) for col in md.RAW_COLUMNS))
+            if len(rows) == self._batch_rows or index % self._rows_per_shard == 0:
+                yield LineBatch(source, f"00000-{(first - 1) // self._rows_per_shard:05d}", first, rows)
+                rows = []
+        if rows:
+            yield LineBatch(source, f"00000-{(first - 1) // self._rows_per_shard:05d}", first, rows)
+
+
+def tfds_num_examples(name: str, data_dir: str | None, split: str) -> int:
+    """Rows in the split (as recorded by the builder), for sizing the output shards."""
+    return int(_builder(name, data_dir).info.splits[split].num_examples)
 
 
 class ReadTfdsRows(beam.PTransform):
-    """A TFDS dataset split -> (source, index, fields) raw rows."""
+    """A TFDS dataset split -> LineBatches of (field strings) rows; `after` delays the read (see sources.py)."""
 
-    def __init__(self, name: str, data_dir: str | None = None, split: str = "train"):
+    def __init__(self, name: str, data_dir: str | None = None, split: str = "train", *, batch_rows: int = 4096,
+                 rows_per_shard: int = 1 << 62, after=()):
         super().__init__()
-        self._fn = ReadTfdsExamplesFn(name, data_dir)
+        self._fn = ReadTfdsExamplesFn(name, data_dir, batch_rows, rows_per_shard)
         self._split = split
+        self._after = list(after)
 
     def expand(self, pbegin):
-        return pbegin | "Split" >> beam.Create([self._split]) | "ReadTfds" >> beam.ParDo(self._fn)
+        return pbegin | "Split" >> beam.Create([self._split]) | "ReadTfds" >> beam.ParDo(self._fn, *self._after)

@@ -1,65 +1,122 @@
-"""Categorical vocabularies computed with Beam combiners, and hashing.
+"""Categorical vocabularies computed column-wise with a Beam combiner, and hashing.
 
 Id 0 is reserved for a missing or out-of-vocabulary value. With a vocabulary,
-the kept values get ids 1..V in order of descending frequency (ties: ascending
-value), so the feature's size (exclusive id bound) is V + 1. With hashing into
-N buckets, a value gets `1 + fingerprint(value) % (N - 1)`, so the size is N.
+the kept values get ids 1..V in order of descending frequency (ties:
+ascending value, by UTF-8 bytes), so the feature's size (exclusive id bound)
+is V + 1; `--vocab-size N` keeps the first N values of that order. With
+hashing into N buckets, a value gets `1 + FarmHash64(value) % (N - 1)`
+(TensorFlow's `tf.strings.to_hash_bucket_fast`), so the size is N; the
+exported SavedModel runs the same op, so serving maps raw values to the ids
+the model was trained on.
+
+Counting: each batch contributes one (values, counts) pair of arrow arrays
+per feature (`pyarrow.compute.value_counts`), and `MergeCountsFn` sums them
+with arrow's hash aggregation. Memory is O(distinct values), never O(rows).
 """
 
 from __future__ import annotations
 
-import collections
-import hashlib
 import os
 from typing import Sequence
 
 import apache_beam as beam
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
 from apache_beam.io.filesystems import FileSystems
-from apache_beam.transforms.window import GlobalWindow
-from apache_beam.utils.timestamp import MIN_TIMESTAMP
-from apache_beam.utils.windowed_value import WindowedValue
 
 from components.preprocess import metadata as md
 
+_COMPACT_ROWS = 1 << 20
+
+
+def hash_ids(values: pa.Array, buckets: int) -> np.ndarray:
+    """int64 ids in [1, buckets) of a string array; 0 for "" (missing). Each distinct value is hashed once."""
+    import tensorflow as tf
+
+    encoded = values.dictionary_encode()
+    dictionary = encoded.dictionary.to_numpy(zero_copy_only=False)
+    if len(dictionary) == 0:
+        return np.zeros(len(values), np.int64)
+    ids = 1 + tf.strings.to_hash_bucket_fast(dictionary.astype(object), buckets - 1).numpy()
+    ids[dictionary == ""] = 0
+    return ids[encoded.indices.to_numpy(zero_copy_only=False)]
+
 
 def hash_id(value: str, buckets: int) -> int:
-    """Stable bucket id in [1, buckets) for a non-empty value, 0 for ""."""
-    if not value:
-        return 0
-    digest = hashlib.blake2b(value.encode("utf-8"), digest_size=8).digest()
-    return 1 + int.from_bytes(digest, "little") % (buckets - 1)
+    """`hash_ids` of one value."""
+    return int(hash_ids(pa.array([value], pa.string()), buckets)[0])
 
 
 def vocab_path(output_dir: str, index: int) -> str:
     return os.path.join(output_dir, md.VOCAB_DIR, f"{md.CATEGORICAL_KEYS[index]}.txt")
 
 
-class CountValuesFn(beam.DoFn):
-    """Counts (feature index, value) pairs within a bundle; one output per distinct pair.
+def _compact(values: pa.Array, counts: pa.Array) -> tuple[pa.Array, pa.Array]:
+    table = pa.table({"v": values, "c": counts}).group_by("v").aggregate([("c", "sum")])
+    return table.column("v").combine_chunks(), table.column("c_sum").combine_chunks()
 
-    Emitting one element per value per row would multiply the element count by
-    26; counting per bundle first keeps the shuffle to distinct values.
+
+class MergeCountsFn(beam.CombineFn):
+    """(values, counts) arrow pairs of one feature -> their sum per value.
+
+    The accumulator is a list of pairs, compacted (hash-aggregated) when it
+    holds twice the distinct values of the last compaction, so adding a batch
+    costs O(batch) and memory stays O(distinct values).
     """
 
-    def start_bundle(self):
-        self._counts = collections.Counter()
+    def create_accumulator(self):
+        return [], 0, 0  # pairs, rows held, rows after the last compaction
 
-    def process(self, row):
-        self._counts.update((i, v) for i, v in enumerate(row[2]) if v)
+    def add_input(self, accumulator, pair):
+        return self.merge_accumulators([accumulator, ([pair], len(pair[0]), 0)])
 
-    def finish_bundle(self):
-        for key, count in self._counts.items():
-            yield WindowedValue((key, count), MIN_TIMESTAMP, [GlobalWindow()])
-        self._counts = None
+    def merge_accumulators(self, accumulators):
+        pairs = [p for acc in accumulators for p in acc[0]]
+        held = sum(acc[1] for acc in accumulators)
+        compacted = max(acc[2] for acc in accumulators)
+        if len(pairs) > 1 and held > max(_COMPACT_ROWS, 2 * compacted):
+            pairs = [self._merged(pairs)]
+            held = compacted = len(pairs[0][0])
+        return pairs, held, compacted
+
+    @staticmethod
+    def _merged(pairs):
+        return _compact(pa.concat_arrays([p[0] for p in pairs]), pa.concat_arrays([p[1] for p in pairs]))
+
+    def extract_output(self, accumulator):
+        pairs = accumulator[0]
+        if not pairs:
+            return pa.array([], pa.string()), pa.array([], pa.int64())
+        return self._merged(pairs) if len(pairs) > 1 else pairs[0]
 
 
-def _sorted_values(entry):
-    index, counted = entry
-    return index, [value for _, value in sorted(counted, key=lambda cv: (-cv[0], cv[1]))]
+class CountValuesFn(beam.DoFn):
+    """ParsedBatch -> (feature index, (distinct values, counts)) for each feature with a value."""
+
+    def process(self, batch):
+        for index, column in enumerate(batch.categorical):
+            counted = pc.value_counts(column)
+            values, counts = counted.field("values"), counted.field("counts")
+            present = pc.not_equal(values, "")
+            values, counts = values.filter(present), pc.cast(counts.filter(present), pa.int64())
+            if len(values):
+                yield index, (values, counts)
+
+
+def select_vocabulary(values: pa.Array, counts: pa.Array, top_n: int | None, min_frequency: int | None) -> list[str]:
+    """Values in id order (id 1 first): by descending count, ties by ascending value."""
+    table = pa.table({"v": values, "c": counts})
+    if min_frequency is not None:
+        table = table.filter(pc.greater_equal(table.column("c"), min_frequency))
+    table = table.take(pc.sort_indices(table, sort_keys=[("c", "descending"), ("v", "ascending")]))
+    if top_n is not None:
+        table = table.slice(0, top_n)
+    return table.column("v").to_pylist()
 
 
 class ComputeVocabularies(beam.PTransform):
-    """Parsed rows -> (feature index, [values in id order starting at id 1]).
+    """ParsedBatches -> (feature index, [values in id order starting at id 1]).
 
     Exactly one of `top_n` (per-feature sizes: keep the N most frequent
     values) and `min_frequency` (keep values seen at least K times) is set.
@@ -72,25 +129,14 @@ class ComputeVocabularies(beam.PTransform):
         self._top_n = list(top_n) if top_n is not None else None
         self._min_frequency = min_frequency
 
-    def expand(self, rows):
-        counts = (
-            rows
-            | "CountInBundle" >> beam.ParDo(CountValuesFn())
-            | "SumCounts" >> beam.CombinePerKey(sum)
-            | "ByFeature" >> beam.MapTuple(lambda key, count: (key[0], (count, key[1])))
+    def expand(self, batches):
+        top_n, k = self._top_n, self._min_frequency
+        return (
+            batches
+            | "CountInBatch" >> beam.ParDo(CountValuesFn())
+            | "SumCounts" >> beam.CombinePerKey(MergeCountsFn())
+            | "Select" >> beam.MapTuple(lambda i, vc: (i, select_vocabulary(*vc, top_n[i] if top_n else None, k)))
         )
-        if self._top_n is not None:
-            top_n = self._top_n
-            selected = counts | "TopN" >> beam.combiners.Top.PerKey(max(top_n), key=lambda cv: (cv[0], cv[1]))
-            selected |= "CutPerFeature" >> beam.MapTuple(lambda i, cvs: (i, cvs[: top_n[i]]))
-        else:
-            k = self._min_frequency
-            selected = (
-                counts
-                | "MinFrequency" >> beam.Filter(lambda entry: entry[1][0] >= k)
-                | "GroupByFeature" >> beam.GroupByKey()
-            )
-        return selected | "Sort" >> beam.Map(_sorted_values)
 
 
 class WriteVocabFn(beam.DoFn):

@@ -3,11 +3,22 @@ import pytest
 from apache_beam.testing.test_pipeline import TestPipeline
 from apache_beam.testing.util import assert_that, equal_to
 
+import numpy as np
+import pyarrow as pa
+import tensorflow as tf
+
+from components.preprocess.columns import ParsedBatch
 from components.preprocess.vocab import ComputeVocabularies, hash_id
 
 
-def _rows(values_f0):
-    return [(0, (), tuple([v] + [""] * 25), False) for v in values_f0]
+def _rows(values_f0, batches=2):
+    """The values of feature 0 in `batches` ParsedBatches (other features missing)."""
+    out = []
+    for part in np.array_split(np.array(values_f0, dtype=object), batches):
+        n = len(part)
+        cats = [pa.array(list(part), pa.string())] + [pa.array([""] * n, pa.string())] * 25
+        out.append(ParsedBatch("s", np.zeros(n, np.int64), np.zeros((n, 13), np.float32), cats, np.zeros(n, bool)))
+    return out
 
 
 VALUES = ["b"] * 3 + ["a"] * 3 + ["c"] * 2 + ["d"] + [""] * 4
@@ -17,6 +28,26 @@ def test_top_n_by_frequency_ties_by_value_missing_excluded():
     with TestPipeline() as p:
         out = p | beam.Create(_rows(VALUES)) | ComputeVocabularies(top_n=[3] * 26)
         assert_that(out, equal_to([(0, ["a", "b", "c"])]))
+
+
+def test_top_n_ties_at_the_cut_keep_the_smaller_values():
+    with TestPipeline() as p:
+        out = p | beam.Create(_rows(["c", "b", "a", "d", "d"], batches=3)) | ComputeVocabularies(top_n=[2] * 26)
+        assert_that(out, equal_to([(0, ["d", "a"])]))
+
+
+def test_counts_merge_across_many_batches(monkeypatch):
+    """Counts from 50 batches sum exactly, also when the combiner compacts its accumulator."""
+    from components.preprocess import vocab
+
+    monkeypatch.setattr(vocab, "_COMPACT_ROWS", 3)
+    rng = np.random.default_rng(0)
+    values = [f"v{x}" for x in rng.zipf(1.5, 2000) % 97]
+    counts = {v: values.count(v) for v in set(values)}
+    want = sorted((v for v in counts if counts[v] >= 5), key=lambda v: (-counts[v], v))
+    with TestPipeline() as p:
+        out = p | beam.Create(_rows(values, batches=50)) | ComputeVocabularies(min_frequency=5)
+        assert_that(out, equal_to([(0, want)]))
 
 
 def test_min_frequency():
@@ -31,5 +62,6 @@ def test_hash_ids_in_range_and_stable(buckets):
     assert min(ids) >= 1 and max(ids) < buckets
     assert ids == [hash_id(f"{i:08x}", buckets) for i in range(500)]
     assert hash_id("", buckets) == 0
+    assert ids[:5] == [1 + int(x) for x in tf.strings.to_hash_bucket_fast([f"{i:08x}" for i in range(5)], buckets - 1)]
     if buckets == 1000:
         assert len(set(ids)) > 300  # spreads values

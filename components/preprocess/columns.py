@@ -1,0 +1,205 @@
+"""A batch of raw lines -> column arrays (`ParsedBatch`) and dead-letter records.
+
+Most lines of a real log are plain: printable ASCII, the right number of
+delimiters, a 0/1 label, counts of at most 18 digits. Those take the fast
+path: pyarrow's CSV reader splits the whole batch into string columns in
+C++, the counts are converted and log1p'ed column-wise, and nothing is done
+per field in Python. Every other line (whitespace to strip, quotes, non-ASCII
+bytes, wrong field counts, bad labels or counts, TFDS rows) takes the slow
+path, `rows.parse_fields`, one line at a time: the rules and the dead-letter
+reasons stay exactly those of the row parser, since the fast path only
+accepts lines on which both paths agree.
+"""
+
+from __future__ import annotations
+
+import csv
+import dataclasses
+import hashlib
+import math
+import re
+
+import apache_beam as beam
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.csv as pcsv
+
+from components.preprocess import metadata as md
+from components.preprocess.rows import RowError, dead_letter_record, parse_fields
+
+# Bytes that make a line take the slow path: anything but printable ASCII and the delimiter
+# (str.strip would change a field with whitespace; CSV quoting has its own rules).
+_SLOW_BYTES = {"tsv": re.compile(rb"[^\x21-\x7e\t]"), "csv": re.compile(rb'[^\x21-\x7e]|"')}
+_DELIMITER = {"tsv": b"\t", "csv": b","}
+_MAX_FAST_DIGITS = 18  # fits int64
+
+
+@dataclasses.dataclass
+class ParsedBatch:
+    """Valid rows of one LineBatch as columns.
+
+    label        int64 [n], 0 or 1
+    dense        float32 [n, 13], log1p(count), 0 for a missing count
+    categorical  26 pyarrow string arrays of length n, "" for a missing value
+    is_eval      bool [n], from a hash of the raw row
+    shard        output shard of the rows (see sources.LineBatch)
+    """
+
+    shard: str
+    label: np.ndarray
+    dense: np.ndarray
+    categorical: list
+    is_eval: np.ndarray
+
+    def __len__(self) -> int:
+        return len(self.label)
+
+
+def split_buckets(keys: list[bytes]) -> np.ndarray:
+    """`rows.split_bucket` of each key, as float64 [n] in [0, 1)."""
+    digests = b"".join(hashlib.blake2b(key, digest_size=8).digest() for key in keys)
+    return np.frombuffer(digests, dtype=">u8").astype(np.float64) / 2.0**64
+
+
+class BatchParser:
+    """Parses LineBatches of one input format. `csv_columns` = (positions of RAW_COLUMNS, header width)."""
+
+    def __init__(self, fmt: str, eval_fraction: float, csv_columns: tuple[tuple[int, ...], int] | None = None):
+        if fmt == "csv" and not csv_columns:
+            raise ValueError("csv format needs csv_columns from the header")
+        self._fmt = fmt
+        self._eval_fraction = eval_fraction
+        self._columns, self._width = csv_columns if fmt == "csv" else (tuple(range(len(md.RAW_COLUMNS))), len(md.RAW_COLUMNS))
+
+    def parse(self, batch) -> tuple[ParsedBatch, list[dict]]:
+        lines = batch.lines
+        fast_index: list[int] = []
+        if self._fmt in _SLOW_BYTES:
+            slow_bytes, delimiter, tabs = _SLOW_BYTES[self._fmt].search, _DELIMITER[self._fmt], self._width - 1
+            fast_index = [i for i, raw in enumerate(lines) if raw.count(delimiter) == tabs and not slow_bytes(raw)]
+        columns, rejected = self._fast_columns([lines[i] for i in fast_index]) if fast_index else (None, ())
+        is_fast = np.zeros(len(lines), dtype=bool)
+        is_fast[fast_index] = True
+        for k in rejected:  # lines the fast path could read but not accept (bad label or count)
+            is_fast[fast_index[k]] = False
+        keep = np.ones(len(fast_index), dtype=bool)
+        keep[list(rejected)] = False
+        slow_rows, slow_keys, dead = [], [], []
+        for i in np.flatnonzero(~is_fast):
+            raw = lines[i]
+            try:
+                slow_rows.append(parse_fields(self._fields(raw)))
+            except RowError as err:
+                dead.append(dead_letter_record(batch.source, batch.first_line + int(i), raw, str(err)))
+                continue
+            slow_keys.append(raw if isinstance(raw, bytes) else "\t".join(raw).encode("utf-8"))
+        fast_keys = [lines[i] for i, k in zip(fast_index, keep) if k]
+        parts = []
+        if columns is not None and keep.any():
+            parts.append({name: (col.filter(pa.array(keep)) if isinstance(col, pa.Array) else col[keep])
+                          for name, col in columns.items()})
+        if slow_rows:
+            parts.append(_row_columns(slow_rows))
+        return self._assemble(batch.shard, parts, fast_keys + slow_keys), dead
+
+    def _fields(self, raw):
+        if self._fmt == "tfds":
+            return raw
+        try:
+            text = raw.decode("utf-8")
+        except UnicodeDecodeError as err:
+            raise RowError(f"undecodable bytes: {err.reason} at byte {err.start}") from None
+        if self._fmt == "tsv":
+            return text.split("\t")
+        row = next(csv.reader([text]), [])
+        if len(row) != self._width:
+            raise RowError(f"wrong column count: {len(row)} columns, header has {self._width}")
+        return [row[i] for i in self._columns]
+
+    def _fast_columns(self, lines: list[bytes]):
+        """Plain lines -> ({label, dense, cat_0..}, positions the fast path rejects)."""
+        names = [f"f{i}" for i in range(self._width)]
+        table = pcsv.read_csv(
+            pa.py_buffer(b"\n".join(lines) + b"\n"),
+            read_options=pcsv.ReadOptions(column_names=names, use_threads=False, block_size=1 << 30),
+            parse_options=pcsv.ParseOptions(delimiter=_DELIMITER[self._fmt].decode(), quote_char=False,
+                                            double_quote=False, escape_char=False, newlines_in_values=False,
+                                            ignore_empty_lines=False),
+            convert_options=pcsv.ConvertOptions(column_types={n: pa.string() for n in names},
+                                                strings_can_be_null=False, quoted_strings_can_be_null=False),
+        )
+        if table.num_rows != len(lines):
+            raise AssertionError(f"pyarrow read {table.num_rows} rows from {len(lines)} plain lines")
+        cols = [table.column(names[i]).combine_chunks() for i in self._columns]
+        label = cols[0]
+        ok = pc.is_in(label, value_set=pa.array(["0", "1"]))
+        counts = cols[1 : 1 + md.NUM_DENSE]
+        for col in counts:
+            ok = pc.and_(ok, pc.match_substring_regex(col, f"^[0-9]{{0,{_MAX_FAST_DIGITS}}}$"))
+        ok = ok.to_numpy(zero_copy_only=False)
+        rejected = np.flatnonzero(~ok).tolist()
+        safe = [pc.if_else(pa.array(ok), col, "0") for col in counts]
+        dense = np.stack([_log1p_counts(col) for col in safe], axis=1)
+        return {
+            "label": pc.equal(label, "1").to_numpy(zero_copy_only=False).astype(np.int64),
+            "dense": dense,
+            **{key: col for key, col in zip(md.CATEGORICAL_KEYS, cols[1 + md.NUM_DENSE :])},
+        }, rejected
+
+    def _assemble(self, shard: str, parts: list[dict], keys: list[bytes]) -> ParsedBatch:
+        if not parts:
+            return ParsedBatch(shard, np.zeros(0, np.int64), np.zeros((0, md.NUM_DENSE), np.float32),
+                               [pa.array([], pa.string()) for _ in md.CATEGORICAL_KEYS], np.zeros(0, bool))
+        return ParsedBatch(
+            shard=shard,
+            label=np.concatenate([p["label"] for p in parts]),
+            dense=np.concatenate([p["dense"] for p in parts]).astype(np.float32),
+            categorical=[pa.concat_arrays([p[key] for p in parts]) for key in md.CATEGORICAL_KEYS],
+            is_eval=split_buckets(keys) < self._eval_fraction,
+        )
+
+
+def _log1p_counts(col: pa.Array) -> np.ndarray:
+    """Digit strings ("" = missing = 0) -> float64 log1p, computed by math.log1p like the row parser."""
+    values = pc.cast(pc.if_else(pc.equal(col, ""), "0", col), pa.int64()).to_numpy(zero_copy_only=False)
+    unique, inverse = np.unique(values, return_inverse=True)
+    return np.array([math.log1p(v) for v in unique.tolist()], dtype=np.float64)[inverse]
+
+
+def _row_columns(rows: list[tuple]) -> dict:
+    labels, dense, cats = zip(*rows)
+    columns = {"label": np.array(labels, np.int64), "dense": np.array(dense, np.float64)}
+    for f, key in enumerate(md.CATEGORICAL_KEYS):
+        columns[key] = pa.array([row[f] for row in cats], pa.string())
+    return columns
+
+
+DEAD_LETTER_TAG = "dead_letter"
+
+
+class ParseBatchFn(beam.DoFn):
+    """LineBatch -> ParsedBatch (main output, skipped when empty) and dead-letter records (tagged)."""
+
+    def __init__(self, parser: BatchParser):
+        self._parser = parser
+
+    def process(self, batch):
+        parsed, dead = self._parser.parse(batch)
+        if len(parsed):
+            yield parsed
+        for record in dead:
+            yield beam.pvalue.TaggedOutput(DEAD_LETTER_TAG, record)
+
+
+class ParseAndValidate(beam.PTransform):
+    """LineBatches -> {"rows": ParsedBatches, "dead_letter": records with line number and reason}."""
+
+    def __init__(self, fmt: str, eval_fraction: float, csv_columns: tuple[tuple[int, ...], int] | None = None):
+        """`csv_columns` is `(positions of RAW_COLUMNS in the header, header width)`."""
+        super().__init__()
+        self._fn = ParseBatchFn(BatchParser(fmt, eval_fraction, csv_columns))
+
+    def expand(self, batches):
+        results = batches | "Parse" >> beam.ParDo(self._fn).with_outputs(DEAD_LETTER_TAG, main="rows")
+        return {"rows": results.rows, "dead_letter": results[DEAD_LETTER_TAG]}
