@@ -16,6 +16,7 @@ from __future__ import annotations
 import csv
 import dataclasses
 import hashlib
+import itertools
 import math
 import re
 
@@ -31,6 +32,7 @@ from components.preprocess.rows import RowError, dead_letter_record, parse_field
 # Bytes that make a line take the slow path: anything but printable ASCII and the delimiter
 # (str.strip would change a field with whitespace; CSV quoting has its own rules).
 _SLOW_BYTES = {"tsv": re.compile(rb"[^\x21-\x7e\t]"), "csv": re.compile(rb'[^\x21-\x7e]|"')}
+_PLAIN_BYTES = {"tsv": bytes(range(0x21, 0x7F)) + b"\t", "csv": bytes(range(0x21, 0x7F)).replace(b'"', b"")}
 _DELIMITER = {"tsv": b"\t", "csv": b","}
 _MAX_FAST_DIGITS = 18  # fits int64
 
@@ -76,8 +78,13 @@ class BatchParser:
         lines = batch.lines
         fast_index: list[int] = []
         if self._fmt in _SLOW_BYTES:
-            slow_bytes, delimiter, tabs = _SLOW_BYTES[self._fmt].search, _DELIMITER[self._fmt], self._width - 1
-            fast_index = [i for i, raw in enumerate(lines) if raw.count(delimiter) == tabs and not slow_bytes(raw)]
+            delimiter = _DELIMITER[self._fmt]
+            right_width = np.fromiter(map(bytes.count, lines, itertools.repeat(delimiter)), np.int64,
+                                      count=len(lines)) == self._width - 1
+            if b"".join(lines).translate(None, _PLAIN_BYTES[self._fmt]):  # some line has a byte of the slow path
+                slow_bytes = _SLOW_BYTES[self._fmt].search
+                right_width &= np.fromiter((not slow_bytes(raw) for raw in lines), bool, count=len(lines))
+            fast_index = np.flatnonzero(right_width).tolist()
         columns, rejected = self._fast_columns([lines[i] for i in fast_index]) if fast_index else (None, ())
         is_fast = np.zeros(len(lines), dtype=bool)
         is_fast[fast_index] = True
@@ -160,11 +167,22 @@ class BatchParser:
         )
 
 
+_LOG1P_TABLE_SIZE = 1 << 16
+_LOG1P_TABLE = np.array([math.log1p(v) for v in range(_LOG1P_TABLE_SIZE)], dtype=np.float64)
+
+
 def _log1p_counts(col: pa.Array) -> np.ndarray:
-    """Digit strings ("" = missing = 0) -> float64 log1p, computed by math.log1p like the row parser."""
+    """Digit strings ("" = missing = 0) -> float64 log1p, the values of math.log1p like the row parser.
+
+    Counts below 2^16 (nearly all) come from a table of math.log1p; larger ones are computed one by one.
+    """
     values = pc.cast(pc.if_else(pc.equal(col, ""), "0", col), pa.int64()).to_numpy(zero_copy_only=False)
-    unique, inverse = np.unique(values, return_inverse=True)
-    return np.array([math.log1p(v) for v in unique.tolist()], dtype=np.float64)[inverse]
+    small = values < _LOG1P_TABLE_SIZE
+    out = _LOG1P_TABLE[np.where(small, values, 0)]
+    large = np.flatnonzero(~small)
+    if len(large):
+        out[large] = [math.log1p(v) for v in values[large].tolist()]
+    return out
 
 
 def _row_columns(rows: list[tuple]) -> dict:

@@ -4,10 +4,11 @@ Id 0 is reserved for a missing or out-of-vocabulary value. With a vocabulary,
 the kept values get ids 1..V in order of descending frequency (ties:
 ascending value, by UTF-8 bytes), so the feature's size (exclusive id bound)
 is V + 1; `--vocab-size N` keeps the first N values of that order. With
-hashing into N buckets, a value gets `1 + FarmHash64(value) % (N - 1)`
-(TensorFlow's `tf.strings.to_hash_bucket_fast`), so the size is N; the
-exported SavedModel runs the same op, so serving maps raw values to the ids
-the model was trained on.
+hashing into N buckets, a value gets `1 + Fingerprint64(value) % (N - 1)`
+(FarmHash's fingerprint, which is what TensorFlow's
+`tf.strings.to_hash_bucket_fast` computes), so the size is N; the exported
+SavedModel runs that op, so serving maps raw values to the ids the model was
+trained on. Here pyfarmhash computes it, so Beam workers need no TensorFlow.
 
 Counting: each batch contributes one (values, counts) pair of arrow arrays
 per feature (`pyarrow.compute.value_counts`), and `MergeCountsFn` sums them
@@ -24,6 +25,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 from apache_beam.io.filesystems import FileSystems
+from farmhash import fingerprint64
 
 from components.preprocess import metadata as md
 
@@ -32,14 +34,12 @@ _COMPACT_ROWS = 1 << 20
 
 def hash_ids(values: pa.Array, buckets: int) -> np.ndarray:
     """int64 ids in [1, buckets) of a string array; 0 for "" (missing). Each distinct value is hashed once."""
-    import tensorflow as tf
-
     encoded = values.dictionary_encode()
-    dictionary = encoded.dictionary.to_numpy(zero_copy_only=False)
-    if len(dictionary) == 0:
+    dictionary = encoded.dictionary.to_pylist()
+    if not dictionary:
         return np.zeros(len(values), np.int64)
-    ids = 1 + tf.strings.to_hash_bucket_fast(dictionary.astype(object), buckets - 1).numpy()
-    ids[dictionary == ""] = 0
+    modulus = buckets - 1
+    ids = np.fromiter((1 + fingerprint64(v) % modulus if v else 0 for v in dictionary), np.int64, count=len(dictionary))
     return ids[encoded.indices.to_numpy(zero_copy_only=False)]
 
 
