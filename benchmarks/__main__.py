@@ -20,10 +20,9 @@ import time
 from benchmarks import findings, results
 
 PROG = "embedopt bench"
-# Run order; preprocess_rate comes before input_pipeline, which reads its output.
-BENCHMARKS = ("step_time", "apply_bandwidth", "dense_parity", "preprocess_rate", "input_pipeline", "memory",
+BENCHMARKS = ("step_time", "apply_bandwidth", "dense_parity", "preprocess_scaling", "input_pipeline", "memory",
               "multi_worker")
-NEEDS_WORKDIR = ("preprocess_rate", "input_pipeline")
+NEEDS_WORKDIR = ("preprocess_scaling", "input_pipeline")
 
 
 def _names(text: str) -> list[str]:

@@ -99,12 +99,17 @@ def plot_input_pipeline(bench, path):
     _save(fig, path)
 
 
-def plot_preprocess_rate(bench, path):
+def plot_preprocess_scaling(bench, path):
     plt = _pyplot()
-    fig, ax = plt.subplots(figsize=(4.5, 3.4))
+    fig, (ax_rate, ax_rss) = plt.subplots(1, 2, figsize=(9, 3.6))
     ms = bench["measurements"]
-    _bars(ax, [f"{m['params']['workers']} worker(s)" for m in ms], [m["rows_per_s"] for m in ms],
-          f"Beam DirectRunner, {ms[0]['params']['rows']} rows", "rows/s")
+    labels = [f"{size_label(m['params']['rows'])} {m['params']['mode']} {m['params']['workers']}w" for m in ms]
+    _bars(ax_rate, labels, [m["rows_per_s"] for m in ms], "preprocess rows/s (DirectRunner)", "rows/s",
+          25_000, "goal (2 workers)")
+    _bars(ax_rss, labels, [m["peak_tree_rss_bytes"] / 1e9 for m in ms], "peak RSS, whole process tree", "GB",
+          2.0, "goal")
+    for ax in (ax_rate, ax_rss):
+        ax.tick_params(axis="x", labelrotation=35, labelsize=7)
     _save(fig, path)
 
 
@@ -139,7 +144,7 @@ PLOTTERS = {
     "apply_bandwidth": plot_apply_bandwidth,
     "dense_parity": plot_dense_parity,
     "input_pipeline": plot_input_pipeline,
-    "preprocess_rate": plot_preprocess_rate,
+    "preprocess_scaling": plot_preprocess_scaling,
     "memory": plot_memory,
     "multi_worker": plot_multi_worker,
 }
