@@ -52,6 +52,23 @@ REASONS: list[tuple[str, str]] = [
         "tf.gather on the MirroredVariable read the whole table each step (1.84x here); what remains is the "
         "single-process growth of step_time (more distinct rows, table out of cache at 1M rows) and two workers "
         "sharing 2 cores. Fix: as for step_time (sorted row access in dedup_indexed_slices, huge pages).")),
+    (r"^preprocess_scaling: peak RSS \d+ rows", (
+        "Vocabulary mode holds what O(vocabulary) allows, and on Zipf-distributed synthetic data the vocabulary "
+        "grows with the rows: the kept values went from 351k (1M rows) to 988k (4M rows), 2.8x, and the counted "
+        "distinct values grow alike. Hash mode, whose memory does not depend on the data, stays flat (0.98x). What "
+        "costs most per value: each worker turns the vocabulary side input into Python strings and a dict per "
+        "feature (about 100-150 bytes a value, once per worker and once in the runner). Fix: keep the lookup "
+        "tables as arrow arrays (sorted values + a vectorized search) instead of Python dicts, and count with a "
+        "bounded-size sketch (e.g. count-min for --min-frequency) so singletons are never held.")),
+    (r"^preprocess_scaling: peak tree RSS", (
+        "Only the 2-worker vocabulary run at 4M rows exceeds it: two workers and the runner each hold the "
+        "vocabulary (see the RSS growth note). One worker or hash mode stays at 0.4-1.2 GB.")),
+    (r"^preprocess_scaling: 2 workers / 1 worker", (
+        "DirectRunner's multi_processing mode runs the runner and its gRPC data plane in the driver process, on "
+        "the same 2 cores as the two workers, and its stages are barriers: the vocabulary pass, the combine and "
+        "the encode pass run one after the other, and the final merge of the counts and the vocabulary "
+        "selection run in one process. The per-row work itself splits evenly (one shard per input range). On a "
+        "machine with more cores than workers, or a distributed runner, the driver's share stops competing.")),
     (r"^apply_bandwidth", (
         "The apply is a chain of separate TF CPU kernels, each making its own pass over random rows: dedup "
         "(tf.unique + unsorted_segment_sum), one gather per variable and slot, the rule's element-wise ops (each "

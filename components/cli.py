@@ -20,6 +20,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "synth": ("components.preprocess.synth", "write synthetic Criteo-format logs with a planted ground truth"),
     "preprocess": ("components.preprocess.pipeline", "Beam pipeline: logs -> GZIP TFRecords of tf.Examples (TFX layout)"),
     "train": ("components.trainer.cli", "train the DLRM-style model (run_fn) under tf.distribute"),
+    "predict": ("components.predict", "batch-score raw Criteo TSV logs with a trained SavedModel"),
     "k8s": ("components.launcher.cli", "render, submit and watch Kubernetes training jobs"),
     "pipeline": ("components.pipeline.cli", "compile the Kubeflow (KFP v2) pipeline"),
     "bench": ("benchmarks.__main__", "run the benchmarks, write results.json and plots"),

@@ -69,6 +69,13 @@ def split_bayes_auc(config, rows: int, eval_fraction: float) -> dict[str, float]
     return {name: s.auc() for name, s in stats.items()}
 
 
+STAGES = 4
+
+
+def _stage(number: int, text: str) -> None:
+    logging.info("[%d/%d] %s", number, STAGES, text)
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog=PROG, description=__doc__.split("\n\n")[0].split(": ", 1)[1])
     p.add_argument("--output", default="embedopt-demo", help="directory for data, model and report (default ./embedopt-demo)")
@@ -102,6 +109,7 @@ def run(args: argparse.Namespace) -> dict:
     timings = {}
     start = time.monotonic()
     config = SynthConfig(seed=args.seed)
+    _stage(1, f"synth: {args.rows:,} Criteo-format rows with a planted logistic truth")
     raw = os.path.join(out, "raw", "data.tsv")
     synth_meta = synth.generate(config, args.rows, raw, progress=True)
     timings["synth_seconds"] = time.monotonic() - start
@@ -109,10 +117,12 @@ def run(args: argparse.Namespace) -> dict:
     start = time.monotonic()
     data = os.path.join(out, "data")
     buckets = hash_buckets(config.vocab_sizes)
+    _stage(2, "preprocess: Beam DirectRunner, hashed ids, GZIP TFRecord shards")
     metadata = pipeline.run(["--input", raw, "--output", data, "--hash-buckets", ",".join(map(str, buckets)),
                              "--eval-fraction", str(EVAL_FRACTION)])
     timings["preprocess_seconds"] = time.monotonic() - start
     start = time.monotonic()
+    _stage(3, "Bayes-optimal AUC of the eval rows (regenerated from the generator)")
     bayes = split_bayes_auc(config, args.rows, EVAL_FRACTION)
     timings["bayes_seconds"] = time.monotonic() - start
 
@@ -132,6 +142,7 @@ def run(args: argparse.Namespace) -> dict:
                            checkpoint_every=max(steps, 1), log_every=max(1, steps // 20), seed=args.seed),
     )
     start = time.monotonic()
+    _stage(4, f"train: {steps} steps of batch {BATCH_SIZE}, {args.optimizer} on the tables; then eval and export")
     metrics = run_fn(fn_args)
     timings["train_seconds"] = time.monotonic() - start
     report = {
@@ -144,6 +155,8 @@ def run(args: argparse.Namespace) -> dict:
         "frequent_and_dense_fraction": synth_meta["logit_variance"]["frequent_and_dense_fraction"],
         "eval_log_loss": metrics["eval_log_loss"], "mean_step_seconds": metrics["mean_step_seconds"],
         "examples_per_second": metrics["examples_per_second"], **{k: round(v, 1) for k, v in timings.items()},
+        "preprocess_rows_per_second": args.rows / max(timings["preprocess_seconds"], 1e-9),
+        "train_phase_seconds": metrics["phase_seconds"], "shards": len(os.listdir(os.path.join(data, "Split-train"))),
         "raw_data": raw, "preprocessed": data, "serving_model_dir": fn_args.serving_model_dir,
         "model_run_dir": fn_args.model_run_dir, "metrics": os.path.join(fn_args.model_run_dir, "metrics.json"),
         "training_curve": metrics.get("training_curve"),
@@ -168,10 +181,12 @@ def format_report(r: dict) -> str:
         f"  signal      {r['frequent_and_dense_fraction']:.1%} of the true logit's variance is on dense features and on "
         f"categorical values expected {r['frequent_count']}+ times in {r['reference_rows']:,} rows",
         f"  log loss    {r['eval_log_loss']:.4f}",
-        f"  time        synth {r['synth_seconds']} s, preprocess {r['preprocess_seconds']} s, eval-split Bayes AUC "
+        f"  time        synth {r['synth_seconds']} s, preprocess {r['preprocess_seconds']} s "
+        f"({r['preprocess_rows_per_second']:,.0f} rows/s, {r['shards']} train shards), eval-split Bayes AUC "
         f"{r['bayes_seconds']} s, train+eval+export {r['train_seconds']} s",
+        "              (" + ", ".join(f"{k} {v:.1f} s" for k, v in r["train_phase_seconds"].items()) + ")",
         "  artifacts",
-        f"    SavedModel        {r['serving_model_dir']}  (serving_default: serialized tf.Example -> probabilities)",
+        f"    SavedModel        {r['serving_model_dir']}  (raw tf.Example, raw TSV lines or preprocessed tf.Example -> probabilities)",
         f"    metrics           {r['metrics']}",
         f"    training curve    {r['training_curve'] or '(install matplotlib for the PNG)'}",
         f"    TensorBoard logs  {os.path.join(r['model_run_dir'], 'logs')}",

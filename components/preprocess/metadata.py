@@ -35,6 +35,11 @@ SPLIT_DIRS = {"train": TRAIN_DIR, "eval": EVAL_DIR}
 SYNTH_META_SUFFIX = ".meta.json"
 
 
+def vocab_file(output_dir: str, key: str) -> str:
+    """DIR/vocab/<key>.txt: line k (1-based) holds the value with id k."""
+    return os.path.join(output_dir, VOCAB_DIR, f"{key}.txt")
+
+
 def feature_spec() -> dict[str, dict[str, Any]]:
     """The `tf.Example` layout: name -> {"dtype", "shape"} (all fixed length)."""
     spec = {

@@ -17,7 +17,6 @@ with arrow's hash aggregation. Memory is O(distinct values), never O(rows).
 
 from __future__ import annotations
 
-import os
 from typing import Sequence
 
 import apache_beam as beam
@@ -49,7 +48,7 @@ def hash_id(value: str, buckets: int) -> int:
 
 
 def vocab_path(output_dir: str, index: int) -> str:
-    return os.path.join(output_dir, md.VOCAB_DIR, f"{md.CATEGORICAL_KEYS[index]}.txt")
+    return md.vocab_file(output_dir, md.CATEGORICAL_KEYS[index])
 
 
 def _compact(values: pa.Array, counts: pa.Array) -> tuple[pa.Array, pa.Array]:

@@ -34,7 +34,9 @@ def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog=PROG,
         description="Train the DLRM-style model on the preprocess output, evaluate it and export a SavedModel "
-        "(serving_default: serialized tf.Example -> probabilities). Strategy from TF_CONFIG: several workers -> "
+        "that serves raw logs, with the preprocessing inside (signatures serving_default: raw tf.Example with I1..I13, "
+        "C1..C26; serve_tsv: raw TSV lines; serve_transformed: preprocessed tf.Example; each -> probabilities; "
+        "score files with `embedopt predict`). Strategy from TF_CONFIG: several workers -> "
         "MultiWorkerMirroredStrategy, else MirroredStrategy over 2+ local GPUs, else one device.",
     )
     data = p.add_argument_group("data (FnArgs)")

@@ -140,7 +140,8 @@ def run_fn(fn_args) -> dict:
     with _timed(phases, "eval"):
         metrics = evaluate(strategy, model, iter(eval_ds), fn_args.eval_steps, max_examples=metadata.row_counts.get("eval"))
     with _timed(phases, "export"):
-        export_saved_model(model, metadata, serving_dir)
+        export_saved_model(model, metadata, serving_dir,
+                           metadata_path if os.path.isdir(metadata_path) else os.path.dirname(metadata_path))
 
     # The first step includes tracing; it is left out of the step time.
     timed = result.step_seconds[1:] or result.step_seconds

@@ -1,0 +1,254 @@
+"""`embedopt predict`: batch-score raw Criteo TSV logs with an exported SavedModel.
+
+Reads the files matching --input (plain or .gz, in sorted name order), sends
+them in batches to the SavedModel's `serve_tsv` signature and writes one
+probability per input line, in input order, to --output (gzip when it ends
+in .gz). The output appears only when the whole run succeeded.
+
+A malformed line (wrong field count, a non-integer or negative count, bytes
+that are not UTF-8) stops the run with exit code 2 and names the file and
+line; with --skip-bad-lines it gets no output line instead and is listed in
+OUTPUT.skipped.txt. The model itself finds the bad lines: a batch it rejects
+is split in halves until the offending lines are isolated, so the checks are
+exactly those of serving.
+
+TensorFlow is imported only once the arguments are parsed, so --help is fast.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import glob
+import gzip
+import logging
+import os
+import re
+import sys
+import tempfile
+import time
+from typing import Callable, Iterator, Sequence
+
+PROG = "embedopt predict"
+DEFAULT_BATCH_SIZE = 4096
+SKIPPED_SUFFIX = ".skipped.txt"
+LOG_INTERVAL_SECONDS = 10.0
+SIGNATURE = "serve_tsv"  # components.trainer.export.SERVE_TSV, not imported to keep TensorFlow out of --help
+OUTPUT_FORMAT = "%.6g"
+
+log = logging.getLogger(__name__)
+
+
+class BadLineError(ValueError):
+    """A malformed input line, when bad lines are not skipped."""
+
+
+@dataclasses.dataclass(frozen=True)
+class Line:
+    path: str
+    number: int  # 1-based
+    text: bytes
+
+
+@dataclasses.dataclass
+class Summary:
+    files: int = 0
+    lines: int = 0
+    scored: int = 0
+    skipped: int = 0
+    seconds: float = 0.0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog=PROG,
+        description="Score raw Criteo TSV logs (40 tab-separated fields with the label first, or 39 without it) "
+        f"with a SavedModel from `embedopt train` (its {SIGNATURE} signature) and write one click probability per "
+        "input line, in input order.",
+    )
+    p.add_argument("--model", required=True, help="the SavedModel directory (train's --serving-model-dir, "
+                   "OUTPUT/serving_model with train's --output)")
+    p.add_argument("--input", required=True, help="glob pattern of the TSV files, plain or gzip (.gz); quote it so "
+                   "the shell does not expand it. Files are read in sorted name order")
+    p.add_argument("--output", required=True, help="file to write, one probability per line formatted "
+                   f"{OUTPUT_FORMAT.replace('%', '%%')}; gzip when the name ends in .gz. Written only when the run succeeds")
+    p.add_argument("--batch-size", type=int, default=DEFAULT_BATCH_SIZE,
+                   help=f"lines per call of the model (default {DEFAULT_BATCH_SIZE})")
+    p.add_argument("--skip-bad-lines", action="store_true",
+                   help="skip malformed lines (no output line) instead of stopping with exit code 2; their file, "
+                   f"line number and reason go to OUTPUT{SKIPPED_SUFFIX} (default: off)")
+    p.add_argument("--no-progress", action="store_true",
+                   help=f"no progress bar; log lines every {LOG_INTERVAL_SECONDS:.0f} s instead. Off a terminal this "
+                   "is what happens anyway (default: bar on a terminal)")
+    return p
+
+
+def read_lines(files: Sequence[str]) -> Iterator[Line]:
+    for path in files:
+        opener = gzip.open if path.endswith(".gz") else open
+        try:
+            with opener(path, "rb") as f:
+                for number, text in enumerate(f, start=1):
+                    yield Line(path, number, text.rstrip(b"\r\n"))
+        except (OSError, EOFError) as err:  # EOFError: a truncated .gz
+            raise OSError(f"cannot read {path}: {err}") from None
+
+
+def batches(lines: Iterator[Line], size: int) -> Iterator[list[Line]]:
+    batch = []
+    for line in lines:
+        batch.append(line)
+        if len(batch) == size:
+            yield batch
+            batch = []
+    if batch:
+        yield batch
+
+
+def _reason(err) -> str:
+    """The model's own explanation from an InvalidArgumentError, without TensorFlow's node trace."""
+    message = getattr(err, "message", str(err))
+    found = re.search(r"assertion failed: \[(.*?)\]\s*\n", message, re.S)
+    if found:
+        return re.sub(r" \(row \d+ of the batch\)$", "", found.group(1))
+    lines = [line.strip() for line in message.splitlines() if line.strip() and "[[" not in line]
+    return lines[-1] if lines else message
+
+
+def score_isolating_bad_lines(score: Callable, texts: list[bytes], invalid_error: type, stop_at_first: bool):
+    """(probabilities, with None for a bad line; [(index, reason)] of the bad lines).
+
+    A rejected batch is split in halves until each bad line is alone, so k bad
+    lines cost O(k log batch) extra calls. With `stop_at_first`, the search
+    stops at the first bad line and the probabilities are incomplete.
+    """
+    try:
+        return list(score(texts)), []
+    except invalid_error as err:
+        if len(texts) == 1:
+            return [None], [(0, _reason(err))]
+    half = len(texts) // 2
+    left, left_bad = score_isolating_bad_lines(score, texts[:half], invalid_error, stop_at_first)
+    if left_bad and stop_at_first:
+        return left + [None] * (len(texts) - half), left_bad
+    right, right_bad = score_isolating_bad_lines(score, texts[half:], invalid_error, stop_at_first)
+    return left + right, left_bad + [(half + i, reason) for i, reason in right_bad]
+
+
+class _Progress:
+    """A tqdm bar on a terminal, else a log line every LOG_INTERVAL_SECONDS; both show lines/s."""
+
+    def __init__(self, bar: bool):
+        self._start = self._last_log = time.perf_counter()
+        self._lines = 0
+        self._bar = None
+        if bar:
+            from tqdm import tqdm
+
+            self._bar = tqdm(unit=" lines", unit_scale=True, file=sys.stderr, desc="predict")
+
+    def update(self, lines: int) -> None:
+        self._lines += lines
+        if self._bar is not None:
+            self._bar.update(lines)
+            return
+        now = time.perf_counter()
+        if now - self._last_log >= LOG_INTERVAL_SECONDS:
+            self._last_log = now
+            log.info("%s: %d lines, %.0f lines/s", PROG, self._lines, self._lines / (now - self._start))
+
+    def close(self) -> None:
+        if self._bar is not None:
+            self._bar.close()
+
+
+def _open_output(path: str):
+    """A temporary file beside `path` (renamed onto it at the end), gzip when `path` ends in .gz."""
+    directory = os.path.dirname(os.path.abspath(path))
+    os.makedirs(directory, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{os.path.basename(path)}.", suffix=".partial", dir=directory)
+    raw = os.fdopen(fd, "wb")
+    return tmp, (gzip.GzipFile(fileobj=raw, mode="wb") if path.endswith(".gz") else raw), raw
+
+
+def predict(model_dir: str, files: Sequence[str], output: str, *, batch_size: int = DEFAULT_BATCH_SIZE,
+            skip_bad_lines: bool = False, progress_bar: bool = False) -> Summary:
+    """Scores every line of `files` into `output`; see the module docstring.
+
+    Raises BadLineError for a malformed line unless `skip_bad_lines`, and
+    ValueError when the model has no serve_tsv signature.
+    """
+    import tensorflow as tf
+
+    serve = tf.saved_model.load(model_dir).signatures
+    if SIGNATURE not in serve:
+        raise ValueError(f"{model_dir} has no {SIGNATURE!r} signature (it has {sorted(serve)}); "
+                         "re-export it with this version of `embedopt train`")
+    serve = serve[SIGNATURE]
+
+    def score(texts):
+        return serve(lines=tf.constant(texts, tf.string))["probabilities"].numpy()[:, 0]
+
+    summary = Summary(files=len(files))
+    start = time.perf_counter()
+    tmp, out, raw = _open_output(output)
+    skipped = []
+    bar = _Progress(progress_bar)
+    try:
+        for batch in batches(read_lines(files), batch_size):
+            probabilities, bad = score_isolating_bad_lines(score, [line.text for line in batch],
+                                                           tf.errors.InvalidArgumentError, not skip_bad_lines)
+            if bad and not skip_bad_lines:
+                index, reason = bad[0]
+                raise BadLineError(f"{batch[index].path}:{batch[index].number}: malformed line: {reason}; "
+                                   "fix it, or pass --skip-bad-lines to leave such lines out")
+            skipped += [(batch[index], reason) for index, reason in bad]
+            out.write("".join(OUTPUT_FORMAT % p + "\n" for p in probabilities if p is not None).encode("ascii"))
+            summary.lines += len(batch)
+            summary.skipped += len(bad)
+            bar.update(len(batch))
+        out.close()
+        raw.close()
+        os.replace(tmp, output)
+    except BaseException:
+        out.close()
+        raw.close()
+        os.remove(tmp)
+        raise
+    finally:
+        bar.close()
+    if skip_bad_lines:
+        with open(output + SKIPPED_SUFFIX, "w", encoding="utf-8") as f:
+            f.writelines(f"{line.path}:{line.number}\t{reason}\n" for line, reason in skipped)
+    summary.scored = summary.lines - summary.skipped
+    summary.seconds = time.perf_counter() - start
+    return summary
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(sys.argv[1:] if argv is None else argv)
+    logging.basicConfig(level=logging.INFO, format="%(message)s")
+    if args.batch_size < 1:
+        print(f"{PROG}: --batch-size must be >= 1, got {args.batch_size}", file=sys.stderr)
+        return 2
+    files = sorted(glob.glob(args.input))
+    if not files:
+        print(f"{PROG}: no files match --input {args.input!r}", file=sys.stderr)
+        return 2
+    try:
+        summary = predict(args.model, files, args.output, batch_size=args.batch_size,
+                          skip_bad_lines=args.skip_bad_lines, progress_bar=not args.no_progress and sys.stderr.isatty())
+    except (BadLineError, ValueError, OSError) as err:
+        print(f"{PROG}: {err}", file=sys.stderr)
+        return 2
+    rate = summary.lines / summary.seconds if summary.seconds > 0 else float("inf")
+    print(f"{PROG}: scored {summary.scored} of {summary.lines} lines from {summary.files} file(s) in "
+          f"{summary.seconds:.1f} s ({rate:.0f} lines/s) -> {args.output}")
+    if args.skip_bad_lines:
+        where = f"; their file:line and reason are in {args.output + SKIPPED_SUFFIX}" if summary.skipped else ""
+        print(f"{PROG}: skipped {summary.skipped} malformed line(s){where}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,241 @@
+"""Raw Criteo logs -> the features the preprocess writes, in TensorFlow ops.
+
+The serving signatures use this so that clients send raw logs. The rules are
+the preprocess contract (DESIGN.md 4.1), field by field:
+
+  I1..I13  stripped; "" -> 0.0; else Python's int() of the text, which must
+           be >= 0, -> float32(log1p(float64(n))). int() accepts a sign, any
+           Unicode decimal digits and single underscores between digits, so
+           "+5", "1_000", "٣" and "-0" are counts; "1.5", "0x10", "-4" are not.
+  C1..C26  stripped; "" -> id 0; else, in hash mode with N buckets,
+           1 + to_hash_bucket_fast(value, N - 1) (FarmHash64), and in the
+           vocabulary modes the line number k of DIR/vocab/cat_i.txt holding
+           the value (unseen -> 0, the OOV id).
+
+"Stripped" means Python's str.strip(): Unicode whitespace, not only ASCII.
+A malformed input raises tf.errors.InvalidArgumentError whose message names
+the problem, the field and the row of the batch; it never yields features.
+Everything runs eagerly as well as inside a tf.function.
+"""
+
+from __future__ import annotations
+
+import functools
+import unicodedata
+
+import tensorflow as tf
+
+from components.preprocess.metadata import RAW_CATEGORICAL, RAW_DENSE, VOCAB_DIR, Metadata, vocab_file
+
+HASH_MODE = "hash"
+VOCABULARY_MODES = ("top_n", "min_frequency")
+# Criteo's test logs come without the label column.
+TSV_FIELDS = (1 + len(RAW_DENSE) + len(RAW_CATEGORICAL), len(RAW_DENSE) + len(RAW_CATEGORICAL))
+
+# The characters for which str.isspace() is true, as an RE2 class.
+_WHITESPACE = r"[\t-\r\x{1c}-\x{20}\x{85}\x{a0}\x{1680}\x{2000}-\x{200a}\x{2028}\x{2029}\x{202f}\x{205f}\x{3000}]"
+_STRIP = f"^{_WHITESPACE}+|{_WHITESPACE}+$"
+_SHOWN_CHARS = 40
+
+
+@functools.cache
+def decimal_zeros() -> tuple[int, ...]:
+    """Code points of the Unicode digit zeros; each starts a run of ten digits 0..9."""
+    return tuple(c for c in range(0x110000) if unicodedata.decimal(chr(c), -1) == 0)
+
+
+def _count_pattern() -> str:
+    digit = "[" + "".join(f"\\x{{{z:x}}}-\\x{{{z + 9:x}}}" for z in decimal_zeros()) + "]"
+    return f"[+-]?{digit}(_?{digit})*"
+
+
+
+def strip(text: tf.Tensor) -> tf.Tensor:
+    return tf.strings.regex_replace(text, _STRIP, "")
+
+
+def is_utf8(text: tf.Tensor) -> tf.Tensor:
+    return tf.strings.unicode_transcode(text, "UTF-8", "UTF-8", errors="replace") == text
+
+
+def check(ok: tf.Tensor, values: tf.Tensor, names, reason: str, describe=None):
+    """Raises InvalidArgumentError "{reason} in {name}: {detail} (row r of the batch)" unless all `ok`.
+
+    `ok` and `values` are [B, F]; `names` the F field names; `describe` turns
+    the first failing value into the detail (default: its first 40 characters).
+    """
+    flat_bad = tf.reshape(tf.logical_not(ok), [-1])
+    # A True sentinel keeps argmax defined on an empty batch, where the check passes anyway.
+    index = tf.argmax(tf.concat([flat_bad, [True]], 0), output_type=tf.int64)
+    width = tf.cast(len(names), tf.int64)
+    flat = tf.reshape(values, [-1])
+    value = tf.gather(tf.concat([flat, tf.zeros([1], flat.dtype)], 0), index)
+    if describe is None:
+        # Valid UTF-8 only: TensorFlow decodes the message as UTF-8 before raising it.
+        shown = tf.strings.unicode_transcode(value, "UTF-8", "UTF-8", errors="replace")
+        detail = tf.strings.substr(shown, 0, _SHOWN_CHARS, unit="UTF8_CHAR")
+    else:
+        detail = describe(value)
+    message = tf.strings.join([reason, " in ", tf.gather(tf.constant(names), index % width), ": ", detail,
+                               " (row ", tf.strings.as_string(index // width), " of the batch)"])
+    return tf.debugging.Assert(tf.reduce_all(ok), [message])
+
+
+def _ascii_digits(text: tf.Tensor) -> tf.Tensor:
+    """Maps every Unicode decimal digit of valid count texts to its ASCII digit."""
+    zeros = tf.constant(decimal_zeros(), tf.int32)
+    points = tf.strings.unicode_decode(tf.reshape(text, [-1]), "UTF-8")
+    flat = points.flat_values
+    zero = tf.gather(zeros, tf.searchsorted(zeros, flat, side="right") - 1)
+    ascii = tf.strings.unicode_encode(points.with_flat_values(flat - zero + ord("0")), "UTF-8")
+    return tf.reshape(ascii, tf.shape(text))
+
+
+def dense_from_text(text: tf.Tensor) -> tf.Tensor:
+    """[B, 13] count texts (I1..I13) -> [B, 13] float32 log1p(count), 0 for missing."""
+    text = strip(text)
+    missing = tf.equal(text, "")
+    integer = tf.logical_or(missing, tf.strings.regex_full_match(text, _count_pattern()))
+    checks = [check(integer, text, RAW_DENSE, "non-integer count")]
+    with tf.control_dependencies(checks):
+        digits = tf.where(missing | ~integer, "0", tf.strings.regex_replace(text, "[+_-]", ""))
+        counts = tf.strings.to_number(_ascii_digits(digits), tf.float64)
+    negative = tf.strings.substr(text, 0, 1) == "-"
+    checks = [
+        check(~(negative & (counts > 0)), text, RAW_DENSE, "negative count"),
+        check(tf.math.is_finite(counts), text, RAW_DENSE, "count too large"),
+    ]
+    with tf.control_dependencies(checks):
+        return tf.cast(tf.math.log1p(counts), tf.float32)
+
+
+def dense_from_counts(counts: tf.Tensor, present: tf.Tensor) -> tf.Tensor:
+    """[B, 13] int64 counts and presence -> [B, 13] float32 log1p(count), 0 where absent."""
+    checks = [check(~present | (counts >= 0), counts, RAW_DENSE, "negative count", tf.strings.as_string)]
+    with tf.control_dependencies(checks):
+        return tf.where(present, tf.cast(tf.math.log1p(tf.cast(counts, tf.float64)), tf.float32), 0.0)
+
+
+def _single_values(parsed: dict, names, default) -> tuple[tf.Tensor, tf.Tensor, list]:
+    """Ragged features with 0 or 1 values each -> ([B, F] values, [B, F] presence, checks)."""
+    lengths = tf.stack([parsed[name].row_lengths() for name in names], axis=1)
+    values = tf.stack([parsed[name].to_tensor(default, shape=[None, 1])[:, 0] for name in names], axis=1)
+    checks = [check(lengths <= 1, lengths, names, "more than one value",
+                    lambda n: tf.strings.join([tf.strings.as_string(n), " values, expected 0 or 1"]))]
+    return values, lengths == 1, checks
+
+
+class RawFeatureTransform(tf.Module):
+    """Raw TSV lines or raw tf.Examples -> {"dense": [B, 13] float32, "cat_i": [B] int64}.
+
+    In the vocabulary modes each DIR/vocab/cat_i.txt becomes a
+    tf.lookup.StaticHashTable initialized from the file (whole line -> line
+    number + 1, default 0); TextFileInitializer tracks the file as a
+    tf.saved_model.Asset, so a SavedModel holding this module carries copies
+    of the vocabularies and no longer needs DIR.
+
+    Args:
+        metadata: the preprocess metadata (vocab_sizes, options["vocab_mode"],
+            options["hash_buckets"] in hash mode).
+        preprocess_dir: the directory holding metadata.json and vocab/; unused
+            in hash mode.
+
+    Raises ValueError when the metadata and the vocabulary files disagree.
+    """
+
+    def __init__(self, metadata: Metadata, preprocess_dir: str | None):
+        super().__init__(name="raw_features")
+        if metadata.num_dense != len(RAW_DENSE) or len(metadata.categorical_keys) != len(RAW_CATEGORICAL):
+            raise ValueError(f"raw logs have {len(RAW_DENSE)} counts and {len(RAW_CATEGORICAL)} categorical fields; "
+                             f"the metadata has {metadata.num_dense} and {len(metadata.categorical_keys)}")
+        self._dense_key = metadata.dense_key
+        self._keys = tuple(metadata.categorical_keys)
+        mode = metadata.options.get("vocab_mode")
+        self._hash_buckets = None
+        self.tables = {}
+        if mode == HASH_MODE:
+            self._hash_buckets = _hash_buckets(metadata)
+        elif mode in VOCABULARY_MODES:
+            if not preprocess_dir:
+                raise ValueError(f"vocab_mode {mode!r} needs the preprocess directory that holds {VOCAB_DIR}/")
+            for key in self._keys:
+                table = _vocabulary_table(vocab_file(preprocess_dir, key), metadata.vocab_sizes[key] - 1)
+                if table is not None:
+                    self.tables[key] = table
+        else:
+            raise ValueError(f"metadata options['vocab_mode'] is {mode!r}; expected {HASH_MODE!r} "
+                             f"or one of {VOCABULARY_MODES}")
+
+    def from_tsv(self, lines) -> dict[str, tf.Tensor]:
+        """[B] TSV lines: 40 fields (label first, ignored) or 39 (no label)."""
+        lines = tf.convert_to_tensor(lines, tf.string)
+        column = lines[:, None]
+        with tf.control_dependencies([check(is_utf8(column), column, ("line",), "invalid UTF-8")]):
+            fields = tf.strings.split(lines, "\t")
+        count = fields.row_lengths()[:, None]
+        ok = tf.reduce_any(tf.stack([count == n for n in TSV_FIELDS]), axis=0)
+        expected = f" tab-separated fields, expected {TSV_FIELDS[0]} (label first) or {TSV_FIELDS[1]} (no label)"
+        wrong_count = check(ok, count, ("line",), "wrong field count",
+                            lambda n: tf.strings.join([tf.strings.as_string(n), expected]))
+        with tf.control_dependencies([wrong_count]):
+            fields = fields[:, -TSV_FIELDS[1]:].to_tensor("", shape=[None, TSV_FIELDS[1]])
+        return self._features(dense_from_text(fields[:, : len(RAW_DENSE)]), strip(fields[:, len(RAW_DENSE):]))
+
+    def from_examples(self, serialized) -> dict[str, tf.Tensor]:
+        """[B] serialized tf.Examples with I1..I13 int64 and C1..C26 bytes, 0 or 1 values each."""
+        spec = {name: tf.io.RaggedFeature(tf.int64) for name in RAW_DENSE}
+        spec.update({name: tf.io.RaggedFeature(tf.string) for name in RAW_CATEGORICAL})
+        parsed = tf.io.parse_example(serialized, spec)
+        counts, present, checks = _single_values(parsed, RAW_DENSE, tf.constant(0, tf.int64))
+        values, _, more = _single_values(parsed, RAW_CATEGORICAL, "")
+        checks += more + [check(is_utf8(values), values, RAW_CATEGORICAL, "invalid UTF-8")]
+        with tf.control_dependencies(checks):
+            return self._features(dense_from_counts(counts, present), strip(values))
+
+    def _features(self, dense: tf.Tensor, values: tf.Tensor) -> dict[str, tf.Tensor]:
+        features = {self._dense_key: dense}
+        missing = tf.equal(values, "")
+        for i, key in enumerate(self._keys):
+            if self._hash_buckets is not None:
+                ids = 1 + tf.strings.to_hash_bucket_fast(values[:, i], self._hash_buckets[i] - 1)
+            elif key in self.tables:
+                ids = self.tables[key].lookup(values[:, i])
+            else:
+                ids = tf.zeros_like(values[:, i], tf.int64)
+            features[key] = tf.where(missing[:, i], tf.constant(0, tf.int64), ids)
+        return features
+
+
+def _hash_buckets(metadata: Metadata) -> list[int]:
+    buckets = metadata.options.get("hash_buckets")
+    sizes = [metadata.vocab_sizes[key] for key in metadata.categorical_keys]
+    if not isinstance(buckets, list) or buckets != sizes:
+        raise ValueError(f"hash mode: options['hash_buckets'] {buckets!r} must list the vocab_sizes {sizes}")
+    if min(buckets) < 2:
+        raise ValueError(f"hash mode needs at least 2 buckets per feature (id 0 is missing), got {buckets}")
+    return buckets
+
+
+def _count_lines(path: str) -> int:
+    lines, last = 0, b"\n"
+    with tf.io.gfile.GFile(path, "rb") as f:
+        while chunk := f.read(1 << 20):
+            lines += chunk.count(b"\n")
+            last = chunk[-1:]
+    return lines + (last != b"\n")
+
+
+def _vocabulary_table(path: str, lines: int) -> tf.lookup.StaticHashTable | None:
+    """Value on line k -> k, anything else -> 0; None for an empty vocabulary (every id is 0)."""
+    if not tf.io.gfile.exists(path):
+        raise ValueError(f"no vocabulary file at {path}; the preprocess output is incomplete")
+    found = _count_lines(path)
+    if found != lines:
+        raise ValueError(f"{path} has {found} lines, but metadata.json's vocab size {lines + 1} says {lines} "
+                         "(lines + 1, id 0 being missing/OOV)")
+    if lines == 0:
+        return None
+    initializer = tf.lookup.TextFileInitializer(
+        path, tf.string, tf.lookup.TextFileIndex.WHOLE_LINE, tf.int64, tf.lookup.TextFileIndex.LINE_NUMBER,
+        vocab_size=lines, value_index_offset=1)
+    return tf.lookup.StaticHashTable(initializer, default_value=0)

@@ -1,0 +1,180 @@
+"""The raw-log transformation run eagerly: Python's rules, the preprocess's own output, bad metadata.
+
+Expectations come from plain Python (str.strip, int, math.log1p, dicts,
+FarmHash), from tests/fixtures/preprocess_golden.json (the previous preprocess
+on the fixtures) and from running today's preprocess on the tricky fixture,
+never from the code under test.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+
+import numpy as np
+import pytest
+import tensorflow as tf
+
+from components.preprocess.metadata import CATEGORICAL_KEYS, DENSE_KEY, Metadata, load_metadata
+from components.trainer.raw_features import RawFeatureTransform, dense_from_text, strip
+from tests.components.trainer import raw_logs
+
+GOLDEN_FILE = os.path.join(raw_logs.FIXTURES, "preprocess_golden.json")
+# float32(log1p(n)) from float64: the same rounding in Python and TensorFlow, up to one float32 ulp.
+DENSE_RTOL = 2.0**-23
+
+
+def _transform(tmp_path, mode, vocab=None) -> RawFeatureTransform:
+    metadata = raw_logs.write_preprocess_dir(str(tmp_path), mode, vocab)
+    return RawFeatureTransform(metadata, str(tmp_path))
+
+
+def _assert_features_equal(got, want):
+    np.testing.assert_allclose(got[DENSE_KEY].numpy(), want[DENSE_KEY], rtol=DENSE_RTOL, atol=0)
+    for key in CATEGORICAL_KEYS:
+        np.testing.assert_array_equal(got[key].numpy(), want[key], err_msg=key)
+
+
+@pytest.mark.parametrize("mode", ["hash", "top_n", "min_frequency"])
+def test_tsv_and_raw_examples_match_the_python_reference(tmp_path, mode):
+    lines = raw_logs.good_lines()
+    vocab = None if mode == "hash" else raw_logs.vocabularies(lines)
+    transform = _transform(tmp_path, mode, vocab)
+    want = raw_logs.reference_batch(lines, mode, vocab)
+    _assert_features_equal(transform.from_tsv(lines), want)
+    _assert_features_equal(transform.from_examples([raw_logs.raw_example(line) for line in lines]), want)
+    # Both kinds of ids occur: known values, and unseen or missing ones (0).
+    ids = np.stack([want[key] for key in CATEGORICAL_KEYS])
+    assert (ids > 0).any() and (ids == 0).any()
+
+
+@pytest.mark.parametrize("text", [
+    "0", "7", "00042", " 12 ", "\u00a03\u00a0", "\t5\r", "+5", "-0", "1_000", "1_2_3",
+    "\u0661\u0662", "\uff11\uff12", "\U0001d7ce\U0001d7cf", "12345678901234567890123", "9" * 300,
+])
+def test_count_spellings_that_python_int_accepts(text):
+    want = np.float32(math.log1p(int(text.strip())))
+    got = dense_from_text(tf.constant([[text] + [""] * 12]))
+    np.testing.assert_allclose(got.numpy()[0], [want] + [0.0] * 12, rtol=DENSE_RTOL, atol=0)
+
+
+@pytest.mark.parametrize("text", [
+    "1.5", "0x10", "abc", "1e3", "inf", "nan", "1__0", "_1", "1_", "+", "-", "--1", "+-1", "1 2", "\u0661.\u0662",
+    "\u00bd", "\u00b2",
+])
+def test_count_spellings_that_python_int_rejects(text):
+    with pytest.raises(ValueError):
+        int(text.strip())
+    with pytest.raises(tf.errors.InvalidArgumentError, match="non-integer count in I4") as err:
+        dense_from_text(tf.constant([[""] * 3 + [text] + [""] * 9]))
+    if text.isascii():  # eagerly the message is a bytes repr, which escapes the rest
+        assert f"I4: {text.strip()} (row 0 of the batch)" in err.value.message
+
+
+@pytest.mark.parametrize("text", ["-1", " -7", "-0_1", "-\u0661"])
+def test_negative_counts_are_rejected(text):
+    assert int(text.strip()) < 0
+    with pytest.raises(tf.errors.InvalidArgumentError, match="negative count in I1"):
+        dense_from_text(tf.constant([[text] + [""] * 12]))
+
+
+def test_count_past_float64_is_rejected():
+    with pytest.raises(tf.errors.InvalidArgumentError, match="count too large in I2: 9999"):
+        dense_from_text(tf.constant([["", "9" * 400] + [""] * 11]))
+
+
+def test_strip_removes_what_python_str_strip_removes():
+    spaces = [chr(c) for c in range(0x110000) if chr(c).isspace()]
+    kept = ["\u200b", "\ufeff", "\x00", "x"]  # not whitespace for Python
+    texts = [f"{c}{c}a {c}b{c}" for c in spaces + kept]
+    got = [t.decode("utf-8") for t in strip(tf.constant(texts)).numpy()]
+    assert got == [t.strip() for t in texts]
+
+
+def _golden_cases():
+    with open(GOLDEN_FILE, encoding="utf-8") as f:
+        cases = json.load(f)["cases"]
+    # Hash ids changed with the preprocess's switch to FarmHash; vocabulary ids did not.
+    return {name: case for name, case in cases.items() if not name.endswith(":hash_7")}
+
+
+# What serving says about each dead-letter reason of the preprocess; None: serving accepts the line,
+# since it ignores the label, and reads 39 fields as a line without one.
+SERVING_REASON = {
+    "label not 0/1": None,
+    "wrong column count: 39 columns": None,
+    "wrong column count": "wrong field count in line",
+    "non-integer count in": "non-integer count in",
+    "negative count in": "negative count in",
+    "count too large in": "count too large in",
+    "undecodable bytes": "invalid UTF-8 in line",
+}
+
+
+def _assert_serving_reproduces(transform: RawFeatureTransform, fixture: str, output: dict) -> None:
+    """`output` (golden.canonical's layout: examples, dead letters) is what serving makes of `fixture`'s lines."""
+    lines = raw_logs.fixture_lines(fixture)
+    dead = {record["line_number"]: record["reason"] for record in output["dead_letter"]}
+    accepted = [line for number, line in enumerate(lines, start=1) if number not in dead]
+    features = transform.from_tsv(accepted)
+    got = sorted(zip([[int(features[key][i]) for key in CATEGORICAL_KEYS] for i in range(len(accepted))],
+                     features[DENSE_KEY].numpy().tolist()))
+    want = sorted(([ids[0] for ids in example[2]], example[1]) for example in output["train"] + output["eval"])
+    assert [ids for ids, _ in got] == [ids for ids, _ in want]
+    np.testing.assert_allclose([d for _, d in got], [d for _, d in want], rtol=DENSE_RTOL, atol=0)
+
+    for number, reason in dead.items():
+        serving = SERVING_REASON[next(prefix for prefix in SERVING_REASON if reason.startswith(prefix))]
+        if serving is None:
+            transform.from_tsv([lines[number - 1]])
+        else:
+            with pytest.raises(tf.errors.InvalidArgumentError, match=serving):
+                transform.from_tsv([lines[number - 1]])
+
+
+@pytest.mark.parametrize("name", sorted(_golden_cases()))
+def test_preprocess_golden_output_is_reproduced(tmp_path, name):
+    case = _golden_cases()[name]
+    mode = "top_n" if name.endswith(":vocab_size_2") else "min_frequency"
+    metadata = raw_logs.write_preprocess_dir(str(tmp_path), mode, case["vocab"])
+    assert metadata.vocab_sizes == case["vocab_sizes"]
+    _assert_serving_reproduces(RawFeatureTransform(metadata, str(tmp_path)), name.split(":")[0], case)
+
+
+@pytest.mark.parametrize("flags", [["--hash-buckets", "7"], ["--vocab-size", "2"], []])
+def test_preprocess_output_is_reproduced(tmp_path, flags):
+    from components.preprocess.pipeline import main
+    from tests.components.preprocess.golden import run_case
+
+    output = run_case(main, "criteo_tricky.tsv", flags, str(tmp_path))
+    _assert_serving_reproduces(RawFeatureTransform(load_metadata(str(tmp_path)), str(tmp_path)),
+                               "criteo_tricky.tsv", output)
+
+
+def _metadata(mode="min_frequency", sizes=None, **options) -> Metadata:
+    sizes = sizes or [3] * len(CATEGORICAL_KEYS)
+    return Metadata(vocab_sizes=dict(zip(CATEGORICAL_KEYS, sizes)), row_counts={"train": 0, "eval": 0},
+                    dead_letter_count=0, input_pattern="test", format="tsv", options={"vocab_mode": mode, **options})
+
+
+def test_vocabulary_file_and_metadata_must_agree(tmp_path):
+    os.makedirs(tmp_path / "vocab")
+    for key in CATEGORICAL_KEYS:
+        (tmp_path / "vocab" / f"{key}.txt").write_text("a\nb\n" if key != "cat_7" else "a\n", encoding="utf-8")
+    with pytest.raises(ValueError, match=r"cat_7.txt has 1 lines, but metadata.json's vocab size 3 says 2"):
+        RawFeatureTransform(_metadata(), str(tmp_path))
+    os.remove(tmp_path / "vocab" / "cat_7.txt")
+    with pytest.raises(ValueError, match="no vocabulary file at .*cat_7.txt"):
+        RawFeatureTransform(_metadata(), str(tmp_path))
+
+
+@pytest.mark.parametrize("metadata,message", [
+    (_metadata("hash", hash_buckets=[4] * 26), r"hash_buckets'\] \[4, .* must list the vocab_sizes \[3, "),
+    (_metadata("hash"), r"hash_buckets'\] None must list"),
+    (_metadata("hash", sizes=[1] * 26, hash_buckets=[1] * 26), "at least 2 buckets"),
+    (_metadata("bloom"), "vocab_mode'] is 'bloom'"),
+])
+def test_bad_metadata_is_rejected(tmp_path, metadata, message):
+    with pytest.raises(ValueError, match=message):
+        RawFeatureTransform(metadata, str(tmp_path))
