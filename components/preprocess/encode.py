@@ -21,7 +21,7 @@ import numpy as np
 import pyarrow as pa
 
 from components.preprocess import metadata as md
-from components.preprocess.vocab import hash_ids
+from components.preprocess.vocab import VocabularyLookup, hash_ids
 
 
 def _list_column(values: np.ndarray, width: int) -> pa.ListArray:
@@ -43,7 +43,8 @@ class EncodeExampleFn(beam.DoFn):
     """ParsedBatch -> (shard, "train" | "eval", serialized examples).
 
     Ids come from `hash_buckets` when given, else from the `vocabularies` side
-    input (feature index -> values in id order); an unseen value gets id 0.
+    input (feature index -> arrow array of the values in id order); an unseen
+    value gets id 0.
     """
 
     def __init__(self, hash_buckets: Sequence[int] | None = None):
@@ -54,19 +55,10 @@ class EncodeExampleFn(beam.DoFn):
         if self._hash_buckets is not None:
             return [hash_ids(column, n) for column, n in zip(batch.categorical, self._hash_buckets)]
         if self._tables is None:
-            # The side input is the same for the whole run: build the lookup tables once per DoFn instance.
-            self._tables = [
-                {value: i for i, value in enumerate(vocabularies.get(index, ()), start=1)}
-                for index in range(md.NUM_CATEGORICAL)
-            ]
-        ids = []
-        for column, table in zip(batch.categorical, self._tables):
-            encoded = column.dictionary_encode()
-            distinct = np.fromiter((table.get(v, 0) for v in encoded.dictionary.to_pylist()), np.int64,
-                                   count=len(encoded.dictionary))
-            ids.append(distinct[encoded.indices.to_numpy(zero_copy_only=False)] if len(distinct)
-                       else np.zeros(len(column), np.int64))
-        return ids
+            # The side input is the same for the whole run: build the lookups once per DoFn instance.
+            empty = pa.array([], pa.string())
+            self._tables = [VocabularyLookup(vocabularies.get(index, empty)) for index in range(md.NUM_CATEGORICAL)]
+        return [table.ids(column) for column, table in zip(batch.categorical, self._tables)]
 
     def process(self, batch, vocabularies=None):
         ids = self._ids(batch, vocabularies)

@@ -28,7 +28,8 @@ from farmhash import fingerprint64
 
 from components.preprocess import metadata as md
 
-_COMPACT_ROWS = 1 << 20
+_COMPACT_MIN_ROWS = 1 << 16
+_LIST_CHUNK = 1 << 16
 
 
 def hash_ids(values: pa.Array, buckets: int) -> np.ndarray:
@@ -59,9 +60,11 @@ def _compact(values: pa.Array, counts: pa.Array) -> tuple[pa.Array, pa.Array]:
 class MergeCountsFn(beam.CombineFn):
     """(values, counts) arrow pairs of one feature -> their sum per value.
 
-    The accumulator is a list of pairs, compacted (hash-aggregated) when it
-    holds twice the distinct values of the last compaction, so adding a batch
-    costs O(batch) and memory stays O(distinct values).
+    The accumulator is a list of pairs, compacted (hash-aggregated) once it
+    holds half again the distinct values of the last compaction, so adding a
+    batch costs O(batch) amortized and the accumulator stays within 1.5x the
+    distinct values (plus one batch); `compact` merges it fully before the
+    runner encodes it to move it between workers.
     """
 
     def create_accumulator(self):
@@ -74,20 +77,22 @@ class MergeCountsFn(beam.CombineFn):
         pairs = [p for acc in accumulators for p in acc[0]]
         held = sum(acc[1] for acc in accumulators)
         compacted = max(acc[2] for acc in accumulators)
-        if len(pairs) > 1 and held > max(_COMPACT_ROWS, 2 * compacted):
-            pairs = [self._merged(pairs)]
-            held = compacted = len(pairs[0][0])
+        if len(pairs) > 1 and held > max(_COMPACT_MIN_ROWS, compacted + compacted // 2):
+            return self.compact((pairs, held, compacted))
         return pairs, held, compacted
 
-    @staticmethod
-    def _merged(pairs):
-        return _compact(pa.concat_arrays([p[0] for p in pairs]), pa.concat_arrays([p[1] for p in pairs]))
+    def compact(self, accumulator):
+        pairs = accumulator[0]
+        if len(pairs) <= 1:
+            return accumulator
+        merged = _compact(pa.concat_arrays([p[0] for p in pairs]), pa.concat_arrays([p[1] for p in pairs]))
+        return [merged], len(merged[0]), len(merged[0])
 
     def extract_output(self, accumulator):
-        pairs = accumulator[0]
+        pairs = self.compact(accumulator)[0]
         if not pairs:
             return pa.array([], pa.string()), pa.array([], pa.int64())
-        return self._merged(pairs) if len(pairs) > 1 else pairs[0]
+        return pairs[0]
 
 
 class CountValuesFn(beam.DoFn):
@@ -103,7 +108,7 @@ class CountValuesFn(beam.DoFn):
                 yield index, (values, counts)
 
 
-def select_vocabulary(values: pa.Array, counts: pa.Array, top_n: int | None, min_frequency: int | None) -> list[str]:
+def select_vocabulary(values: pa.Array, counts: pa.Array, top_n: int | None, min_frequency: int | None) -> pa.Array:
     """Values in id order (id 1 first): by descending count, ties by ascending value."""
     table = pa.table({"v": values, "c": counts})
     if min_frequency is not None:
@@ -111,7 +116,51 @@ def select_vocabulary(values: pa.Array, counts: pa.Array, top_n: int | None, min
     table = table.take(pc.sort_indices(table, sort_keys=[("c", "descending"), ("v", "ascending")]))
     if top_n is not None:
         table = table.slice(0, top_n)
-    return table.column("v").to_pylist()
+    return table.column("v").combine_chunks()
+
+
+def _fingerprints(values: pa.Array) -> np.ndarray:
+    out = np.empty(len(values), np.uint64)
+    for start in range(0, len(values), _LIST_CHUNK):  # bounded number of Python strings at a time
+        chunk = values.slice(start, _LIST_CHUNK).to_pylist()
+        out[start : start + len(chunk)] = np.fromiter(map(fingerprint64, chunk), np.uint64, count=len(chunk))
+    return out
+
+
+class VocabularyLookup:
+    """Value -> id (1..V by position in `values`), 0 for "" and for values not in the vocabulary.
+
+    Holds the vocabulary as an arrow array plus its sorted 64-bit fingerprints
+    (16 bytes a value), not as Python strings in a dict (over 100): a lookup
+    finds each value's fingerprint with a binary search and confirms the match
+    by comparing the strings. Should two vocabulary values share a fingerprint,
+    that feature falls back to a dict.
+    """
+
+    def __init__(self, values: pa.Array):
+        self._values = values
+        fingerprints = _fingerprints(values)
+        self._order = np.argsort(fingerprints, kind="stable")
+        self._sorted = fingerprints[self._order]
+        self._dict = None
+        if len(values) > 1 and (np.diff(self._sorted) == 0).any():
+            self._dict = {v: i for i, v in enumerate(values.to_pylist(), start=1)}
+
+    def ids(self, column: pa.Array) -> np.ndarray:
+        """int64 ids of a string column."""
+        encoded = column.dictionary_encode()
+        distinct = encoded.dictionary
+        indices = encoded.indices.to_numpy(zero_copy_only=False)
+        if len(distinct) == 0 or len(self._values) == 0:
+            return np.zeros(len(column), np.int64)
+        if self._dict is not None:
+            found = np.fromiter((self._dict.get(v, 0) for v in distinct.to_pylist()), np.int64, count=len(distinct))
+            return found[indices]
+        keys = _fingerprints(distinct)
+        position = np.minimum(np.searchsorted(self._sorted, keys), len(self._sorted) - 1)
+        candidate = self._order[position]
+        same = pc.equal(self._values.take(pa.array(candidate)), distinct).to_numpy(zero_copy_only=False)
+        return np.where(same, candidate + 1, 0).astype(np.int64)[indices]
 
 
 class ComputeVocabularies(beam.PTransform):
@@ -147,5 +196,6 @@ class WriteVocabFn(beam.DoFn):
     def process(self, entry):
         index, values = entry
         with FileSystems.create(vocab_path(self._output_dir, index)) as f:
-            f.write("".join(f"{v}\n" for v in values).encode("utf-8"))
+            for start in range(0, len(values), _LIST_CHUNK):
+                f.write("".join(f"{v}\n" for v in values.slice(start, _LIST_CHUNK).to_pylist()).encode("utf-8"))
         yield index, len(values) + 1

@@ -8,7 +8,11 @@ import pyarrow as pa
 import tensorflow as tf
 
 from components.preprocess.columns import ParsedBatch
-from components.preprocess.vocab import ComputeVocabularies, hash_id
+from components.preprocess.vocab import ComputeVocabularies, VocabularyLookup, hash_id
+
+
+def _as_list(index, values):
+    return index, values.to_pylist()
 
 
 def _rows(values_f0, batches=2):
@@ -26,13 +30,14 @@ VALUES = ["b"] * 3 + ["a"] * 3 + ["c"] * 2 + ["d"] + [""] * 4
 
 def test_top_n_by_frequency_ties_by_value_missing_excluded():
     with TestPipeline() as p:
-        out = p | beam.Create(_rows(VALUES)) | ComputeVocabularies(top_n=[3] * 26)
+        out = p | beam.Create(_rows(VALUES)) | ComputeVocabularies(top_n=[3] * 26) | beam.MapTuple(_as_list)
         assert_that(out, equal_to([(0, ["a", "b", "c"])]))
 
 
 def test_top_n_ties_at_the_cut_keep_the_smaller_values():
     with TestPipeline() as p:
-        out = p | beam.Create(_rows(["c", "b", "a", "d", "d"], batches=3)) | ComputeVocabularies(top_n=[2] * 26)
+        rows = p | beam.Create(_rows(["c", "b", "a", "d", "d"], batches=3))
+        out = rows | ComputeVocabularies(top_n=[2] * 26) | beam.MapTuple(_as_list)
         assert_that(out, equal_to([(0, ["d", "a"])]))
 
 
@@ -40,19 +45,20 @@ def test_counts_merge_across_many_batches(monkeypatch):
     """Counts from 50 batches sum exactly, also when the combiner compacts its accumulator."""
     from components.preprocess import vocab
 
-    monkeypatch.setattr(vocab, "_COMPACT_ROWS", 3)
+    monkeypatch.setattr(vocab, "_COMPACT_MIN_ROWS", 3)
     rng = np.random.default_rng(0)
     values = [f"v{x}" for x in rng.zipf(1.5, 2000) % 97]
     counts = {v: values.count(v) for v in set(values)}
     want = sorted((v for v in counts if counts[v] >= 5), key=lambda v: (-counts[v], v))
     with TestPipeline() as p:
-        out = p | beam.Create(_rows(values, batches=50)) | ComputeVocabularies(min_frequency=5)
+        rows = p | beam.Create(_rows(values, batches=50))
+        out = rows | ComputeVocabularies(min_frequency=5) | beam.MapTuple(_as_list)
         assert_that(out, equal_to([(0, want)]))
 
 
 def test_min_frequency():
     with TestPipeline() as p:
-        out = p | beam.Create(_rows(VALUES)) | ComputeVocabularies(min_frequency=2)
+        out = p | beam.Create(_rows(VALUES)) | ComputeVocabularies(min_frequency=2) | beam.MapTuple(_as_list)
         assert_that(out, equal_to([(0, ["a", "b", "c"])]))
 
 
@@ -65,3 +71,18 @@ def test_hash_ids_in_range_and_stable(buckets):
     assert ids[:5] == [1 + int(x) for x in tf.strings.to_hash_bucket_fast([f"{i:08x}" for i in range(5)], buckets - 1)]
     if buckets == 1000:
         assert len(set(ids)) > 300  # spreads values
+
+
+@pytest.mark.parametrize("collide", [False, True])
+def test_vocabulary_lookup_ids_unseen_and_missing(monkeypatch, collide):
+    """Ids by position; "" and unseen values -> 0; also when fingerprints collide (the dict fallback)."""
+    from components.preprocess import vocab
+
+    if collide:
+        monkeypatch.setattr(vocab, "fingerprint64", lambda v: len(v) % 3)
+    values = [f"v{i}" for i in range(1000)] + ["caf\u00e9", "x" * 300]
+    lookup = VocabularyLookup(pa.array(values, pa.string()))
+    queries = ["v7", "", "nope", "caf\u00e9", "v999", "x" * 300, "v7", "x" * 299]
+    want = [values.index(q) + 1 if q in values else 0 for q in queries]
+    assert lookup.ids(pa.array(queries, pa.string())).tolist() == want
+    assert VocabularyLookup(pa.array([], pa.string())).ids(pa.array(["a", ""], pa.string())).tolist() == [0, 0]
