@@ -37,8 +37,12 @@ def reader_seconds(data_dir: str, batch: int, batches: int, blocks: int) -> dict
 
 def trainer_step_seconds(data_dir: str, batch: int, train_steps: int, run_dir: str) -> dict:
     """Child process body: one `run_fn` run; its mean step time."""
+    import shutil
+
     from components.trainer.run import run_fn
     from components.trainer.fn_args import FnArgs
+
+    shutil.rmtree(run_dir, ignore_errors=True)  # a run left in a reused --workdir would resume, not train
 
     fn_args = FnArgs(
         train_files=[os.path.join(data_dir, "Split-train", "*")],
