@@ -94,7 +94,7 @@ class ProgressMonitor:
             from tqdm import tqdm
 
             bar = tqdm(total=self._total, unit="B", unit_scale=True, file=sys.stderr, desc="preprocess",
-                       dynamic_ncols=True, bar_format="{desc}: {percentage:3.0f}%|{bar}| {n_fmt}/{total_fmt} "
+                       dynamic_ncols=True, bar_format="{desc}: {percentage:3.0f}%|{bar}| {n_fmt}B/{total_fmt}B "
                        "[{elapsed}<{remaining}{postfix}]")
         last_log = time.monotonic()
         while True:

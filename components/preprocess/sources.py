@@ -75,7 +75,7 @@ class PlanRangesFn(beam.DoFn):
     def __init__(self, range_bytes: int):
         self._range_bytes = range_bytes
 
-    def process(self, indexed_path) -> Iterator[FileRange]:
+    def process(self, indexed_path):  # -> FileRanges (no hint: Beam warns on string annotations)
         file_index, path = indexed_path
         if is_compressed(path):
             yield FileRange(file_index, path, 0, 0, None, 1)
@@ -132,7 +132,7 @@ class ReadLineBatchesFn(beam.DoFn):
         self._progress_dir = progress_dir
         self._pass_name = pass_name
 
-    def process(self, file_range: FileRange, *unused_side_inputs) -> Iterator[LineBatch]:
+    def process(self, file_range, *unused_side_inputs):  # FileRange -> LineBatches
         r = file_range
         progress = ProgressWriter(self._progress_dir, f"{self._pass_name}-{r.file_index:05d}-{r.range_index:05d}")
         compressed = r.end is None
