@@ -28,6 +28,7 @@ import contextlib
 import json
 import logging
 import os
+import re
 import sys
 import time
 
@@ -38,11 +39,12 @@ from apache_beam.options.pipeline_options import PipelineOptions, StandardOption
 
 from components.preprocess import metadata as md
 from components.preprocess.columns import ParseAndValidate
+from components.preprocess import output as out_dir
 from components.preprocess.encode import EncodeExamples
 from components.preprocess.progress import ProgressMonitor
 from components.preprocess.rows import header_columns
 from components.preprocess.sink import DEFAULT_COMPRESSION_LEVEL, WriteShards
-from components.preprocess.sources import PlanRanges, ReadLineBatches, estimated_text_bytes
+from components.preprocess.sources import INPUT_ERROR_MARKER, PlanRanges, ReadLineBatches, estimated_text_bytes
 from components.preprocess.tfds_source import ReadTfdsRows, check_tfds_dataset, tfds_num_examples
 from components.preprocess.vocab import ComputeVocabularies, WriteVocabFn, vocab_path
 
@@ -143,18 +145,6 @@ def _csv_columns(files: list[str]) -> tuple[tuple[int, ...], int]:
     return layouts.pop()
 
 
-def _check_output(output: str, overwrite: bool) -> None:
-    if not FileSystems.exists(output):
-        return
-    existing = FileSystems.match([FileSystems.join(output, "*")])[0].metadata_list
-    if not existing:
-        return
-    if not overwrite:
-        raise UsageError(f"output directory {output!r} already has data; pass --overwrite to replace it")
-    ours = [md.TRAIN_DIR, md.EVAL_DIR, md.VOCAB_DIR, md.DEAD_LETTER_DIR, md.METADATA_FILE, _COUNTS_DIR, _PROGRESS_DIR]
-    FileSystems.delete([FileSystems.join(output, name) for name in ours if FileSystems.exists(FileSystems.join(output, name))])
-
-
 def _write_counts(counts, output: str):
     """(name, n) elements -> one "name total" line per name in DIR/_counts/counts.txt."""
     return (
@@ -173,9 +163,9 @@ def _read_source(args: argparse.Namespace, pass_name: str, after=()):
                            pass_name=pass_name, after=after)
 
 
-def build_pipeline(pipeline: beam.Pipeline, args: argparse.Namespace, files: list[str] | None, csv_columns=None) -> None:
-    """Adds the preprocessing steps to `pipeline` (inputs already checked, see `prepare`)."""
-    out = args.output
+def build_pipeline(pipeline: beam.Pipeline, args: argparse.Namespace, files: list[str] | None, csv_columns,
+                   out: str) -> None:
+    """Adds the preprocessing steps writing into `out` to `pipeline` (inputs already checked, see `prepare`)."""
     start = pipeline if args.format == "tfds" else pipeline | "PlanInput" >> PlanRanges(files, args.range_bytes)
     if args.hash_buckets:
         batches = start | "ReadRows" >> _read_source(args, "encode")
@@ -215,12 +205,12 @@ def _read_counts(output: str) -> dict[str, int]:
     return counts
 
 
-def _vocab_sizes(args: argparse.Namespace) -> dict[str, int]:
+def _vocab_sizes(args: argparse.Namespace, work: str) -> dict[str, int]:
     if args.hash_buckets:
         return dict(zip(md.CATEGORICAL_KEYS, args.hash_bucket_sizes))
     sizes = {}
     for i, key in enumerate(md.CATEGORICAL_KEYS):
-        path = vocab_path(args.output, i)
+        path = vocab_path(work, i)
         if not FileSystems.exists(path):  # a feature that is always missing has an empty vocabulary
             FileSystems.create(path).close()
         with FileSystems.open(path, compression_type=CompressionTypes.UNCOMPRESSED) as f:
@@ -274,8 +264,10 @@ def prepare(argv: list[str]) -> tuple[argparse.Namespace, list[str], list[str] |
         shards = args.num_shards or default_num_shards(args.total_bytes)
         args.range_bytes = max(1, -(-args.total_bytes // shards))
     args.target_shards = shards
-    args.progress_dir = None if args.no_progress or "://" in args.output else os.path.join(args.output, _PROGRESS_DIR)
-    _check_output(args.output, args.overwrite)
+    try:
+        out_dir.check_output(args.output, args.overwrite)
+    except out_dir.OutputError as err:
+        raise UsageError(str(err)) from None
     return args, beam_args, files, csv_columns
 
 
@@ -286,15 +278,37 @@ def run(argv: list[str]) -> md.Metadata:
     if options.view_as(StandardOptions).runner is None:
         options.view_as(StandardOptions).runner = "DirectRunner"
     start = time.monotonic()
+    work = out_dir.stage(args.output, args.overwrite)
+    try:
+        meta = _run_into(work, args, beam_args, files, csv_columns, options)
+    except BaseException:
+        out_dir.discard(work, args.output)
+        raise
+    out_dir.commit(work, args.output)
+    seconds = time.monotonic() - start
+    total = sum(meta.row_counts.values()) + meta.dead_letter_count
+    logging.info("%s: %d rows in %.1f s (%.0f rows/s)", PROG, total, seconds, total / max(seconds, 1e-9))
+    return meta
+
+
+def _run_into(work: str, args, beam_args, files, csv_columns, options) -> md.Metadata:
     passes = 1 if args.hash_buckets else 2
+    args.progress_dir = None if args.no_progress or not out_dir.is_local(work) else os.path.join(work, _PROGRESS_DIR)
     progress = (ProgressMonitor(args.progress_dir, args.total_bytes, passes) if args.progress_dir
                 else contextlib.nullcontext())
-    with progress:
-        with beam.Pipeline(options=options) as pipeline:
-            build_pipeline(pipeline, args, files, csv_columns)
-    counts = _read_counts(args.output)
-    FileSystems.delete([os.path.join(args.output, name) for name in (_COUNTS_DIR, _PROGRESS_DIR)
-                        if FileSystems.exists(os.path.join(args.output, name))])
+    try:
+        with progress:
+            with beam.Pipeline(options=options) as pipeline:
+                build_pipeline(pipeline, args, files, csv_columns, work)
+    except Exception as err:  # the runner wraps our DoFns' errors in its own types
+        found = re.search(f"{INPUT_ERROR_MARKER}(.*)", str(err))
+        if found:
+            raise UsageError(found.group(1).strip()) from None
+        raise
+    counts = _read_counts(work)
+    FileSystems.delete([os.path.join(work, name) for name in (_COUNTS_DIR, _PROGRESS_DIR)
+                        if FileSystems.exists(os.path.join(work, name))])
+    _check_rows(counts, args.input_pattern, work)
     options_record = {
         "vocab_mode": "hash" if args.hash_buckets else ("top_n" if args.vocab_size else "min_frequency"),
         "vocab_size": args.vocab_sizes_list, "min_frequency": args.min_frequency,
@@ -304,7 +318,7 @@ def run(argv: list[str]) -> md.Metadata:
         "beam_args": beam_args,
     }
     meta = md.Metadata(
-        vocab_sizes=_vocab_sizes(args),
+        vocab_sizes=_vocab_sizes(args, work),
         row_counts={split: counts[split] for split in md.SPLITS},
         dead_letter_count=counts["dead_letter"],
         input_pattern=args.input_pattern,
@@ -312,11 +326,24 @@ def run(argv: list[str]) -> md.Metadata:
         options=options_record,
         synth_metadata=_synth_metadata(files),
     )
-    md.write_metadata(meta, args.output)
-    seconds = time.monotonic() - start
-    total = sum(counts.values())
-    logging.info("%s: %d rows in %.1f s (%.0f rows/s)", PROG, total, seconds, total / max(seconds, 1e-9))
+    md.write_metadata(meta, work)
     return meta
+
+
+def _check_rows(counts: dict[str, int], pattern: str, work: str) -> None:
+    """An input with no rows, or none valid, is an error, not an empty dataset."""
+    if counts["train"] + counts["eval"]:
+        return
+    if not counts["dead_letter"]:
+        raise UsageError(f"input {pattern!r} has no rows (empty files)")
+    reasons = []
+    for path in FileSystems.match([os.path.join(work, md.DEAD_LETTER_DIR, "*")])[0].metadata_list:
+        with FileSystems.open(path.path, compression_type=CompressionTypes.UNCOMPRESSED) as f:
+            for line in f.read().decode("utf-8").splitlines()[:3]:
+                record = json.loads(line)
+                reasons.append(f"line {record['line_number']}: {record['reason']}")
+    raise UsageError(f"no valid row in {pattern!r}: all {counts['dead_letter']} rows are malformed, e.g. "
+                     + "; ".join(reasons[:3]))
 
 
 def main(argv: list[str]) -> int:

@@ -22,7 +22,9 @@ small file there, which the driver's progress bar reads (see `progress.py`).
 from __future__ import annotations
 
 import dataclasses
+import gzip
 import struct
+import zlib
 from typing import Iterator
 
 import apache_beam as beam
@@ -33,6 +35,26 @@ from components.preprocess.progress import ProgressWriter
 
 _CHUNK = 8 << 20
 DEFAULT_BATCH_LINES = 16_384
+# Prefix of errors about an input file as a whole; the pipeline turns them into a usage error.
+INPUT_ERROR_MARKER = "embedopt-input-error: "
+
+
+class InputFileError(ValueError):
+    """An input file that cannot be read to its end (truncated or corrupt)."""
+
+    def __init__(self, path: str, problem: str):
+        super().__init__(f"{INPUT_ERROR_MARKER}{path}: {problem}")
+
+
+def _open_text(path: str, compressed: bool):
+    """The file's bytes: gzip through Python's gzip (which notices a truncated stream), other codecs via Beam."""
+    raw = FileSystems.open(path, compression_type=CompressionTypes.UNCOMPRESSED)
+    if compressed and CompressionTypes.detect_compression_type(path) == CompressionTypes.GZIP:
+        return gzip.GzipFile(fileobj=raw, mode="rb")
+    if compressed:
+        raw.close()
+        return FileSystems.open(path, compression_type=CompressionTypes.AUTO)
+    return raw
 
 
 def is_compressed(path: str) -> bool:
@@ -136,12 +158,11 @@ class ReadLineBatchesFn(beam.DoFn):
         r = file_range
         progress = ProgressWriter(self._progress_dir, f"{self._pass_name}-{r.file_index:05d}-{r.range_index:05d}")
         compressed = r.end is None
-        with FileSystems.open(r.path, compression_type=CompressionTypes.AUTO if compressed else
-                              CompressionTypes.UNCOMPRESSED) as f:
+        with _open_text(r.path, compressed) as f:
             if not compressed:
                 f.seek(r.start)
             line, done = r.first_line, 0
-            for data in _chunks(f, None if compressed else r.end - r.start):
+            for data in self._checked_chunks(f, r, compressed):
                 lines = data.split(b"\n")
                 lines.pop()
                 if b"\r" in data:
@@ -159,6 +180,14 @@ class ReadLineBatchesFn(beam.DoFn):
                 done += len(data)
                 progress.update(done, line - r.first_line)
         progress.update(done, line - r.first_line, final=True)
+
+    @staticmethod
+    def _checked_chunks(f, r: FileRange, compressed: bool):
+        try:
+            yield from _chunks(f, None if compressed else r.end - r.start)
+        except (EOFError, gzip.BadGzipFile, zlib.error, OSError) as err:
+            raise InputFileError(r.path, f"cannot read it to its end, the file is truncated or corrupt ({err}); "
+                                 "no output was written") from None
 
 
 class PlanRanges(beam.PTransform):
