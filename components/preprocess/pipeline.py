@@ -37,6 +37,7 @@ from apache_beam.io.filesystem import CompressionTypes
 from apache_beam.io.filesystems import FileSystems
 from apache_beam.options.pipeline_options import PipelineOptions, StandardOptions
 
+from components.lockfile import LockedError, lock_beside
 from components.preprocess import metadata as md
 from components.preprocess.columns import ParseAndValidate
 from components.preprocess import output as out_dir
@@ -278,13 +279,21 @@ def run(argv: list[str]) -> md.Metadata:
     if options.view_as(StandardOptions).runner is None:
         options.view_as(StandardOptions).runner = "DirectRunner"
     start = time.monotonic()
-    work = out_dir.stage(args.output, args.overwrite)
+    lock = (lock_beside(args.output, f"output directory {args.output!r}") if out_dir.is_local(args.output)
+            else contextlib.nullcontext())
     try:
-        meta = _run_into(work, args, beam_args, files, csv_columns, options)
-    except BaseException:
-        out_dir.discard(work, args.output)
-        raise
-    out_dir.commit(work, args.output)
+        with lock:
+            # Checked again under the lock: a run that finished meanwhile has filled the directory.
+            out_dir.check_output(args.output, args.overwrite)
+            work = out_dir.stage(args.output, args.overwrite)
+            try:
+                meta = _run_into(work, args, beam_args, files, csv_columns, options)
+            except BaseException:
+                out_dir.discard(work, args.output)
+                raise
+            out_dir.commit(work, args.output)
+    except (LockedError, out_dir.OutputError) as err:
+        raise UsageError(str(err)) from None
     seconds = time.monotonic() - start
     total = sum(meta.row_counts.values()) + meta.dead_letter_count
     logging.info("%s: %d rows in %.1f s (%.0f rows/s)", PROG, total, seconds, total / max(seconds, 1e-9))

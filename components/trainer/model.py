@@ -90,15 +90,33 @@ class DLRM(keras.Model):
         tables = {id(v) for v in self.embedding_variables()}
         return [v for v in self.trainable_variables if id(v) not in tables]
 
+    def _checked_ids(self, ids: list) -> list:
+        """Each feature's ids against its own size: in the shared table an id past it would read the next
+        feature's rows, which the table's own range check cannot see."""
+        checked = []
+        for key, size, column in zip(self.categorical_keys, self.vocab_sizes, ids):
+            check = tf.debugging.Assert(
+                tf.logical_and(tf.reduce_all(column >= 0), tf.reduce_all(column < size)),
+                [f"feature {key}: ids must be in [0, {size}) (its vocabulary size in the metadata); got min",
+                 tf.reduce_min(column), "max", tf.reduce_max(column)])
+            with tf.control_dependencies([check]):
+                checked.append(tf.identity(column))
+        return checked
+
     def _embed(self, features):
         ids = [tf.cast(features[key], tf.int64) for key in self.categorical_keys]
         if self.table_layout == "shared":
+            ids = self._checked_ids(ids)
             stacked = tf.stack(ids, axis=1) + self.offsets  # [B, F]
             return self.tables[0](stacked)  # [B, F, d]
         return tf.stack([table(i) for table, i in zip(self.tables, ids)], axis=1)
 
     def call(self, features, training=False):
-        x = tf.cast(features[self.dense_key], self.compute_dtype)
+        dense = features[self.dense_key]
+        finite = tf.debugging.Assert(tf.reduce_all(tf.math.is_finite(dense)),
+                                     [f"feature {self.dense_key}: NaN or Inf in the input"])
+        with tf.control_dependencies([finite]):
+            x = tf.cast(tf.identity(dense), self.compute_dtype)
         for layer in self.bottom:
             x = layer(x)
         rows = tf.cast(self._embed(features), x.dtype)  # [B, F, width]

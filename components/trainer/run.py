@@ -33,6 +33,7 @@ from components.trainer.loop import TrainState, build_optimizers, evaluate, make
 from components.trainer.loss_scale import DynamicLossScale
 from components.trainer.model import build_model
 from components.trainer.strategy import choose_strategy, cluster_from_env
+from components.trainer.tf_errors import training_error
 
 log = logging.getLogger(__name__)
 
@@ -132,8 +133,7 @@ def run_fn(fn_args) -> dict:
             log_every=config.log_every, progress=config.progress and is_chief and sys.stdout.isatty(), summary_writer=writer,
         )
     except tf.errors.InvalidArgumentError as err:
-        raise ValueError(f"the training data does not match the metadata at {metadata_path} "
-                         f"(ids out of range or missing features?): {err.message.strip()[:600]}") from None
+        raise ValueError(training_error(err.message, metadata_path)) from None
     train_seconds = phases["train"] = time.perf_counter() - start
     with _timed(phases, "final_checkpoint"):
         manager.save(checkpoint_number=int(step.numpy()))
