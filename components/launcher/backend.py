@@ -14,6 +14,7 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
+import yaml
 from kubernetes import client, config as kube_config
 from kubernetes.client.exceptions import ApiException
 from kubernetes.config.config_exception import ConfigException
@@ -75,6 +76,9 @@ def load_api_client(kubeconfig: str | None = None, context: str | None = None) -
             kube_config.load_incluster_config(client_configuration=configuration)
     except ConfigException as err:
         raise explain_config_error(err) from err
+    except yaml.YAMLError as err:
+        raise LauncherError(f"the kubeconfig {kubeconfig or os.environ.get('KUBECONFIG') or '~/.kube/config'} is not "
+                            f"valid YAML ({err}); fix it or pass another with --kubeconfig") from None
     # Fail fast on an unreachable server instead of retrying for a minute.
     configuration.retries = 1
     return client.ApiClient(configuration)
@@ -144,6 +148,11 @@ class KubernetesBackend:
         except ApiException as err:
             if err.status != 409 or kind in ("Job", "TFJob"):
                 raise explain(err, "create", resource, ns, self.api.configuration.host) from err
+        except Exception as err:  # unreachable server and the like: explained, or re-raised unchanged
+            explained = explain(err, "create", resource, ns, self.api.configuration.host)
+            if explained is err:
+                raise
+            raise explained from None
         # Shared objects that exist already are kept; the trainer flags are refreshed.
         if kind == "ConfigMap":
             self._call("replace", resource, self.core.replace_namespaced_config_map, name, ns, data, **opts)
@@ -234,6 +243,11 @@ class KubernetesBackend:
             if err.status != 404:  # 404: no TFJob CRD, so no TFJobs to delete
                 raise explain(err, "list", "tfjobs.kubeflow.org", ns) from err
             tfjobs = []
+        except Exception as err:  # unreachable server and the like: explained, or re-raised unchanged
+            explained = explain(err, "list", "tfjobs.kubeflow.org", ns, self.api.configuration.host)
+            if explained is err:
+                raise
+            raise explained from None
         for item in tfjobs:
             self._call("delete", "tfjobs.kubeflow.org", self.custom.delete_namespaced_custom_object,
                        *TFJOB[:2], ns, TFJOB[2], item["metadata"]["name"])

@@ -161,8 +161,15 @@ class LaunchConfig:
         object.__setattr__(self, "trainer_args", tuple(self.trainer_args))
         object.__setattr__(self, "tolerations", tuple(self.tolerations))
         for arg in self.trainer_args:
-            if not isinstance(arg, str) or "\n" in arg:
+            if not isinstance(arg, str) or "\n" in arg or "\r" in arg:
                 raise ValueError(f"trainer_args item {arg!r} must be a string without newlines")
+            # The ConfigMap holds one argument per line and the pod skips blank and '#' lines (comments for
+            # hand edits), so such an argument would vanish inside the pod.
+            if not arg.strip() or arg.lstrip().startswith("#"):
+                raise ValueError(
+                    f"trainer_args item {arg!r} cannot be passed: the trainer-args ConfigMap holds one argument per "
+                    "line and skips blank lines and lines starting with '#'; use --flag=value, e.g. --name=x, "
+                    "or a value without a leading '#'")
         if self.service_account is not None:
             _check_dns_label("service_account", self.service_account, 253)
         for key, value in self.node_selector.items():

@@ -124,6 +124,10 @@ def _matched_files(pattern: str) -> list[str]:
     except Exception as err:  # Beam wraps the filesystem's own error types
         raise UsageError(f"cannot list input pattern {pattern!r}: {err}") from None
     files = sorted(m.path for m in matches if not m.path.endswith(md.SYNTH_META_SUFFIX))
+    folders = [path for path in files if out_dir.is_local(path) and os.path.isdir(path)]
+    if folders:
+        raise UsageError(f"--input {pattern!r} matches the directory {folders[0]!r}; give a file pattern, "
+                         f"e.g. {os.path.join(folders[0], '*.tsv')!r}")
     if not files:
         raise UsageError(f"input pattern {pattern!r} matches no files")
     return files

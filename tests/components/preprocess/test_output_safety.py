@@ -104,3 +104,9 @@ def test_input_without_a_valid_row_is_an_error_with_reasons(tmp_path, capsys):
 
 def test_input_error_marker_is_what_the_pipeline_looks_for():
     assert str(sources.InputFileError("f.gz", "bad")).startswith(sources.INPUT_ERROR_MARKER)
+
+
+def test_a_directory_as_input_is_refused(tmp_path, capsys):
+    assert _run(tmp_path / "out", input_path=tmp_path) == 2
+    err = capsys.readouterr().err
+    assert "matches the directory" in err and "*.tsv" in err
