@@ -85,3 +85,16 @@ def test_training_error_keeps_the_assertion_not_the_traceback():
                     "(its vocabulary size in the metadata); got min] [0] [max] [7]")
     assert training_error("assertion failed: [feature dense: NaN or Inf in the input]", "m.json") == (
         "training stopped: [feature dense: NaN or Inf in the input]")
+
+
+@pytest.mark.parametrize("flag", ["--batch-size", "--train-steps", "--eval-steps", "--embedding-dim",
+                                  "--checkpoint-every", "--log-every"])
+def test_cli_refuses_a_count_below_one_with_a_usage_error(flag, tmp_path, capsys):
+    """`--batch-size 0` ended in ZeroDivisionError (issue 11, item 11); every count flag is checked by argparse."""
+    from components.trainer import cli
+
+    argv = ["--data", str(tmp_path), "--output", str(tmp_path / "o"), "--train-steps", "2", flag, "0"]
+    with pytest.raises(SystemExit) as exit_info:
+        cli.main(argv)
+    assert exit_info.value.code == 2
+    assert f"argument {flag}: expected an integer >= 1, got 0" in capsys.readouterr().err
