@@ -139,8 +139,26 @@ def check_fn_args(fn_args) -> None:
     if not isinstance(fn_args.eval_steps, int) or fn_args.eval_steps < 1:
         raise ValueError(f"eval_steps must be an integer >= 1, got {fn_args.eval_steps!r}")
     for name in ("serving_model_dir", "model_run_dir"):
-        if not getattr(fn_args, name):
+        path = getattr(fn_args, name)
+        if not path:
             raise ValueError(f"{name} is empty; pass a directory to write to")
+        blocked = _file_on_the_way(path)
+        if blocked:
+            raise ValueError(f"{name} {path!r}: {blocked!r} is a file, not a directory; choose a directory path")
+
+
+def _file_on_the_way(path: str) -> str | None:
+    """The existing file at `path` or at one of its parents (local paths), which would stop any write there."""
+    if "://" in path:
+        return None
+    current = os.path.abspath(path)
+    while True:
+        if os.path.exists(current):
+            return None if os.path.isdir(current) else current
+        parent = os.path.dirname(current)
+        if parent == current:
+            return None
+        current = parent
 
 
 def metadata_location(fn_args, config: TrainerConfig) -> str:

@@ -98,3 +98,14 @@ def test_cli_refuses_a_count_below_one_with_a_usage_error(flag, tmp_path, capsys
         cli.main(argv)
     assert exit_info.value.code == 2
     assert f"argument {flag}: expected an integer >= 1, got 0" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("inside", [False, True])
+def test_an_output_that_is_a_file_is_refused_before_training(planted_data, tmp_path, inside):
+    from tests.components.trainer.test_run_fn import make_fn_args
+
+    (tmp_path / "afile").write_text("x")
+    fn_args = make_fn_args(planted_data, str(tmp_path), steps=2)
+    fn_args.model_run_dir = str(tmp_path / "afile" / "run") if inside else str(tmp_path / "afile")
+    with pytest.raises(ValueError, match=f"model_run_dir .*{tmp_path / 'afile'}' is a file, not a directory"):
+        run_fn(fn_args)
