@@ -34,6 +34,13 @@ class Adagrad(SparseOptimizer):
             owner, "initial_accumulator_value", initial_accumulator_value, low=0.0
         )
         self.epsilon = hyperparams.check_range(owner, "epsilon", epsilon, low=0.0)
+        if self.initial_accumulator_value == 0 and self.epsilon == 0:
+            # Keras accepts this too, and writes NaN (0 / sqrt(0)) wherever a gradient is 0.
+            raise ValueError(
+                f"{owner}: `epsilon` and `initial_accumulator_value` are both 0, so a weight whose gradient "
+                "is 0 would be divided by sqrt(0) and become NaN; make `epsilon` > 0 (default 1e-7) or "
+                "`initial_accumulator_value` > 0"
+            )
 
     def _slot_initializer(self, name):
         return keras.initializers.Constant(self.initial_accumulator_value)

@@ -36,7 +36,8 @@ class Adam(SparseOptimizer):
         owner = type(self).__name__
         self.beta_1 = hyperparams.check_range(owner, "beta_1", beta_1, low=0.0, high=1.0, high_open=True)
         self.beta_2 = hyperparams.check_range(owner, "beta_2", beta_2, low=0.0, high=1.0, high_open=True)
-        self.epsilon = hyperparams.check_range(owner, "epsilon", epsilon, low=0.0)
+        # epsilon = 0 divides 0 by 0 wherever m and v are still 0 (a row with a zero gradient).
+        self.epsilon = hyperparams.check_range(owner, "epsilon", epsilon, low=0.0, low_open=True)
 
     def _rule(self, var, slots, grad, lr):
         dtype = var.dtype

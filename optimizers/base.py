@@ -60,9 +60,9 @@ class SparseOptimizer(keras.optimizers.Optimizer):
     def __init__(self, learning_rate, nonfinite="raise", **kwargs):
         if isinstance(learning_rate, int) and not isinstance(learning_rate, bool):
             learning_rate = float(learning_rate)
-        super().__init__(learning_rate=learning_rate, **kwargs)
         owner = type(self).__name__
         hyperparams.check_range(owner, "learning_rate", learning_rate, low=0.0)
+        super().__init__(learning_rate=learning_rate, **kwargs)
         if nonfinite not in NONFINITE_MODES:
             raise ValueError(f"{owner}: `nonfinite` must be one of {NONFINITE_MODES}, got {nonfinite!r}")
         if self.gradient_accumulation_steps:
@@ -76,6 +76,10 @@ class SparseOptimizer(keras.optimizers.Optimizer):
                 hyperparams.check_range(owner, name, value, low=0.0, low_open=True)
         if self.weight_decay is not None:
             hyperparams.check_range(owner, "weight_decay", self.weight_decay, low=0.0)
+        if self.use_ema:
+            hyperparams.check_range(owner, "ema_momentum", self.ema_momentum, low=0.0, high=1.0)
+        if self.loss_scale_factor is not None:
+            hyperparams.check_range(owner, "loss_scale_factor", self.loss_scale_factor, low=0.0, low_open=True)
         self.nonfinite = nonfinite
 
     # -- variables ---------------------------------------------------------

@@ -52,6 +52,22 @@ class Ftrl(SparseOptimizer):
             ("beta", beta),
         ):
             setattr(self, name_, check("Ftrl", name_, value, low=0.0))
+        self._check_denominator()
+
+    def _check_denominator(self):
+        """Refuses settings whose denominator `n'**-p / lr + 2*l2 + beta/lr` is 0 for a zero gradient.
+
+        Keras accepts them and writes NaN into such weights; with an
+        accumulator that starts above 0, or any L2 or beta, the step is finite.
+        Callables are not checked (their value is only known per step).
+        """
+        if (self.initial_accumulator_value == 0 and not callable(self.learning_rate_power)
+                and self.learning_rate_power < 0 and self.l2_regularization_strength == 0 and self.beta == 0):
+            raise ValueError(
+                "Ftrl: `initial_accumulator_value` is 0 with no L2 and no beta, so a weight whose gradient is 0 "
+                "would be divided by 0 and become NaN; make `initial_accumulator_value` > 0 (default 0.1), or "
+                "`l2_regularization_strength` or `beta` > 0"
+            )
 
     def _slot_initializer(self, name):
         if name == "accumulator":

@@ -2,8 +2,8 @@
 
 A hyperparameter is a number or a zero-argument callable returning one (as in
 Keras); the learning rate may also be a `LearningRateSchedule`, which the
-Keras base class handles. Numbers are checked when the optimizer is made;
-callables are resolved, not checked, at every step.
+Keras base class handles. Numbers are checked when the optimizer is made
+(finite, and in range); callables are resolved, not checked, at every step.
 """
 
 from __future__ import annotations
@@ -16,14 +16,18 @@ import tensorflow as tf
 
 
 def check_range(owner: str, name: str, value, *, low=None, high=None, low_open=False, high_open=False):
-    """Raises `ValueError` naming `name` unless `value` lies in the range.
+    """Raises `ValueError` naming `name` unless `value` is finite and lies in the range.
 
-    Callables are accepted as they are: their value is only known per step.
+    NaN and Inf are refused whatever the range: one step would write them
+    into every variable the optimizer updates. Callables are accepted as they
+    are: their value is only known per step.
     """
     if callable(value) or isinstance(value, keras.optimizers.schedules.LearningRateSchedule):
         return value
-    if isinstance(value, bool) or not isinstance(value, numbers.Real) or math.isnan(value):
+    if isinstance(value, bool) or not isinstance(value, numbers.Real):
         raise ValueError(f"{owner}: `{name}` must be a number or a callable, got {value!r}")
+    if not math.isfinite(value):
+        raise ValueError(f"{owner}: `{name}` must be a finite number, got {value!r}")
     too_low = low is not None and (value <= low if low_open else value < low)
     too_high = high is not None and (value >= high if high_open else value > high)
     if too_low or too_high:

@@ -28,6 +28,7 @@ distinct names keep a serialized config saying which API it belongs to.
 
 from __future__ import annotations
 
+import math
 import numbers
 
 import tensorflow as tf
@@ -35,16 +36,27 @@ import tf_keras
 
 from optimizers import rules
 
+# OptimizerV2's numeric keyword arguments; it refuses negative ones but lets NaN and Inf through.
+_NUMERIC_KWARGS = ("decay", "clipnorm", "clipvalue", "global_clipnorm")
+
+
 def _is_number(value) -> bool:
     return isinstance(value, numbers.Real) and not isinstance(value, bool)
 
 
+def _check_finite(name, value):
+    """Rejects a NaN or Inf constant: one step would write it into every variable."""
+    if _is_number(value) and not math.isfinite(value):
+        raise ValueError(f"{name} must be a finite number; got {name}={value}")
+
+
 def _validate_learning_rate(value):
-    """Rejects a negative constant; schedules, callables and tensors pass."""
+    """Rejects a negative or non-finite constant; schedules, callables and tensors pass."""
     if isinstance(value, bool) or (not _is_number(value) and not callable(value) and not tf.is_tensor(value)):
         raise ValueError(
             f"learning_rate must be a non-negative float, a LearningRateSchedule or a callable; got {value!r}"
         )
+    _check_finite("learning_rate", value)
     if _is_number(value) and value < 0:
         raise ValueError(f"learning_rate must be >= 0; got learning_rate={value}")
 
@@ -55,6 +67,10 @@ class _RuleOptimizer(tf_keras.optimizers.legacy.Optimizer):
     Subclasses name their slots in `_rule_slots` and map the prepared
     coefficients to the rule call in `_run_rule(var, slots, grad, coefficients)`,
     which returns `(new_var, *new_slots)` for whole tensors or gathered rows alike.
+
+    `decay` is OptimizerV2's time-inverse decay, applied by its `_decayed_lr`
+    to every rule: `lr_t = lr / (1 + decay * iterations)`. Like every
+    tf_keras optimizer it is a hyperparameter (`opt.decay`) and in the config.
     """
 
     _HAS_AGGREGATE_GRAD = True
@@ -63,8 +79,11 @@ class _RuleOptimizer(tf_keras.optimizers.legacy.Optimizer):
     def __init__(self, learning_rate, name, **kwargs):
         learning_rate = kwargs.get("lr", learning_rate)
         _validate_learning_rate(learning_rate)
+        for key in _NUMERIC_KWARGS:
+            _check_finite(key, kwargs.get(key))
         super().__init__(name, **kwargs)
         self._set_hyper("learning_rate", learning_rate)
+        self._set_hyper("decay", self._initial_decay)
 
     def _create_slots(self, var_list):
         for var in var_list:

@@ -34,9 +34,20 @@ def _with_values(grad, values):
     return values
 
 
+def all_finite(values: tf.Tensor) -> tf.Tensor:
+    """A bool scalar: whether `values` hold no NaN or Inf.
+
+    `tf.math.is_finite` has no complex kernel, so a complex tensor is finite
+    when both its real and its imaginary parts are.
+    """
+    if values.dtype.is_complex:
+        return tf.logical_and(all_finite(tf.math.real(values)), all_finite(tf.math.imag(values)))
+    return tf.reduce_all(tf.math.is_finite(values))
+
+
 def finite_flags(grads) -> tf.Tensor:
     """A bool vector: whether each gradient is free of NaN and Inf."""
-    return tf.stack([tf.reduce_all(tf.math.is_finite(_values(g))) for g in grads])
+    return tf.stack([all_finite(_values(g)) for g in grads])
 
 
 def clip_by_norm(grad, clipnorm):

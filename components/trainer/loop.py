@@ -59,13 +59,23 @@ def build_optimizers(state_model, config, mixed_precision: bool):
 
 
 def make_train_step(strategy: tf.distribute.Strategy, state: TrainState, global_batch_size: int):
-    """A tf.function taking a distributed iterator; runs one step, returns the mean loss."""
+    """A tf.function taking a distributed iterator; runs one step, returns the mean loss.
+
+    With a loss scale (mixed precision) one decision covers the whole step,
+    as in Keras's `LossScaleOptimizer`: both optimizers apply their
+    gradients, or, when any gradient of either optimizer on any replica
+    holds NaN or Inf, neither does (variables, slots and `iterations` stay
+    as they were, each optimizer's `skipped_steps` counts the step) and the
+    loss scale drops.
+    """
+    from optimizers.sparse import finite_flags
+
     model = state.model
     emb_vars, dense_vars = model.embedding_variables(), model.dense_variables()
     n_emb = len(emb_vars)
     scaler = state.loss_scale
 
-    def replica_step(features, labels):
+    def replica_gradients(features, labels):
         with tf.GradientTape() as tape:
             logits = tf.cast(model(features, training=True), tf.float32)
             per_example = tf.nn.sigmoid_cross_entropy_with_logits(labels=labels, logits=logits)
@@ -74,23 +84,41 @@ def make_train_step(strategy: tf.distribute.Strategy, state: TrainState, global_
         grads = tape.gradient(target, emb_vars + dense_vars)
         if scaler is not None:
             grads = scaler.unscale(grads)
+        return loss, grads
+
+    def apply_both(grads):
         state.embedding_optimizer.apply_gradients(zip(grads[:n_emb], emb_vars))
         state.dense_optimizer.apply_gradients(zip(grads[n_emb:], dense_vars))
+
+    def replica_step(features, labels):
+        loss, grads = replica_gradients(features, labels)
+        apply_both(grads)
         return loss
 
-    def skipped_total():
-        return state.embedding_optimizer.skipped_steps.value + state.dense_optimizer.skipped_steps.value
+    def replica_gradients_and_flag(features, labels):
+        loss, grads = replica_gradients(features, labels)
+        finite = tf.reduce_all(finite_flags(grads))
+        return loss, grads, tf.cast(tf.logical_not(finite), tf.float32)
+
+    def skip_step():
+        state.embedding_optimizer.skipped_steps.assign_add(1)
+        state.dense_optimizer.skipped_steps.assign_add(1)
 
     @tf.function
     def train_step(iterator):
-        before = skipped_total()
         features, labels = next(iterator)
-        per_replica = strategy.run(replica_step, args=(features, labels))
-        loss = strategy.reduce(tf.distribute.ReduceOp.SUM, per_replica, axis=None)
-        if scaler is not None:
-            scaler.update(skipped_total() > before)
+        if scaler is None:
+            per_replica_loss = strategy.run(replica_step, args=(features, labels))
+        else:
+            per_replica_loss, grads, nonfinite = strategy.run(replica_gradients_and_flag, args=(features, labels))
+            # Summed over replicas (an all-reduce under MultiWorkerMirroredStrategy), so every
+            # replica takes the same branch. The cond is taken in cross-replica context: a
+            # branch that calls `merge_call` (as `apply_gradients` does) cannot sit in a replica one.
+            finite = strategy.reduce(tf.distribute.ReduceOp.SUM, nonfinite, axis=None) == 0.0
+            tf.cond(finite, lambda: strategy.run(apply_both, args=(grads,)), skip_step)
+            scaler.update(tf.logical_not(finite))
         state.step.assign_add(1)
-        return loss
+        return strategy.reduce(tf.distribute.ReduceOp.SUM, per_replica_loss, axis=None)
 
     return train_step
 

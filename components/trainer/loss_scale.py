@@ -1,12 +1,12 @@
 """Dynamic loss scaling for mixed precision, shared by both optimizers.
 
-Keras's `LossScaleOptimizer` wraps one optimizer and checks finiteness on
-each replica's own gradients before the all-reduce; this trainer has two
-optimizers (embeddings and dense) whose all-reduce happens inside
-`apply_gradients`. So the loss is scaled once here, gradients are unscaled
-before both optimizers, the optimizers run with `nonfinite="skip"` (they
-test the all-reduced gradients, so every replica agrees), and the scale
-halves after a skipped step and doubles after `growth_steps` good ones.
+Keras's `LossScaleOptimizer` wraps one optimizer; this trainer has two
+(embeddings and dense), so the loss is scaled once here and gradients are
+unscaled before both. `loop.make_train_step` then takes one decision for the
+step: if any gradient of either optimizer, on any replica, holds NaN or Inf
+(a 0/1 flag summed over replicas), neither optimizer applies; otherwise both
+do. `update` gets that decision: the scale halves after a skipped step and
+doubles after `growth_steps` good ones.
 """
 
 from __future__ import annotations
@@ -34,7 +34,7 @@ class DynamicLossScale(tf.Module):
         ]
 
     def update(self, skipped):
-        """Cross-replica: `skipped` is a bool scalar, true when an optimizer skipped this step."""
+        """Cross-replica: `skipped` is a bool scalar, true when the step was not applied."""
         grow = tf.logical_and(tf.logical_not(skipped), self.good_steps + 1 >= self.growth_steps)
         new_scale = tf.where(skipped, self.scale * 0.5, tf.where(grow, self.scale * 2.0, self.scale))
         self.scale.assign(tf.maximum(new_scale, 1.0))

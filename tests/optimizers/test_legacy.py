@@ -303,3 +303,68 @@ def test_mirrored_matches_single_replica(case, mirrored_strategy):
             single_opt.get_slot(single_var, slot_name).numpy(),
             **TOL,
         )
+
+
+@pytest.mark.parametrize("case", CASES)
+def test_decay_is_a_hyperparameter_in_the_config(case):
+    opt = case.make(decay=0.5)
+    assert float(opt.decay) == 0.5
+    config = opt.get_config()
+    assert config["decay"] == 0.5
+    assert float(case.cls.from_config(config).decay) == 0.5
+    assert float(case.make().decay) == 0.0
+
+
+@pytest.mark.parametrize("sparse", [False, True], ids=["dense", "sparse"])
+@pytest.mark.parametrize("case", CASES)
+def test_decay_matches_numpy_time_inverse_rule(case, sparse):
+    # tf_keras's rule: lr_t = lr / (1 + decay * iterations), iterations = steps applied before this one.
+    decay, lr = 0.5, 0.1
+    rng = _rng(7)
+    init = rng.normal(size=(5, 3)).astype(np.float32)
+    var, opt = tf.Variable(init), case.make(learning_rate=lr, decay=decay)
+    expected, slots = init.astype(np.float64), reference.initial_slots(case.name, init.astype(np.float64))
+    for t in range(3):
+        indices = np.array([0, 3, 0]) if sparse else np.arange(5)
+        values = rng.normal(size=(len(indices), 3)).astype(np.float32)
+        grad = _slices(indices, values, 5) if sparse else tf.constant(values)
+        opt.apply_gradients([(grad, var)])
+        expected, slots = reference.apply_sparse(
+            case.step_fn, expected, slots, indices, values.astype(np.float64), lr / (1 + decay * t), t, **case.hyper
+        )
+    _assert_state(opt, var, expected, slots)
+    assert float(opt.decay) == decay
+
+
+def test_sgd_decay_matches_tf_keras_legacy_sgd():
+    rng = _rng(8)
+    init = rng.normal(size=(4, 2)).astype(np.float32)
+    ours_table, theirs_table = tf.Variable(init), tf.Variable(init)
+    ours_bias, theirs_bias = tf.Variable(np.ones(2, np.float32)), tf.Variable(np.ones(2, np.float32))
+    ours = legacy.SGD(learning_rate=0.2, decay=0.5)
+    theirs = tf_keras.optimizers.legacy.SGD(learning_rate=0.2, decay=0.5)
+    for _ in range(4):
+        values = rng.normal(size=(3, 2)).astype(np.float32)
+        bias_grad = tf.constant(rng.normal(size=2).astype(np.float32))
+        ours.apply_gradients([(_slices([1, 3, 1], values, 4), ours_table), (bias_grad, ours_bias)])
+        theirs.apply_gradients([(_slices([1, 3, 1], values, 4), theirs_table), (bias_grad, theirs_bias)])
+    np.testing.assert_allclose(ours_table.numpy(), theirs_table.numpy(), **TOL)
+    np.testing.assert_allclose(ours_bias.numpy(), theirs_bias.numpy(), **TOL)
+    assert float(ours.decay) == float(theirs.decay) == 0.5
+    assert ours.get_config()["decay"] == theirs.get_config()["decay"]
+
+
+@pytest.mark.parametrize(
+    "kwargs, argument",
+    [
+        ({"learning_rate": float("inf")}, "learning_rate"),
+        ({"learning_rate": float("nan")}, "learning_rate"),
+        ({"decay": float("inf")}, "decay"),
+        ({"decay": float("nan")}, "decay"),
+        ({"clipnorm": float("inf")}, "clipnorm"),
+        ({"clipvalue": float("nan")}, "clipvalue"),
+    ],
+)
+def test_nonfinite_hyperparameters_are_refused(kwargs, argument):
+    with pytest.raises(ValueError, match=f"{argument} must be a finite number"):
+        legacy.SGD(**kwargs)
