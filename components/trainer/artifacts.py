@@ -5,12 +5,14 @@ Layout:
   model_run_dir/training_curve.png    loss against step (needs matplotlib; skipped with a warning without it)
   model_run_dir/logs/train/           TensorBoard scalars: loss, examples_per_second
   model_run_dir/logs/eval/            TensorBoard scalars: auc, log_loss
-  model_run_dir/checkpoints/          tf.train.CheckpointManager checkpoints (resume point)
+  model_run_dir/checkpoints/          tf.train.CheckpointManager checkpoints (resume point); a save
+                                      writes into PREFIX_temp/ first, which a kill mid-save leaves behind
   model_run_dir/losses.json           (step, loss) points of every run segment, for the curve
 """
 
 from __future__ import annotations
 
+import fnmatch
 import json
 import logging
 import os
@@ -20,6 +22,8 @@ CURVE_FILE = "training_curve.png"
 LOSSES_FILE = "losses.json"
 LOGS_DIR = "logs"
 CHECKPOINT_DIR = "checkpoints"
+# TensorFlow's sharded save writes PREFIX_temp/part-* and merges it into PREFIX.* when complete.
+CHECKPOINT_TEMP_PATTERN = "*_temp*"
 
 
 def write_json(path: str, data) -> str:
@@ -30,6 +34,28 @@ def write_json(path: str, data) -> str:
         f.write("\n")
     os.replace(tmp, path)
     return path
+
+
+def remove_checkpoint_temps(ckpt_dir: str) -> list[tuple[str, int]]:
+    """Deletes the PREFIX_temp folders that interrupted saves left in `ckpt_dir`; returns (path, bytes) of each.
+
+    Call it only while no save can be running (before training, on the
+    chief): a complete save has already merged and removed its temp folder,
+    so any found then is a leftover, never read by a restore.
+    """
+    import tensorflow as tf
+
+    if not tf.io.gfile.isdir(ckpt_dir):
+        return []
+    removed = []
+    for name in sorted(tf.io.gfile.listdir(ckpt_dir)):
+        path = os.path.join(ckpt_dir, name.rstrip("/"))
+        if fnmatch.fnmatch(name.rstrip("/"), CHECKPOINT_TEMP_PATTERN) and tf.io.gfile.isdir(path):
+            size = sum(tf.io.gfile.stat(os.path.join(root, f)).length
+                       for root, _, files in tf.io.gfile.walk(path) for f in files)
+            tf.io.gfile.rmtree(path)
+            removed.append((path, size))
+    return removed
 
 
 def merged_losses(run_dir: str, new_points: list[tuple[int, float]]) -> list[list[float]]:

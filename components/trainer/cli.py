@@ -106,7 +106,8 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--local-workers", type=int, default=0,
                      help="start N local worker processes with TF_CONFIG on free localhost ports "
                      "(MultiWorkerMirroredStrategy); their logs are prefixed [worker i]. Stopping the launcher "
-                     "(SIGTERM, Ctrl-C, --timeout) stops the workers: SIGTERM, then SIGKILL after 10 s")
+                     "(SIGTERM, Ctrl-C, --timeout) stops the workers: SIGTERM, then SIGKILL after 10 s; killing the "
+                     "launcher (kill -9) kills them at once (Linux)")
     run.add_argument("--timeout", type=float,
                      help="with --local-workers: stop the workers and exit 124 after this many seconds")
     return p

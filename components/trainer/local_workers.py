@@ -59,7 +59,13 @@ class _Stop(Exception):
 
 
 def follow_launcher() -> None:
-    """In a worker: have the kernel SIGTERM it when the launcher dies, even by SIGKILL (Linux only).
+    """In a worker: have the kernel SIGKILL it when the launcher dies, even by SIGKILL (Linux only).
+
+    SIGKILL, not SIGTERM: a worker past MultiWorkerMirroredStrategy's set-up
+    survived the SIGTERM (the strategy's runtime handles that signal) and went
+    on training and checkpointing as a child of PID 1. A launcher that stops on purpose
+    stops its workers first (SIGTERM, then SIGKILL), so this signal only
+    comes when the launcher was killed and can no longer stop them.
 
     Called first thing in the worker's main (a `preexec_fn` would do it before
     exec, but is unsafe once the launcher runs its output threads). The parent
@@ -71,7 +77,7 @@ def follow_launcher() -> None:
     try:
         import ctypes
 
-        ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
+        ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
     except (OSError, AttributeError):
         return
     if os.getppid() != int(launcher):
@@ -98,7 +104,7 @@ def launch(worker_argv: list[str], num_workers: int, out=None, poll_seconds: flo
 
     The workers never outlive the launcher: on a failed worker, SIGTERM,
     SIGINT or `timeout_seconds` the others get SIGTERM, then SIGKILL after
-    `grace_seconds`; and each worker asks the kernel for SIGTERM should the
+    `grace_seconds`; and each worker asks the kernel for SIGKILL should the
     launcher itself be killed. A signal gives 128 + its number, the timeout 124.
     """
     out = out or sys.stdout

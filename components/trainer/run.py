@@ -5,9 +5,13 @@ TF_CONFIG -> build model and both optimizers in `strategy.scope()` -> restore
 the latest checkpoint, if any -> train the remaining `train_steps - step`
 steps with checkpoints every `checkpoint_every` steps -> evaluate
 `eval_steps` global batches -> export the SavedModel and write metrics,
-curve and TensorBoard logs. Every worker runs every step (collectives need
-all of them); only the chief writes to the real directories, the others
-write to temporary ones that are deleted afterwards.
+curve and TensorBoard logs. An empty train split is refused before anything
+is built; an empty eval split skips the evaluation (metrics.json then has
+`eval_auc` null and an `eval_note`) and the model is still exported. The
+chief deletes the temp folders of checkpoint saves that a kill interrupted.
+Every worker runs every step (collectives need all of them); only the chief
+writes to the real directories, the others write to temporary ones that are
+deleted afterwards.
 """
 
 from __future__ import annotations
@@ -42,10 +46,45 @@ def _files(patterns) -> list[str]:
     return [patterns] if isinstance(patterns, str) else list(patterns)
 
 
-def _check_files(name: str, patterns) -> None:
-    if not any(tf.io.gfile.glob(p) for p in _files(patterns)):
-        raise ValueError(f"{name}: no files match {_files(patterns)!r}; expected the preprocess output, "
-                         "e.g. DIR/Split-train/*.tfrecord.gz")
+def _matching(patterns) -> list[str]:
+    return sorted({f for p in _files(patterns) for f in tf.io.gfile.glob(p)})
+
+
+def _no_files_error(name: str, patterns) -> ValueError:
+    return ValueError(f"{name}: no files match {_files(patterns)!r}; expected the preprocess output, "
+                      "e.g. DIR/Split-train/*.tfrecord.gz")
+
+
+def _holds_records(files: list[str]) -> bool:
+    """True when at least one of the (GZIP TFRecord) files holds a record; reads no further than that."""
+    return bool(files) and any(True for _ in tf.data.TFRecordDataset(files, compression_type="GZIP").take(1))
+
+
+def _check_train_split(patterns, metadata, metadata_path: str) -> None:
+    """Raises ValueError, before anything is built, when there is nothing to train on."""
+    files, rows = _matching(patterns), metadata.row_counts["train"]
+    if rows and not files:
+        raise _no_files_error("train_files", patterns)
+    if not rows or not _holds_records(files):
+        raise ValueError(f"the train split is empty: {metadata_path} has row_counts['train'] = {rows}, and the "
+                         f"{len(files)} file(s) matching {_files(patterns)!r} hold no record. Preprocess again with "
+                         "an --eval-fraction below 1 (or more input), or pass other --train-files")
+
+
+def _empty_eval_note(patterns, metadata, metadata_path: str) -> str | None:
+    """Why evaluation is skipped (an empty eval split), or None when there is something to evaluate.
+
+    Raises ValueError when the metadata counts eval rows but no file matches
+    `patterns` (a wrong path rather than an empty split).
+    """
+    files, rows = _matching(patterns), metadata.row_counts["eval"]
+    if rows and not files:
+        raise _no_files_error("eval_files", patterns)
+    if rows and _holds_records(files):
+        return None
+    return (f"the eval split is empty ({metadata_path} has row_counts['eval'] = {rows}; {len(files)} file(s) match "
+            f"{_files(patterns)!r}, holding no record): evaluation skipped, the model is exported without eval "
+            "metrics. Preprocess with --eval-fraction > 0 to evaluate")
 
 
 def _distributed_dataset(strategy, patterns, metadata, global_batch, *, shuffle, seed):
@@ -81,12 +120,16 @@ def run_fn(fn_args) -> dict:
     config = TrainerConfig.from_custom_config(getattr(fn_args, "custom_config", None))
     check_fn_args(fn_args)
     cluster = cluster_from_env()
-    _check_files("train_files", fn_args.train_files)
-    _check_files("eval_files", fn_args.eval_files)
     metadata_path = metadata_location(fn_args, config)
+    # Both missing: the data path is wrong, and that is the error to name.
+    if not _matching(fn_args.train_files) and not tf.io.gfile.exists(metadata_path):
+        raise _no_files_error("train_files", fn_args.train_files)
     metadata = load_metadata(metadata_path)
     _set_precision(config.mixed_precision)
     strategy = choose_strategy(config.strategy, cluster)
+    # Reading the files runs TF ops, which MultiWorkerMirroredStrategy must come before.
+    _check_train_split(fn_args.train_files, metadata, metadata_path)
+    eval_note = _empty_eval_note(fn_args.eval_files, metadata, metadata_path)
     global_batch = config.batch_size
     if global_batch % strategy.num_replicas_in_sync:
         raise ValueError(f"batch_size {global_batch} must be a multiple of the {strategy.num_replicas_in_sync} replicas")
@@ -106,6 +149,9 @@ def run_fn(fn_args) -> dict:
                            DynamicLossScale() if config.mixed_precision else None)
     checkpoint = state.checkpoint()
     real_ckpt_dir = os.path.join(fn_args.model_run_dir, artifacts.CHECKPOINT_DIR)
+    if is_chief:
+        for path, size in artifacts.remove_checkpoint_temps(real_ckpt_dir):
+            log.info("removed %s (%.1f MB), left by a checkpoint save that was interrupted", path, size / 1e6)
     latest = tf.train.latest_checkpoint(real_ckpt_dir)
     if latest:
         checkpoint.restore(latest).assert_existing_objects_matched()
@@ -120,7 +166,8 @@ def run_fn(fn_args) -> dict:
     manager = tf.train.CheckpointManager(checkpoint, ckpt_dir, max_to_keep=3)
 
     train_ds = _distributed_dataset(strategy, fn_args.train_files, metadata, global_batch, shuffle=True, seed=config.seed)
-    eval_ds = _distributed_dataset(strategy, fn_args.eval_files, metadata, global_batch, shuffle=False, seed=None)
+    eval_ds = (None if eval_note else
+               _distributed_dataset(strategy, fn_args.eval_files, metadata, global_batch, shuffle=False, seed=None))
     train_step = make_train_step(strategy, state, global_batch)
     writer = (tf.summary.create_file_writer(os.path.join(run_dir, artifacts.LOGS_DIR, "train"))
               if is_chief else tf.summary.create_noop_writer())
@@ -137,8 +184,13 @@ def run_fn(fn_args) -> dict:
     train_seconds = phases["train"] = time.perf_counter() - start
     with _timed(phases, "final_checkpoint"):
         manager.save(checkpoint_number=int(step.numpy()))
-    with _timed(phases, "eval"):
-        metrics = evaluate(strategy, model, iter(eval_ds), fn_args.eval_steps, max_examples=metadata.row_counts.get("eval"))
+    if eval_note:
+        log.warning("%s", eval_note)
+        metrics = dict(eval_auc=None, eval_log_loss=None, eval_examples=0, eval_positive_rate=None, eval_note=eval_note)
+    else:
+        with _timed(phases, "eval"):
+            metrics = evaluate(strategy, model, iter(eval_ds), fn_args.eval_steps,
+                               max_examples=metadata.row_counts.get("eval"))
     with _timed(phases, "export"):
         export_saved_model(model, metadata, serving_dir,
                            metadata_path if os.path.isdir(metadata_path) else os.path.dirname(metadata_path))
@@ -168,10 +220,11 @@ def run_fn(fn_args) -> dict:
         serving_model_dir=fn_args.serving_model_dir,
         metadata_path=metadata_path,
     )
-    if is_chief:
+    if is_chief and not eval_note:
         with tf.summary.create_file_writer(os.path.join(run_dir, artifacts.LOGS_DIR, "eval")).as_default():
             artifacts.write_scalar("auc", metrics["eval_auc"], step=metrics["steps"])
             artifacts.write_scalar("log_loss", metrics["eval_log_loss"], step=metrics["steps"])
+    if is_chief:
         points = artifacts.merged_losses(run_dir, result.losses)
         metrics["training_curve"] = artifacts.plot_curve(
             os.path.join(run_dir, artifacts.CURVE_FILE), points,

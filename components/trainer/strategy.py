@@ -19,6 +19,8 @@ TF_CONFIG = "TF_CONFIG"
 WORKER_TYPES = ("chief", "worker")
 # Task types TF knows but that take no part in a synchronous all-reduce job.
 OTHER_TYPES = ("evaluator", "ps")
+# Collective group keys each MirroredStrategy may use (it takes a handful per device set).
+COLLECTIVE_KEY_RANGE = 100_000
 
 
 @dataclasses.dataclass(frozen=True)
@@ -78,6 +80,21 @@ def cluster_from_env() -> ClusterInfo:
     return parse_tf_config(os.environ.get(TF_CONFIG))
 
 
+def new_mirrored_strategy(devices: list[str]) -> tf.distribute.MirroredStrategy:
+    """A MirroredStrategy whose collectives cannot collide with those of an earlier one in this process.
+
+    Every MirroredStrategy numbers its collective groups from the class
+    attribute `_collective_key_base` (TensorFlow's own tests move it the same
+    way), so a second instance, e.g. from a second `run_fn` in a notebook,
+    would reuse the first one's keys: the runtime then mixes up their
+    collectives and the second run's first step fails. Each call moves the
+    base past the previous instance's range. MultiWorkerMirroredStrategy is
+    left alone: its keys must agree across the workers' processes.
+    """
+    tf.distribute.MirroredStrategy._collective_key_base += COLLECTIVE_KEY_RANGE
+    return tf.distribute.MirroredStrategy(devices)
+
+
 def choose_strategy(name: str, cluster: ClusterInfo) -> tf.distribute.Strategy:
     """`auto`: multi-worker when TF_CONFIG lists several workers, else mirrored
     over the local GPUs when there are two or more, else the default strategy
@@ -108,7 +125,7 @@ def choose_strategy(name: str, cluster: ClusterInfo) -> tf.distribute.Strategy:
         gpus = tf.config.list_logical_devices("GPU")
         devices = [d.name for d in gpus] or [d.name for d in tf.config.list_logical_devices("CPU")]
         logging.info("MirroredStrategy over %s", devices)
-        return tf.distribute.MirroredStrategy(devices)
+        return new_mirrored_strategy(devices)
     if name == "default":
         return tf.distribute.get_strategy()
     raise ValueError(f"unknown strategy {name!r}; valid: auto, mirrored, multi_worker, default")

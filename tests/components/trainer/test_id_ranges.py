@@ -109,3 +109,12 @@ def test_an_output_that_is_a_file_is_refused_before_training(planted_data, tmp_p
     fn_args.model_run_dir = str(tmp_path / "afile" / "run") if inside else str(tmp_path / "afile")
     with pytest.raises(ValueError, match=f"model_run_dir .*{tmp_path / 'afile'}' is a file, not a directory"):
         run_fn(fn_args)
+
+
+def test_training_error_of_another_op_keeps_its_last_line():
+    from components.trainer.tf_errors import training_error
+
+    message = ("Graph execution error:\n\nDetected at node x defined at (most recent call last):\n"
+               "  File \"run.py\", line 9, in run_fn\n\nCollective ops is aborted by: instance key mismatch\n"
+               "\t [[{{node CollectiveReduceV2}}]] [Op:__inference_train_step_42]")
+    assert training_error(message, "m.json") == "training stopped: Collective ops is aborted by: instance key mismatch"
