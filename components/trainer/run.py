@@ -28,6 +28,7 @@ import keras
 import numpy as np
 import tensorflow as tf
 
+from components.lockfile import LockedError, lock_inside
 from components.preprocess.metadata import load_metadata
 from components.preprocess.reader import make_dataset
 from components.trainer import artifacts
@@ -114,12 +115,27 @@ def run_fn(fn_args) -> dict:
     """Trains and exports as described in the module docstring; returns the metrics dict.
 
     `fn_args` is our `FnArgs` or TFX's (same field names). Raises ValueError
-    for bad arguments, TF_CONFIG, missing files or metadata that does not
-    match the data.
+    for bad arguments, TF_CONFIG, missing files, metadata that does not
+    match the data, or a model_run_dir another run is writing (the chief
+    holds `model_run_dir/.embedopt-lock` while it runs).
     """
     config = TrainerConfig.from_custom_config(getattr(fn_args, "custom_config", None))
     check_fn_args(fn_args)
     cluster = cluster_from_env()
+    local = "://" not in fn_args.model_run_dir
+    lock = (lock_inside(fn_args.model_run_dir, f"model_run_dir {fn_args.model_run_dir!r}")
+            if cluster.is_chief and local else contextlib.nullcontext())
+    try:
+        lock.__enter__()
+    except LockedError as err:
+        raise ValueError(str(err)) from None
+    try:
+        return _run(fn_args, config, cluster)
+    finally:
+        lock.__exit__(None, None, None)
+
+
+def _run(fn_args, config: TrainerConfig, cluster) -> dict:
     metadata_path = metadata_location(fn_args, config)
     # Both missing: the data path is wrong, and that is the error to name.
     if not _matching(fn_args.train_files) and not tf.io.gfile.exists(metadata_path):
