@@ -25,7 +25,8 @@ def reader_seconds(data_dir: str, batch: int, batches: int, blocks: int) -> dict
     from components.preprocess.metadata import load_metadata
     from components.preprocess.reader import make_dataset
 
-    dataset = make_dataset(os.path.join(data_dir, "Split-train", "*"), load_metadata(data_dir), batch)
+    # Seeded like the trainer's, whose input order is then deterministic (exact resume).
+    dataset = make_dataset(os.path.join(data_dir, "Split-train", "*"), load_metadata(data_dir), batch, seed=0)
     iterator = iter(dataset)
 
     def block(_):

@@ -56,11 +56,17 @@ def make_dataset(
     seed: int | None = None,
     drop_remainder: bool = False,
     cycle_length: int = 8,
+    skip_batches: int = 0,
 ) -> tf.data.Dataset:
     """(features, label) batches; `num_epochs=None` repeats forever.
 
-    `cycle_length` files are decompressed at once (8, the default shard count
-    of preprocess: on 2 cores 8 gave 14% more examples/s than 4).
+    With a `seed` the order of the batches is a function of the seed alone
+    (files shuffled and interleaved deterministically, records shuffled with
+    it), so `skip_batches` (a resumed training run's consumed batches) makes
+    the dataset go on exactly where an earlier one stopped; skipped batches
+    are read but not parsed. `cycle_length` files are decompressed at once
+    (8, the default shard count of preprocess: on 2 cores 8 gave 14% more
+    examples/s than 4).
     `batch_size` is the per-pipeline batch size (use
     `input_context.get_per_replica_batch_size(global)` under a strategy).
     Raises ValueError if the patterns match no files.
@@ -78,12 +84,13 @@ def make_dataset(
             by_record = True
     if shuffle and not by_record:
         dataset = dataset.shuffle(len(files), seed=seed, reshuffle_each_iteration=True)
-    # Record-level sharding needs every pipeline to see the records in the same order.
+    # Record-level sharding needs every pipeline to see the records in the same order, and a seeded
+    # (resumable) run needs the same order in every run.
     dataset = dataset.interleave(
         lambda f: tf.data.TFRecordDataset(f, compression_type="GZIP"),
         cycle_length=cycle_length,
         num_parallel_calls=tf.data.AUTOTUNE,
-        deterministic=by_record or not shuffle,
+        deterministic=by_record or not shuffle or seed is not None,
     )
     if by_record:
         dataset = dataset.shard(input_context.num_input_pipelines, input_context.input_pipeline_id)
@@ -91,6 +98,8 @@ def make_dataset(
         dataset = dataset.shuffle(shuffle_buffer, seed=seed, reshuffle_each_iteration=True)
     dataset = dataset.repeat(num_epochs)
     dataset = dataset.batch(batch_size, drop_remainder=drop_remainder)
+    if skip_batches:
+        dataset = dataset.skip(skip_batches)
     dataset = dataset.map(
         lambda s: _split_label(parse_serialized(s, metadata, with_label=True), metadata.label_key),
         num_parallel_calls=tf.data.AUTOTUNE,

@@ -88,11 +88,14 @@ def _empty_eval_note(patterns, metadata, metadata_path: str) -> str | None:
             "metrics. Preprocess with --eval-fraction > 0 to evaluate")
 
 
-def _distributed_dataset(strategy, patterns, metadata, global_batch, *, shuffle, seed):
+def _distributed_dataset(strategy, patterns, metadata, global_batch, *, shuffle, seed, skip_steps=0):
+    """Per-replica batches; `skip_steps` steps' worth are dropped first, so a resumed run reads on where the
+    checkpointed one stopped (the input order is a function of the seed, see `make_dataset`)."""
     def dataset_fn(context: tf.distribute.InputContext):
+        replicas_per_pipeline = context.num_replicas_in_sync // context.num_input_pipelines
         return make_dataset(_files(patterns), metadata, context.get_per_replica_batch_size(global_batch),
                             shuffle=shuffle, num_epochs=None, input_context=context, seed=seed,
-                            drop_remainder=True)
+                            drop_remainder=True, skip_batches=skip_steps * replicas_per_pipeline)
 
     return strategy.distribute_datasets_from_function(dataset_fn)
 
@@ -181,7 +184,8 @@ def _run(fn_args, config: TrainerConfig, cluster) -> dict:
     ckpt_dir = real_ckpt_dir if is_chief else os.path.join(scratch, artifacts.CHECKPOINT_DIR)
     manager = tf.train.CheckpointManager(checkpoint, ckpt_dir, max_to_keep=3)
 
-    train_ds = _distributed_dataset(strategy, fn_args.train_files, metadata, global_batch, shuffle=True, seed=config.seed)
+    train_ds = _distributed_dataset(strategy, fn_args.train_files, metadata, global_batch, shuffle=True,
+                                    seed=config.seed, skip_steps=resumed_from)
     eval_ds = (None if eval_note else
                _distributed_dataset(strategy, fn_args.eval_files, metadata, global_batch, shuffle=False, seed=None))
     train_step = make_train_step(strategy, state, global_batch)
