@@ -44,6 +44,7 @@ class OutputLock:
         self.path = path
         self._what = what
         self._held = False
+        self._made_folder = False
 
     def _owner(self) -> dict:
         try:
@@ -53,7 +54,9 @@ class OutputLock:
             return {}
 
     def acquire(self) -> None:
-        os.makedirs(os.path.dirname(os.path.abspath(self.path)), exist_ok=True)
+        folder = os.path.dirname(os.path.abspath(self.path))
+        self._made_folder = not os.path.exists(folder)
+        os.makedirs(folder, exist_ok=True)
         record = {"pid": os.getpid(), "host": socket.gethostname(), "started": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
                   "command": " ".join(sys.argv)[:500]}
         for _ in range(2):
@@ -84,6 +87,12 @@ class OutputLock:
                 os.unlink(self.path)
             except FileNotFoundError:
                 pass
+            # A run that failed before writing anything leaves no folder the lock alone made.
+            if self._made_folder:
+                try:
+                    os.rmdir(os.path.dirname(os.path.abspath(self.path)))
+                except OSError:
+                    pass
         self._held = False
 
     def __enter__(self):

@@ -65,3 +65,14 @@ def test_two_concurrent_preprocess_runs_one_wins(tmp_path):
     loser = next(err for code, err in results if code == 2)
     assert "in use by another run" in loser or "already has data" in loser
     assert json.load(open(os.path.join(out, "metadata.json")))["vocab_sizes"]["cat_0"] == 5
+
+
+def test_release_removes_a_folder_only_the_lock_created(tmp_path):
+    made = tmp_path / "new" / "run"
+    with OutputLock(str(made / ".lock"), "run dir"):
+        assert made.is_dir()
+    assert not made.exists()  # nothing else was written: no empty run dir left behind
+    kept = tmp_path / "kept"
+    with OutputLock(str(kept / ".lock"), "run dir"):
+        (kept / "metrics.json").write_text("{}")
+    assert (kept / "metrics.json").exists()
