@@ -11,7 +11,7 @@ import time
 
 import pytest
 
-from tests.components.trainer.test_multi_process import ENV, ROOT, _running
+from tests.components.trainer.test_multi_process import ENV, ROOT, _running, kill_leftovers, wait_gone
 
 # Bounds, not tuned delays: each wait polls and ends as soon as its condition holds.
 START_SECONDS = 240
@@ -53,15 +53,8 @@ def test_kill_9_of_the_launcher_kills_its_workers(planted_data, tmp_path):
 
         launcher.send_signal(signal.SIGKILL)
         launcher.wait(timeout=GONE_SECONDS)
-        gone_by = time.monotonic() + GONE_SECONDS
-        while any(_running(pid) for pid in pids.values()) and time.monotonic() < gone_by:
-            time.sleep(0.1)
-        left_running = [pid for pid in pids.values() if _running(pid)]
+        left_running = wait_gone(pids.values(), GONE_SECONDS)
     finally:
-        if launcher.poll() is None:
-            launcher.kill()
-        for pid in pids.values():
-            if _running(pid):
-                os.kill(pid, signal.SIGKILL)
+        kill_leftovers(launcher, pids.values())
     assert not left_running, f"workers {left_running} outlived the launcher killed with SIGKILL"
     assert launcher.returncode == -signal.SIGKILL

@@ -99,6 +99,23 @@ def _running(pid: int) -> bool:
         return False
 
 
+def wait_gone(pids, seconds: float) -> list[int]:
+    """Polls until none of `pids` runs or `seconds` pass; returns those still running."""
+    gone_by = time.monotonic() + seconds
+    while any(_running(pid) for pid in pids) and time.monotonic() < gone_by:
+        time.sleep(0.1)
+    return [pid for pid in pids if _running(pid)]
+
+
+def kill_leftovers(launcher: subprocess.Popen, pids) -> None:
+    """After a test: no launcher or worker may outlive it, whatever the test saw."""
+    if launcher.poll() is None:
+        launcher.kill()
+    for pid in pids:
+        if _running(pid):
+            os.kill(pid, signal.SIGKILL)
+
+
 @pytest.mark.slow
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads /proc")
 def test_sigterm_to_the_launcher_stops_its_workers(planted_data, tmp_path):
@@ -124,16 +141,9 @@ def test_sigterm_to_the_launcher_stops_its_workers(planted_data, tmp_path):
         launcher.send_signal(signal.SIGTERM)
         code = launcher.wait(timeout=15)
         rest = launcher.stdout.read()
-        gone_by = time.monotonic() + 5
-        while any(_running(pid) for pid in pids.values()) and time.monotonic() < gone_by:
-            time.sleep(0.1)
-        left_running = [pid for pid in pids.values() if _running(pid)]
+        left_running = wait_gone(pids.values(), 5)
     finally:
-        if launcher.poll() is None:
-            launcher.kill()
-        for pid in pids.values():
-            if _running(pid):
-                os.kill(pid, signal.SIGKILL)
+        kill_leftovers(launcher, pids.values())
     assert not left_running, f"workers {left_running} outlived the launcher"
     assert code == 128 + signal.SIGTERM, rest[-2000:]
     assert "received SIGTERM; stopped the workers" in rest
