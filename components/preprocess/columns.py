@@ -18,7 +18,6 @@ import dataclasses
 import hashlib
 import itertools
 import math
-import re
 
 import apache_beam as beam
 import numpy as np
@@ -29,9 +28,8 @@ import pyarrow.csv as pcsv
 from components.preprocess import metadata as md
 from components.preprocess.rows import RowError, dead_letter_record, parse_fields
 
-# Bytes that make a line take the slow path: anything but printable ASCII and the delimiter
-# (str.strip would change a field with whitespace; CSV quoting has its own rules).
-_SLOW_BYTES = {"tsv": re.compile(rb"[^\x21-\x7e\t]"), "csv": re.compile(rb'[^\x21-\x7e]|"')}
+# The bytes a fast-path line may hold: printable ASCII and the delimiter. Any other byte sends the line to
+# the slow path (str.strip would change a field with whitespace; CSV quoting has its own rules).
 _PLAIN_BYTES = {"tsv": bytes(range(0x21, 0x7F)) + b"\t", "csv": bytes(range(0x21, 0x7F)).replace(b'"', b"")}
 _DELIMITER = {"tsv": b"\t", "csv": b","}
 _MAX_FAST_DIGITS = 18  # fits int64
@@ -76,24 +74,18 @@ class BatchParser:
 
     def parse(self, batch) -> tuple[ParsedBatch, list[dict]]:
         lines = batch.lines
-        fast_index: list[int] = []
-        if self._fmt in _SLOW_BYTES:
-            delimiter = _DELIMITER[self._fmt]
-            right_width = np.fromiter(map(bytes.count, lines, itertools.repeat(delimiter)), np.int64,
-                                      count=len(lines)) == self._width - 1
-            if b"".join(lines).translate(None, _PLAIN_BYTES[self._fmt]):  # some line has a byte of the slow path
-                slow_bytes = _SLOW_BYTES[self._fmt].search
-                right_width &= np.fromiter((not slow_bytes(raw) for raw in lines), bool, count=len(lines))
-            fast_index = np.flatnonzero(right_width).tolist()
-        columns, rejected = self._fast_columns([lines[i] for i in fast_index]) if fast_index else (None, ())
-        is_fast = np.zeros(len(lines), dtype=bool)
-        is_fast[fast_index] = True
-        for k in rejected:  # lines the fast path could read but not accept (bad label or count)
-            is_fast[fast_index[k]] = False
-        keep = np.ones(len(fast_index), dtype=bool)
-        keep[list(rejected)] = False
+        fast = np.zeros(len(lines), dtype=bool)  # lines the fast path reads
+        if self._fmt in _PLAIN_BYTES:
+            plain = _PLAIN_BYTES[self._fmt]
+            fast = np.fromiter(map(bytes.count, lines, itertools.repeat(_DELIMITER[self._fmt])), np.int64,
+                               count=len(lines)) == self._width - 1
+            if b"".join(lines).translate(None, plain):  # some line has a byte of the slow path
+                fast &= np.fromiter((not raw.translate(None, plain) for raw in lines), bool, count=len(lines))
+        fast_index = np.flatnonzero(fast)
+        columns, keep = self._fast_columns([lines[i] for i in fast_index]) if len(fast_index) else (None, fast[:0])
+        fast[fast_index[~keep]] = False  # read but not accepted (bad label or count): the slow path decides
         slow_rows, slow_keys, dead = [], [], []
-        for i in np.flatnonzero(~is_fast):
+        for i in np.flatnonzero(~fast):
             raw = lines[i]
             try:
                 slow_rows.append(parse_fields(self._fields(raw)))
@@ -101,7 +93,7 @@ class BatchParser:
                 dead.append(dead_letter_record(batch.source, batch.first_line + int(i), raw, str(err)))
                 continue
             slow_keys.append(raw if isinstance(raw, bytes) else "\t".join(raw).encode("utf-8"))
-        fast_keys = [lines[i] for i, k in zip(fast_index, keep) if k]
+        fast_keys = [lines[i] for i in fast_index[keep]]
         parts = []
         if columns is not None and keep.any():
             parts.append({name: (col.filter(pa.array(keep)) if isinstance(col, pa.Array) else col[keep])
@@ -125,7 +117,7 @@ class BatchParser:
         return [row[i] for i in self._columns]
 
     def _fast_columns(self, lines: list[bytes]):
-        """Plain lines -> ({label, dense, cat_0..}, positions the fast path rejects)."""
+        """Plain lines -> ({label, dense, cat_0..}, bool mask of the lines the fast path accepts)."""
         names = [f"f{i}" for i in range(self._width)]
         table = pcsv.read_csv(
             pa.py_buffer(b"\n".join(lines) + b"\n"),
@@ -145,14 +137,13 @@ class BatchParser:
         for col in counts:
             ok = pc.and_(ok, pc.match_substring_regex(col, f"^[0-9]{{0,{_MAX_FAST_DIGITS}}}$"))
         ok = ok.to_numpy(zero_copy_only=False)
-        rejected = np.flatnonzero(~ok).tolist()
         safe = [pc.if_else(pa.array(ok), col, "0") for col in counts]
         dense = np.stack([_log1p_counts(col) for col in safe], axis=1)
         return {
             "label": pc.equal(label, "1").to_numpy(zero_copy_only=False).astype(np.int64),
             "dense": dense,
             **{key: col for key, col in zip(md.CATEGORICAL_KEYS, cols[1 + md.NUM_DENSE :])},
-        }, rejected
+        }, ok
 
     def _assemble(self, shard: str, parts: list[dict], keys: list[bytes]) -> ParsedBatch:
         if not parts:

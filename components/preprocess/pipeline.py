@@ -39,8 +39,8 @@ from apache_beam.options.pipeline_options import PipelineOptions, StandardOption
 
 from components.lockfile import LockedError, lock_beside
 from components.preprocess import metadata as md
-from components.preprocess.columns import ParseAndValidate
 from components.preprocess import output as out_dir
+from components.preprocess.columns import ParseAndValidate
 from components.preprocess.encode import EncodeExamples
 from components.preprocess.progress import ProgressMonitor
 from components.preprocess.rows import header_columns
@@ -173,9 +173,7 @@ def build_pipeline(pipeline: beam.Pipeline, args: argparse.Namespace, files: lis
     """Adds the preprocessing steps writing into `out` to `pipeline` (inputs already checked, see `prepare`)."""
     start = pipeline if args.format == "tfds" else pipeline | "PlanInput" >> PlanRanges(files, args.range_bytes)
     if args.hash_buckets:
-        batches = start | "ReadRows" >> _read_source(args, "encode")
-        parsed = batches | "ParseAndValidate" >> ParseAndValidate(args.format, args.eval_fraction, csv_columns)
-        examples = parsed["rows"] | "EncodeExamples" >> EncodeExamples(hash_buckets=args.hash_bucket_sizes)
+        after, encode = (), EncodeExamples(hash_buckets=args.hash_bucket_sizes)
     else:
         first = start | "ReadRowsForVocab" >> _read_source(args, "count")
         counted = first | "ParseForVocab" >> ParseAndValidate(args.format, args.eval_fraction, csv_columns)
@@ -184,10 +182,10 @@ def build_pipeline(pipeline: beam.Pipeline, args: argparse.Namespace, files: lis
         _ = vocabularies | "WriteVocab" >> beam.ParDo(WriteVocabFn(out))
         # The vocabularies gate the second read: the runner then runs it after the first pass instead of
         # holding the first pass's rows until they are done.
-        gate = beam.pvalue.AsDict(vocabularies)
-        batches = start | "ReadRows" >> _read_source(args, "encode", after=[gate])
-        parsed = batches | "ParseAndValidate" >> ParseAndValidate(args.format, args.eval_fraction, csv_columns)
-        examples = parsed["rows"] | "EncodeExamples" >> EncodeExamples(vocabularies=vocabularies)
+        after, encode = [beam.pvalue.AsDict(vocabularies)], EncodeExamples(vocabularies=vocabularies)
+    batches = start | "ReadRows" >> _read_source(args, "encode", after=after)
+    parsed = batches | "ParseAndValidate" >> ParseAndValidate(args.format, args.eval_fraction, csv_columns)
+    examples = parsed["rows"] | "EncodeExamples" >> encode
     split_counts = examples | "WriteExamples" >> WriteShards(out, args.compression_level)
     dead = parsed["dead_letter"]
     _ = (
@@ -283,10 +281,8 @@ def run(argv: list[str]) -> md.Metadata:
     if options.view_as(StandardOptions).runner is None:
         options.view_as(StandardOptions).runner = "DirectRunner"
     start = time.monotonic()
-    lock = (lock_beside(args.output, f"output directory {args.output!r}") if out_dir.is_local(args.output)
-            else contextlib.nullcontext())
     try:
-        with lock:
+        with lock_beside(args.output, f"output directory {args.output!r}"):
             # Checked again under the lock: a run that finished meanwhile has filled the directory.
             out_dir.check_output(args.output, args.overwrite)
             work = out_dir.stage(args.output, args.overwrite)

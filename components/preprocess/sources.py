@@ -21,6 +21,7 @@ small file there, which the driver's progress bar reads (see `progress.py`).
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import gzip
 import struct
@@ -46,25 +47,33 @@ class InputFileError(ValueError):
         super().__init__(f"{INPUT_ERROR_MARKER}{path}: {problem}")
 
 
-def _open_text(path: str, compressed: bool):
-    """The file's bytes: gzip through Python's gzip (which notices a truncated stream), other codecs via Beam."""
-    raw = FileSystems.open(path, compression_type=CompressionTypes.UNCOMPRESSED)
-    if compressed and CompressionTypes.detect_compression_type(path) == CompressionTypes.GZIP:
-        return gzip.GzipFile(fileobj=raw, mode="rb")
-    if compressed:
-        raw.close()
-        return FileSystems.open(path, compression_type=CompressionTypes.AUTO)
-    return raw
-
-
 def is_compressed(path: str) -> bool:
     return CompressionTypes.detect_compression_type(path) != CompressionTypes.UNCOMPRESSED
+
+
+def _is_gzip(path: str) -> bool:
+    return CompressionTypes.detect_compression_type(path) == CompressionTypes.GZIP
+
+
+@contextlib.contextmanager
+def _open_text(path: str, compressed: bool):
+    """The file's bytes: gzip through Python's gzip (which notices a truncated stream), other codecs via Beam."""
+    if compressed and not _is_gzip(path):
+        with FileSystems.open(path, compression_type=CompressionTypes.AUTO) as f:
+            yield f
+        return
+    with FileSystems.open(path, compression_type=CompressionTypes.UNCOMPRESSED) as raw:
+        if not compressed:
+            yield raw
+            return
+        with gzip.GzipFile(fileobj=raw, mode="rb") as f:  # closing a GzipFile leaves its fileobj open
+            yield f
 
 
 def estimated_text_bytes(path: str) -> int:
     """The file's size, or for gzip its decompressed size from the trailer (modulo 4 GiB, so a floor)."""
     size = FileSystems.match([path])[0].metadata_list[0].size_in_bytes
-    if path.endswith(".gz") and size >= 18:
+    if _is_gzip(path) and size >= 18:
         with FileSystems.open(path, compression_type=CompressionTypes.UNCOMPRESSED) as f:
             f.seek(size - 4)
             return max(size, struct.unpack("<I", f.read(4))[0])
