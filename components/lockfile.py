@@ -12,6 +12,7 @@ to remove it when no run is active.
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import json
 import logging
@@ -103,12 +104,24 @@ class OutputLock:
         self.release()
 
 
-def lock_beside(directory: str, what: str) -> OutputLock:
-    """The lock of a directory that may be replaced as a whole: `.NAME.embedopt-lock` in its parent."""
+def _is_remote(path: str) -> bool:
+    return "://" in path
+
+
+def lock_beside(directory: str, what: str):
+    """The lock of a directory that may be replaced as a whole: `.NAME.embedopt-lock` in its parent.
+
+    A remote directory (gs://, ...) has no atomic exclusive create to build
+    a lock on: it gets none (a no-op context manager).
+    """
+    if _is_remote(directory):
+        return contextlib.nullcontext()
     parent, name = os.path.split(os.path.abspath(directory))
     return OutputLock(os.path.join(parent, f".{name}.embedopt-lock"), what)
 
 
-def lock_inside(directory: str, what: str) -> OutputLock:
-    """The lock of a directory that stays in place: `.embedopt-lock` inside it."""
+def lock_inside(directory: str, what: str):
+    """The lock of a directory that stays in place: `.embedopt-lock` inside it (none for a remote one)."""
+    if _is_remote(directory):
+        return contextlib.nullcontext()
     return OutputLock(os.path.join(os.path.abspath(directory), ".embedopt-lock"), what)

@@ -61,9 +61,9 @@ def _holds_records(files: list[str]) -> bool:
     return bool(files) and any(True for _ in tf.data.TFRecordDataset(files, compression_type="GZIP").take(1))
 
 
-def _check_train_split(patterns, metadata, metadata_path: str) -> None:
-    """Raises ValueError, before anything is built, when there is nothing to train on."""
-    files, rows = _matching(patterns), metadata.row_counts["train"]
+def _check_train_split(files: list[str], patterns, metadata, metadata_path: str) -> None:
+    """Raises ValueError, before anything is built, when there is nothing to train on (`files` match `patterns`)."""
+    rows = metadata.row_counts["train"]
     if rows and not files:
         raise _no_files_error("train_files", patterns)
     if not rows or not _holds_records(files):
@@ -125,29 +125,26 @@ def run_fn(fn_args) -> dict:
     config = TrainerConfig.from_custom_config(getattr(fn_args, "custom_config", None))
     check_fn_args(fn_args)
     cluster = cluster_from_env()
-    local = "://" not in fn_args.model_run_dir
-    lock = (lock_inside(fn_args.model_run_dir, f"model_run_dir {fn_args.model_run_dir!r}")
-            if cluster.is_chief and local else contextlib.nullcontext())
+    lock = (lock_inside(fn_args.model_run_dir, f"model_run_dir {fn_args.model_run_dir!r}") if cluster.is_chief
+            else contextlib.nullcontext())
     try:
-        lock.__enter__()
-    except LockedError as err:
+        with lock:
+            return _run(fn_args, config, cluster)
+    except LockedError as err:  # only taking the lock raises it
         raise ValueError(str(err)) from None
-    try:
-        return _run(fn_args, config, cluster)
-    finally:
-        lock.__exit__(None, None, None)
 
 
 def _run(fn_args, config: TrainerConfig, cluster) -> dict:
     metadata_path = metadata_location(fn_args, config)
+    train_files = _matching(fn_args.train_files)
     # Both missing: the data path is wrong, and that is the error to name.
-    if not _matching(fn_args.train_files) and not tf.io.gfile.exists(metadata_path):
+    if not train_files and not tf.io.gfile.exists(metadata_path):
         raise _no_files_error("train_files", fn_args.train_files)
     metadata = load_metadata(metadata_path)
     _set_precision(config.mixed_precision)
     strategy = choose_strategy(config.strategy, cluster)
     # Reading the files runs TF ops, which MultiWorkerMirroredStrategy must come before.
-    _check_train_split(fn_args.train_files, metadata, metadata_path)
+    _check_train_split(train_files, fn_args.train_files, metadata, metadata_path)
     eval_note = _empty_eval_note(fn_args.eval_files, metadata, metadata_path)
     global_batch = config.batch_size
     if global_batch % strategy.num_replicas_in_sync:
