@@ -18,6 +18,7 @@ import tempfile
 import time
 
 from benchmarks import findings, results
+from components.cli import positive_int
 
 PROG = "embedopt bench"
 BENCHMARKS = ("step_time", "apply_bandwidth", "dense_parity", "preprocess_scaling", "input_pipeline", "memory",
@@ -33,13 +34,6 @@ def _names(text: str) -> list[str]:
     return names
 
 
-def _positive(text: str) -> int:
-    value = int(text)
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"expected an integer >= 1, got {text!r}")
-    return value
-
-
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog=PROG, description=__doc__.split("\n\n")[0].split(": ", 1)[1])
     parser.add_argument("--quick", action="store_true", help="reduced sizes and repeats (under 2 minutes)")
@@ -47,7 +41,7 @@ def build_parser() -> argparse.ArgumentParser:
                         "(default ./bench-results)")
     parser.add_argument("--only", type=_names, default=list(BENCHMARKS),
                         help=f"comma-separated subset of: {', '.join(BENCHMARKS)}")
-    parser.add_argument("--repeats", type=_positive, help="timed repeats per measurement (default: per benchmark)")
+    parser.add_argument("--repeats", type=positive_int, help="timed repeats per measurement (default: per benchmark)")
     parser.add_argument("--workdir", help="scratch directory for generated data (default: a temporary one, removed)")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar on stderr")
     return parser

@@ -9,6 +9,7 @@ with `prog="embedopt <name>"`, so Beam pipeline options can pass through.
 
 from __future__ import annotations
 
+import argparse
 import importlib
 import os
 import sys
@@ -25,6 +26,17 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "pipeline": ("components.pipeline.cli", "compile the Kubeflow (KFP v2) pipeline"),
     "bench": ("benchmarks.__main__", "run the benchmarks, write results.json and plots"),
 }
+
+
+def positive_int(text: str) -> int:
+    """argparse `type` for counts: an integer >= 1, else a usage error naming the value."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected an integer >= 1, got {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected an integer >= 1, got {value}")
+    return value
 
 
 def _usage() -> str:

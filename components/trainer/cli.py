@@ -14,6 +14,8 @@ import math
 import os
 import sys
 
+from components.cli import positive_int
+
 PROG = "embedopt train"
 
 
@@ -25,16 +27,6 @@ def _widths(text: str) -> list[int]:
     if not widths or min(widths) < 1:
         raise argparse.ArgumentTypeError(f"expected layer widths >= 1, got {text!r}")
     return widths
-
-
-def _positive_int(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected an integer >= 1, got {text!r}") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"expected an integer >= 1, got {value}")
-    return value
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -55,8 +47,8 @@ def build_parser() -> argparse.ArgumentParser:
     data.add_argument("--train-files", nargs="+", help="training file patterns (GZIP TFRecords of tf.Example)")
     data.add_argument("--eval-files", nargs="+", help="evaluation file patterns")
     data.add_argument("--metadata", help="the preprocess metadata.json (FnArgs.schema_path); default: beside Split-train")
-    data.add_argument("--train-steps", type=_positive_int, required=True, help="total training steps; a resumed run stops at exactly this step")
-    data.add_argument("--eval-steps", type=_positive_int, help="evaluation batches (default: enough to cover the eval split once; the rows the last batch "
+    data.add_argument("--train-steps", type=positive_int, required=True, help="total training steps; a resumed run stops at exactly this step")
+    data.add_argument("--eval-steps", type=positive_int, help="evaluation batches (default: enough to cover the eval split once; the rows the last batch "
                       "wraps around to are not counted twice)")
     out = p.add_argument_group("outputs (FnArgs)")
     out.add_argument("--output", help="sets --serving-model-dir OUTPUT/serving_model and --model-run-dir OUTPUT/model_run")
@@ -72,9 +64,9 @@ def build_parser() -> argparse.ArgumentParser:
                        help=f"embedding learning rate (default {defaults.learning_rate})")
     model.add_argument("--dense-learning-rate", type=float, default=defaults.dense_learning_rate,
                        help=f"dense learning rate (default {defaults.dense_learning_rate})")
-    model.add_argument("--batch-size", type=_positive_int, default=defaults.batch_size,
+    model.add_argument("--batch-size", type=positive_int, default=defaults.batch_size,
                        help=f"GLOBAL batch size, split over all replicas of all workers (default {defaults.batch_size})")
-    model.add_argument("--embedding-dim", type=_positive_int, default=defaults.embedding_dim,
+    model.add_argument("--embedding-dim", type=positive_int, default=defaults.embedding_dim,
                        help=f"embedding width, also the bottom MLP's output width; tables have one more column for the "
                        f"wide term (default {defaults.embedding_dim})")
     model.add_argument("--table-layout", choices=keys.TABLE_LAYOUTS, default=defaults.table_layout,
@@ -92,9 +84,9 @@ def build_parser() -> argparse.ArgumentParser:
                        "extra column of each table); default: on")
     model.add_argument("--seed", type=int, default=defaults.seed, help="initialisation and shuffling seed (default 0)")
     run = p.add_argument_group("execution (custom_config)")
-    run.add_argument("--checkpoint-every", type=_positive_int, default=defaults.checkpoint_every,
+    run.add_argument("--checkpoint-every", type=positive_int, default=defaults.checkpoint_every,
                      help=f"save a checkpoint (model + optimizer slots + step) every K steps (default {defaults.checkpoint_every})")
-    run.add_argument("--log-every", type=_positive_int, default=defaults.log_every,
+    run.add_argument("--log-every", type=positive_int, default=defaults.log_every,
                      help=f"TensorBoard/log interval in steps (default {defaults.log_every})")
     run.add_argument("--strategy", choices=keys.STRATEGIES, default=defaults.strategy,
                      help="auto (default): from TF_CONFIG and the local GPUs; mirrored: MirroredStrategy over local "
