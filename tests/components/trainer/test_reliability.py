@@ -54,12 +54,18 @@ def tiny_fn_args(data: str, out: str, steps: int = 3) -> FnArgs:
     )
 
 
+def with_an_empty_split(raw: str, tmp_path, split: str, how: str) -> FnArgs:
+    """FnArgs on preprocessed `raw` whose `split` is empty: no folder at all, or (how="empty_shard") one shard
+    holding no record."""
+    data = preprocessed(raw, str(tmp_path / "data"), eval_fraction=0.0 if split == "eval" else 1.0)
+    if how == "empty_shard":
+        write_empty_shard(os.path.join(data, f"Split-{split}"))
+    return tiny_fn_args(data, str(tmp_path / "out"))
+
+
 @pytest.mark.parametrize("eval_shard", ["no_split_folder", "empty_shard"])
 def test_empty_eval_split_skips_eval_and_still_exports(tiny_raw, tmp_path, eval_shard):
-    data = preprocessed(tiny_raw, str(tmp_path / "data"), eval_fraction=0.0)
-    if eval_shard == "empty_shard":
-        write_empty_shard(os.path.join(data, "Split-eval"))
-    fn_args = tiny_fn_args(data, str(tmp_path / "out"))
+    fn_args = with_an_empty_split(tiny_raw, tmp_path, "eval", eval_shard)
     metrics = run_fn(fn_args)
     assert metrics["steps"] == 3
     assert metrics["eval_auc"] is None and metrics["eval_log_loss"] is None and metrics["eval_examples"] == 0
@@ -72,10 +78,7 @@ def test_empty_eval_split_skips_eval_and_still_exports(tiny_raw, tmp_path, eval_
 
 @pytest.mark.parametrize("train_shard", ["no_split_folder", "empty_shard"])
 def test_empty_train_split_is_refused_before_training(tiny_raw, tmp_path, train_shard):
-    data = preprocessed(tiny_raw, str(tmp_path / "data"), eval_fraction=1.0)
-    if train_shard == "empty_shard":
-        write_empty_shard(os.path.join(data, "Split-train"))
-    fn_args = tiny_fn_args(data, str(tmp_path / "out"))
+    fn_args = with_an_empty_split(tiny_raw, tmp_path, "train", train_shard)
     with pytest.raises(ValueError, match=r"train split is empty: .*row_counts\['train'\] = 0"):
         run_fn(fn_args)
     assert not os.path.exists(fn_args.model_run_dir)
