@@ -1,10 +1,14 @@
-"""Custom Keras optimizers with a real sparse path, and `SparseEmbedding`.
+"""Custom Keras optimizers with a real sparse path, `SparseEmbedding` and `ShardedEmbedding`.
 
 A sparse step costs what the batch touches, not what the table holds: the
 gradient of a `SparseEmbedding` lookup reaches the optimizer as
 `tf.IndexedSlices`, duplicate rows are summed, and the update rule runs on the
 touched rows only (lazy) or exactly (`Adam`). DESIGN.md section 3 fixes the
 rules; `optimizers.rules` holds each one as a pure function.
+
+`ShardedEmbedding` splits a table by rows over the workers of a
+`MultiWorkerMirroredStrategy` job (`optimizers.sharded`); `RowUniform`
+initializes any subset of a table's rows alone.
 
 `optimizers.legacy` has `SGD`, `Momentum` and `DecayingSGD` for `tf_keras`.
 """
@@ -18,6 +22,8 @@ from optimizers.adam import Adam, AdamW, LazyAdam
 from optimizers.base import SparseOptimizer
 from optimizers.embedding import SparseEmbedding
 from optimizers.ftrl import Ftrl
+from optimizers.initializers import RowUniform
+from optimizers.sharded import ShardedEmbedding
 from optimizers.sgd import SGD, DecayingSGD, Momentum
 
 OPTIMIZERS = {
@@ -73,7 +79,9 @@ __all__ = [
     "Ftrl",
     "LazyAdam",
     "Momentum",
+    "RowUniform",
     "RowWiseAdagrad",
+    "ShardedEmbedding",
     "SparseEmbedding",
     "SparseOptimizer",
     "get",

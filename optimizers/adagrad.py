@@ -77,14 +77,8 @@ class RowWiseAdagrad(Adagrad):
                  **kwargs):
         super().__init__(learning_rate, initial_accumulator_value, epsilon, name=name, **kwargs)
 
-    def _make_slot(self, var, name):
-        prefix = getattr(var, "path", var.name).replace("/", "_").replace(":", "_")
-        colocate_with = var.value if isinstance(var, keras.Variable) else var
-        with self._distribution_strategy.extended.colocate_vars_with(colocate_with):
-            return self.add_variable(
-                shape=tuple(var.shape[:1]), initializer=self._slot_initializer(name), dtype=var.dtype,
-                name=f"{prefix}_{name}",
-            )
+    def _slot_shape(self, var) -> tuple:
+        return tuple(var.shape[:1])
 
     def _rule(self, var, slots, grad, lr):
         return rules.rowwise_adagrad(var, slots[0], grad, lr, self._hyper("epsilon", var.dtype))

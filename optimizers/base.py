@@ -12,6 +12,13 @@ changes how a step is carried out, not what the rules are:
    the global batch would see;
 5. decoupled weight decay and the rule touch only the gathered rows.
 
+A row-sharded table (`optimizers.ShardedEmbedding`) is a plain variable
+local to each replica, whose gradient already is this replica's summed
+slice: it skips the all-reduce, its slots are local too, and it is updated
+in the replica. The finite check and the norms that clipping needs are
+all-reduced (a few scalars), so every replica takes the same decision and
+the same scale as for the whole table.
+
 Keras's base class clips per replica, before the all-reduce, and applies
 weight decay to the whole table; both are switched off here and done as above.
 A subclass lists its slots and implements `_rule`, which calls one pure
@@ -29,6 +36,7 @@ from tensorflow.python.ops import control_flow_util  # no public API tells "trac
 from optimizers import hyperparams, sparse
 from optimizers.distributed import local_variable
 from optimizers.rules import decoupled_weight_decay
+from optimizers.sharded import SHARD_ATTRIBUTE, local_variables, shard_spec
 
 NONFINITE_MODES = ("raise", "skip")
 
@@ -87,6 +95,9 @@ class SparseOptimizer(keras.optimizers.Optimizer):
     def build(self, var_list):
         if self.built:
             return
+        if self.use_ema and any(shard_spec(v) for v in var_list):
+            raise ValueError(f"{type(self).__name__}: `use_ema` is not supported with row-sharded tables "
+                             "(the moving average would be a mirrored copy of every shard)")
         super().build(var_list)
         self._slots = {
             name: [self._make_slot(var, name) for var in var_list] for name in self.slot_names
@@ -97,7 +108,25 @@ class SparseOptimizer(keras.optimizers.Optimizer):
         )
 
     def _make_slot(self, var, name):
-        return self.add_variable_from_reference(var, name=name, initializer=self._slot_initializer(name))
+        shape = self._slot_shape(var)
+        spec = shard_spec(var)
+        if spec is None and shape == tuple(var.shape):
+            return self.add_variable_from_reference(var, name=name, initializer=self._slot_initializer(name))
+        value = var.value if isinstance(var, keras.Variable) else var
+        # A shard's slots are local to its replica, like the shard; others sit with their variable.
+        place = (local_variables(value.device) if spec is not None
+                 else self._distribution_strategy.extended.colocate_vars_with(value))
+        prefix = getattr(var, "path", var.name).replace("/", "_").replace(":", "_")
+        with place:
+            slot = self.add_variable(shape=shape, initializer=self._slot_initializer(name), dtype=var.dtype,
+                                     name=f"{prefix}_{name}")
+        if spec is not None:
+            setattr(slot.value, SHARD_ATTRIBUTE, spec)
+        return slot
+
+    def _slot_shape(self, var) -> tuple:
+        """The shape of `var`'s slots: `var`'s own unless an optimizer keeps less (row-wise)."""
+        return tuple(var.shape)
 
     def _slot_initializer(self, name):
         return "zeros"
@@ -117,23 +146,50 @@ class SparseOptimizer(keras.optimizers.Optimizer):
         return
 
     def _backend_update_step(self, grads, trainable_variables, learning_rate):
-        trainable_variables = [v.value if isinstance(v, keras.Variable) else v for v in trainable_variables]
-        grads_and_vars = self._all_reduce_sum_gradients(list(zip(grads, trainable_variables)))
-        grads = [
-            sparse.dedup_indexed_slices(g) if isinstance(g, tf.IndexedSlices) else g
-            for g, _ in grads_and_vars
-        ]
+        variables = [v.value if isinstance(v, keras.Variable) else v for v in trainable_variables]
+        sharded = [shard_spec(v) is not None for v in variables]
+        mirrored = [(g, v) for g, v, s in zip(grads, variables, sharded) if not s]
+        reduced = iter(self._all_reduce_sum_gradients(mirrored))
+        # Shard gradients stay local: each replica holds the summed slice of its own rows.
+        grads = [g if s else next(reduced)[0] for g, s in zip(grads, sharded)]
+        grads = [sparse.dedup_indexed_slices(g) if isinstance(g, tf.IndexedSlices) else g for g in grads]
         flags = sparse.finite_flags(grads)
+        if any(sharded):
+            flags = self._agreed_flags(flags, sharded)
         raise_on_nonfinite = self.nonfinite == "raise" and not self._compiling_with_xla()
-        grads = self._clip(grads)
+        grads = self._clip(grads, sharded)
+        for grad, var, is_shard in zip(grads, variables, sharded):
+            if is_shard:
+                tf.cond(tf.reduce_all(flags), lambda g=grad, v=var: self.update_step(g, v, learning_rate), lambda: None)
         tf.__internal__.distribute.interim.maybe_merge_call(
             self._distributed_guarded_update,
             self._distribution_strategy,
-            list(zip(grads, [v for _, v in grads_and_vars])),
+            [(g, v) for g, v, s in zip(grads, variables, sharded) if not s],
             learning_rate,
             flags,
+            [v.name for v in variables],
             raise_on_nonfinite,
         )
+
+    @staticmethod
+    def _agreed_flags(flags, sharded):
+        """Finite flags all replicas agree on: a shard's flag is false when any replica's shard was not finite."""
+        ctx = tf.distribute.get_replica_context()
+        if ctx is None:
+            return flags
+        bad = ctx.all_reduce(tf.distribute.ReduceOp.SUM, tf.cast(tf.logical_not(flags), tf.float32))
+        return tf.where(tf.constant(sharded), tf.equal(bad, 0.0), flags)
+
+    @staticmethod
+    def _squares(grads, sharded):
+        """Each gradient's squared norm; a shard's summed over the replicas (one all-reduce)."""
+        squares = [sparse.squared_norm(g) for g in grads]
+        ctx = tf.distribute.get_replica_context()
+        if ctx is None or not any(sharded):
+            return squares
+        picked = [sq for sq, s in zip(squares, sharded) if s]
+        total = iter(tf.unstack(ctx.all_reduce(tf.distribute.ReduceOp.SUM, tf.stack(picked))))
+        return [next(total) if s else sq for sq, s in zip(squares, sharded)]
 
     def _compiling_with_xla(self):
         """Whether this step is traced for XLA, where an assertion cannot raise.
@@ -151,23 +207,26 @@ class SparseOptimizer(keras.optimizers.Optimizer):
             )
         return xla
 
-    def _clip(self, grads):
+    def _clip(self, grads, sharded):
         if self.clipnorm:
-            return [sparse.clip_by_norm(g, self.clipnorm) for g in grads]
+            squares = self._squares(grads, sharded) if any(sharded) else [None] * len(grads)
+            return [sparse.clip_by_norm(g, self.clipnorm, square=sq if s else None)
+                    for g, sq, s in zip(grads, squares, sharded)]
         if self.global_clipnorm:
-            return sparse.clip_by_global_norm(grads, self.global_clipnorm)
+            squares = self._squares(grads, sharded) if any(sharded) else None
+            return sparse.clip_by_global_norm(grads, self.global_clipnorm, squares=squares)
         if self.clipvalue:
             return [sparse.clip_by_value(g, self.clipvalue) for g in grads]
         return grads
 
-    def _distributed_guarded_update(self, distribution, grads_and_vars, learning_rate, flags, raise_on_nonfinite):
+    def _distributed_guarded_update(self, distribution, grads_and_vars, learning_rate, flags, names,
+                                    raise_on_nonfinite):
         def guarded(var, grad, lr, flags):
             tf.cond(tf.reduce_all(flags), lambda: self.update_step(grad, var, lr), lambda: None)
 
         for grad, var in grads_and_vars:
             distribution.extended.update(var, guarded, args=(grad, learning_rate, flags), group=False)
 
-        names = [v.name for _, v in grads_and_vars]
         distribution.extended.update(
             self._iterations.value, self._account_for_step,
             args=(self.skipped_steps.value, flags, names, raise_on_nonfinite),

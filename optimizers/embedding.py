@@ -8,6 +8,17 @@ import tensorflow as tf
 from optimizers.distributed import local_variable
 
 
+def check_ids(layer_name: str, ids: tf.Tensor, input_dim: int) -> tf.Tensor:
+    """`ids`, after an assertion that they lie in `[0, input_dim)` naming the layer."""
+    in_range = tf.logical_and(tf.reduce_all(ids >= 0), tf.reduce_all(ids < input_dim))
+    check = tf.debugging.Assert(
+        in_range,
+        [f"{layer_name}: ids must be in [0, {input_dim}); got min", tf.reduce_min(ids), "max", tf.reduce_max(ids)],
+    )
+    with tf.control_dependencies([check]):
+        return tf.identity(ids)
+
+
 @keras.saving.register_keras_serializable(package="embedopt")
 class SparseEmbedding(keras.layers.Layer):
     """Embedding table whose lookup gathers rows straight from the variable.
@@ -69,23 +80,9 @@ class SparseEmbedding(keras.layers.Layer):
         if not ids.dtype.is_integer:
             raise TypeError(f"SparseEmbedding {self.name!r}: ids must be integers, got {ids.dtype.name}")
         if self.validate_ids:
-            ids = self._checked(ids)
+            ids = check_ids(f"SparseEmbedding {self.name!r}", ids, self.input_dim)
         rows = tf.gather(local_variable(self.embeddings.value), ids)
         return tf.cast(rows, self.compute_dtype)
-
-    def _checked(self, ids):
-        in_range = tf.logical_and(tf.reduce_all(ids >= 0), tf.reduce_all(ids < self.input_dim))
-        check = tf.debugging.Assert(
-            in_range,
-            [
-                f"SparseEmbedding {self.name!r}: ids must be in [0, {self.input_dim}); got min",
-                tf.reduce_min(ids),
-                "max",
-                tf.reduce_max(ids),
-            ],
-        )
-        with tf.control_dependencies([check]):
-            return tf.identity(ids)
 
     def compute_output_shape(self, input_shape):
         return tuple(input_shape) + (self.output_dim,)

@@ -50,10 +50,24 @@ def finite_flags(grads) -> tf.Tensor:
     return tf.stack([all_finite(_values(g)) for g in grads])
 
 
-def clip_by_norm(grad, clipnorm):
-    """Scales `grad` so that its L2 norm is at most `clipnorm`."""
+def squared_norm(grad) -> tf.Tensor:
+    """float32 scalar: the squared L2 norm of `grad` (its values, for `tf.IndexedSlices`)."""
+    return tf.reduce_sum(tf.square(tf.cast(_values(grad), tf.float32)))
+
+
+def clip_by_norm(grad, clipnorm, square=None):
+    """Scales `grad` so that its L2 norm is at most `clipnorm`.
+
+    `square`, when given, is the squared norm to use instead of `grad`'s own:
+    for a shard of a row-sharded gradient, the all-reduced square of the
+    whole gradient, so every shard is scaled as the whole would be.
+    """
     values = _values(grad)
-    return _with_values(grad, tf.clip_by_norm(values, tf.cast(clipnorm, values.dtype)))
+    if square is None:
+        return _with_values(grad, tf.clip_by_norm(values, tf.cast(clipnorm, values.dtype)))
+    norm = tf.cast(tf.sqrt(square), values.dtype)
+    clipnorm = tf.cast(clipnorm, values.dtype)
+    return _with_values(grad, values * clipnorm / tf.maximum(norm, clipnorm))
 
 
 def clip_by_value(grad, clipvalue):
@@ -63,12 +77,15 @@ def clip_by_value(grad, clipvalue):
     return _with_values(grad, tf.clip_by_value(values, -limit, limit))
 
 
-def clip_by_global_norm(grads, clipnorm):
+def clip_by_global_norm(grads, clipnorm, squares=None):
     """Scales all `grads` together so that their joint L2 norm is at most `clipnorm`.
 
     Same formula as `keras.optimizers`: `scale = min(1, clipnorm / norm)`.
+    `squares` (one float32 scalar per gradient) replaces their own squared
+    norms, as for `clip_by_norm`.
     """
-    squares = [tf.reduce_sum(tf.square(tf.cast(_values(g), tf.float32))) for g in grads]
+    if squares is None:
+        squares = [squared_norm(g) for g in grads]
     norm = tf.sqrt(tf.add_n(squares))
     clipnorm = tf.cast(clipnorm, tf.float32)
     scale = clipnorm * tf.minimum(1.0 / norm, 1.0 / clipnorm)

@@ -1,0 +1,283 @@
+"""`ShardedEmbedding`: a table row-sharded across the replicas of a multi-worker job.
+
+Under `MultiWorkerMirroredStrategy` with N workers (one replica each, one
+GPU per pod), replica r holds only the rows with `id % N == r`, at local row
+`id // N`, plus those rows' optimizer slots. Its variable has
+`ceil(rows / N)` rows on every replica (the last rows of some shards are
+padding, zero and never looked up), so collectives see equal shapes.
+
+A lookup, inside `strategy.run`:
+  1. all-gather the batch's ids from every replica (N x batch ids);
+  2. `tf.unique` them: the same distinct ids, in the same order, everywhere;
+  3. gather the distinct ids this replica owns from its local shard;
+  4. all-reduce (sum) the `[distinct, dim]` block, zero where not owned:
+     every replica now has every distinct row;
+  5. gather the rows of its own ids.
+The backward pass runs the same exchange in reverse: the upstream gradient
+is summed per distinct id, all-reduced, and each replica keeps the rows it
+owns, as `tf.IndexedSlices` on its shard, already summed over the global
+batch. Communication is O(global batch x features x dim) per step, never
+O(table). The optimizers apply those slices to the shard directly, with no
+all-reduce (see `SparseOptimizer`).
+
+Every row starts from `RowUniform`'s value for its global id, so a sharded
+and an unsharded table built with the same seed start equal, and no worker
+ever builds the whole table.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import inspect
+import math
+
+import keras
+import numpy as np
+import tensorflow as tf
+from tensorflow.python.ops import resource_variable_ops  # a variable that skips the strategy's creator
+
+from optimizers.embedding import check_ids
+from optimizers.initializers import RowUniform
+
+SHARD_ATTRIBUTE = "_embedopt_shard"
+
+
+@dataclasses.dataclass(frozen=True)
+class ShardSpec:
+    """Which rows a local shard variable holds: global id = `shard_index + num_shards * local row`."""
+
+    num_shards: int
+    shard_index: int
+    rows: int  # rows of the whole table
+
+    @property
+    def local_rows(self) -> int:
+        return math.ceil(self.rows / self.num_shards)
+
+    def global_ids(self) -> np.ndarray:
+        """Global id of each local row (padding rows get ids >= `rows`)."""
+        return self.shard_index + self.num_shards * np.arange(self.local_rows, dtype=np.int64)
+
+
+def shard_spec(variable) -> ShardSpec | None:
+    """The `ShardSpec` of a shard variable (Keras or tf.Variable), else None."""
+    if isinstance(variable, keras.Variable):
+        variable = variable.value
+    return getattr(variable, SHARD_ATTRIBUTE, None)
+
+
+def replica_layout(strategy: tf.distribute.Strategy | None = None) -> tuple[int, int]:
+    """`(num_replicas, this process's replica id)` for a row-sharded table under `strategy`.
+
+    Raises:
+        ValueError: when this process runs more than one replica (e.g.
+            `MirroredStrategy` over several GPUs): a shard is a plain local
+            variable, one per process.
+    """
+    strategy = strategy or tf.distribute.get_strategy()
+    if not tf.distribute.has_strategy():
+        return 1, 0
+    devices = strategy.extended.worker_devices
+    if len(devices) > 1:
+        raise ValueError(
+            f"row-sharded tables need one replica per process, but this process runs {len(devices)} "
+            f"({', '.join(devices)}) under {type(strategy).__name__}. Use one worker per device instead: "
+            "`embedopt train --local-workers N`, or a multi-worker job (one GPU per pod)")
+    n = strategy.num_replicas_in_sync
+    if n == 1:
+        return 1, 0
+    ids = strategy.run(lambda: tf.constant(tf.distribute.get_replica_context().replica_id_in_sync_group))
+    return n, int(strategy.experimental_local_results(ids)[0])
+
+
+@contextlib.contextmanager
+def local_variables(device: str | None = None):
+    """Variables created inside are plain, per-process `tf.Variable`s, even inside `strategy.scope()`.
+
+    A strategy's variable creator would make them mirrored (and
+    MultiWorkerMirroredStrategy would broadcast worker 0's initial value
+    over every worker's shard). This creator runs before the strategy's and
+    builds the variable itself.
+    """
+    accepted = set(inspect.signature(resource_variable_ops.ResourceVariable.__init__).parameters) - {"self"}
+
+    def creator(next_creator, **kwargs):
+        del next_creator
+        kwargs.pop("distribute_strategy", None)
+        kwargs = {k: v for k, v in kwargs.items() if k in accepted}
+        kwargs["synchronization"] = tf.VariableSynchronization.NONE
+        kwargs["aggregation"] = tf.VariableAggregation.NONE
+        with tf.device(device) if device else contextlib.nullcontext():
+            return resource_variable_ops.ResourceVariable(**kwargs)
+
+    with tf.variable_creator_scope(creator):
+        yield
+
+
+def _worker_device(strategy) -> str | None:
+    if not tf.distribute.has_strategy():
+        return None
+    devices = strategy.extended.worker_devices
+    return devices[0] if devices else None
+
+
+def exchange_rows(shard: tf.Variable, ids: tf.Tensor, num_shards: int, shard_index: int) -> tf.Tensor:
+    """The rows of `ids` (global, any shape) from a table sharded over the replicas; see the module docstring."""
+    ctx = tf.distribute.get_replica_context()
+    if ctx is None or ctx.num_replicas_in_sync != num_shards:
+        raise RuntimeError(
+            f"a table sharded over {num_shards} replicas must be looked up inside `strategy.run` of the strategy "
+            f"it was built under (replica context: {ctx}); to serve it, export it whole (see "
+            "`optimizers.sharded.gather_table`)")
+    width = shard.shape[1]
+    flat = tf.reshape(ids, [-1])
+    count = tf.size(flat, out_type=tf.int64)
+    all_ids = ctx.all_gather(flat, axis=0)  # [N * count]; equal batch shapes on every replica
+    distinct, position = tf.unique(all_ids, out_idx=tf.int64)
+    owned = tf.where(tf.equal(distinct % num_shards, shard_index))[:, 0]
+    local_rows = tf.gather(distinct, owned) // num_shards
+    num_distinct = tf.size(distinct, out_type=tf.int64)
+
+    @tf.custom_gradient
+    def exchange(owned_rows):
+        block = tf.scatter_nd(owned[:, None], owned_rows, tf.stack([num_distinct, width]))
+        block = ctx.all_reduce(tf.distribute.ReduceOp.SUM, block)
+
+        def grad(upstream):
+            if isinstance(upstream, tf.IndexedSlices):
+                upstream = tf.math.unsorted_segment_sum(upstream.values, upstream.indices, num_distinct)
+            upstream = ctx.all_reduce(tf.distribute.ReduceOp.SUM, upstream)
+            return tf.gather(upstream, owned)
+
+        return block, grad
+
+    block = exchange(tf.gather(shard, local_rows))
+    mine = position[shard_index * count:(shard_index + 1) * count]
+    rows = tf.gather(block, mine)
+    return tf.reshape(rows, tf.concat([tf.shape(ids), [width]], axis=0))
+
+
+@keras.saving.register_keras_serializable(package="embedopt")
+class ShardedEmbedding(keras.layers.Layer):
+    """An embedding table split by rows over the replicas of a multi-worker job.
+
+    A separate layer rather than an option of `SparseEmbedding`, because its
+    contract differs: its variable is a plain per-process variable holding
+    `ceil(input_dim / N)` rows (not a mirrored one), its call runs
+    collectives and so must run inside `strategy.run`, each worker
+    checkpoints its own shard, and serving needs the table gathered whole
+    (`gather_table`). Outside a multi-replica strategy (N = 1) it is a
+    `SparseEmbedding` with `RowUniform` rows.
+
+    Replica r holds the rows with `id % N == r` (hot ids, which are small in
+    a frequency-ordered vocabulary, spread over all replicas). The lookup
+    and its gradient exchange the batch's distinct ids and rows with TF
+    collectives; `SparseOptimizer`s apply the gradient to the local shard
+    and its slots only. See `optimizers/sharded.py` for the protocol.
+
+    Build it inside `strategy.scope()` of a `MultiWorkerMirroredStrategy`
+    (one replica per process: `MirroredStrategy` over several devices is
+    refused with an error that says to use workers).
+
+    Args:
+        input_dim: rows of the whole table, > 0.
+        output_dim: embedding width, > 0.
+        embeddings_initializer: a `RowUniform` (default `RowUniform()`):
+            each replica builds its own rows, equal to the unsharded table's.
+        validate_ids: check ids against `[0, input_dim)` (default True).
+
+    Example:
+        >>> strategy = tf.distribute.MultiWorkerMirroredStrategy()
+        >>> with strategy.scope():
+        ...     table = optimizers.ShardedEmbedding(10_000_000, 32)
+        ...     table.build()   # each of N workers holds 10M / N rows
+        >>> strategy.run(lambda ids: table(ids), args=(ids,))
+    """
+
+    def __init__(self, input_dim, output_dim, embeddings_initializer=None, validate_ids=True, **kwargs):
+        kwargs.setdefault("autocast", False)
+        super().__init__(**kwargs)
+        for name, value in (("input_dim", input_dim), ("output_dim", output_dim)):
+            if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
+                raise ValueError(f"ShardedEmbedding: `{name}` must be a positive integer, got {value!r}")
+        initializer = RowUniform() if embeddings_initializer is None else keras.initializers.get(embeddings_initializer)
+        if not isinstance(initializer, RowUniform):
+            raise ValueError(
+                "ShardedEmbedding: `embeddings_initializer` must be an `optimizers.RowUniform`, whose rows each "
+                f"worker can build alone; got {type(initializer).__name__}")
+        self.input_dim, self.output_dim = input_dim, output_dim
+        self.embeddings_initializer = initializer
+        self.validate_ids = bool(validate_ids)
+        self.spec: ShardSpec | None = None
+
+    def build(self, input_shape=None):
+        strategy = tf.distribute.get_strategy()
+        num_shards, shard_index = replica_layout(strategy)
+        self.spec = ShardSpec(num_shards, shard_index, self.input_dim)
+        global_ids = self.spec.global_ids()
+        valid = global_ids < self.input_dim
+        values = self.embeddings_initializer.rows(np.where(valid, global_ids, 0), self.output_dim)
+        values = tf.where(valid[:, None], values, tf.zeros_like(values))  # padding rows stay zero
+
+        with local_variables(_worker_device(strategy)):
+            self.embeddings = self.add_weight(shape=(self.spec.local_rows, self.output_dim),
+                                              initializer=lambda shape, dtype=None: tf.cast(values, dtype),
+                                              name="embeddings")
+        setattr(self.embeddings.value, SHARD_ATTRIBUTE, self.spec)
+        self.built = True
+
+    def call(self, ids):
+        if not ids.dtype.is_integer:
+            raise TypeError(f"ShardedEmbedding {self.name!r}: ids must be integers, got {ids.dtype.name}")
+        ids = tf.cast(ids, tf.int64)
+        if self.validate_ids:
+            ids = check_ids(f"ShardedEmbedding {self.name!r}", ids, self.input_dim)
+        table = self.embeddings.value
+        if self.spec.num_shards == 1:
+            rows = tf.gather(table, ids)
+        else:
+            rows = exchange_rows(table, ids, self.spec.num_shards, self.spec.shard_index)
+        return tf.cast(rows, self.compute_dtype)
+
+    def compute_output_shape(self, input_shape):
+        return tuple(input_shape) + (self.output_dim,)
+
+    def get_config(self):
+        config = super().get_config()
+        config.update(input_dim=self.input_dim, output_dim=self.output_dim,
+                      embeddings_initializer=keras.initializers.serialize(self.embeddings_initializer),
+                      validate_ids=self.validate_ids)
+        return config
+
+
+def gather_table(strategy: tf.distribute.Strategy, shard: tf.Variable, on_rows, chunk_bytes: int = 1 << 25) -> None:
+    """Streams a sharded table's rows to `on_rows(global_ids, rows)` on every worker, a chunk at a time.
+
+    Every worker must call it (it runs all-gathers); each chunk holds about
+    `chunk_bytes` of rows from all shards together, so no worker holds more
+    than that at once beyond what `on_rows` keeps. Padding rows are dropped.
+    Works for a shard's slots too (any variable with the shard's layout).
+    """
+    spec = shard_spec(shard)
+    if spec is None:
+        raise ValueError(f"gather_table: {getattr(shard, 'name', shard)!r} is not a shard variable")
+    value = shard.value if isinstance(shard, keras.Variable) else shard
+    width = int(np.prod(value.shape[1:]))  # 1 for a row-wise slot
+    chunk = max(1, chunk_bytes // (value.dtype.size * width * spec.num_shards))
+
+    @tf.function
+    def gathered(start):
+        def replica():
+            ctx = tf.distribute.get_replica_context()
+            return ctx.all_gather(value[start:start + chunk], axis=0)
+
+        return strategy.experimental_local_results(strategy.run(replica))[0]
+
+    for start in range(0, spec.local_rows, chunk):
+        rows = gathered(tf.constant(start, tf.int64)).numpy()
+        size = rows.shape[0] // spec.num_shards
+        local = start + np.arange(size, dtype=np.int64)
+        ids = (np.arange(spec.num_shards, dtype=np.int64)[:, None] + spec.num_shards * local[None, :]).reshape(-1)
+        keep = ids < spec.rows
+        on_rows(ids[keep], rows[keep])
