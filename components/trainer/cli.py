@@ -73,6 +73,11 @@ def build_parser() -> argparse.ArgumentParser:
                        help="per_feature: one table per categorical feature, sized by metadata vocab_sizes; "
                        "shared: one table of sum(vocab sizes) rows with per-feature offsets, one lookup and one "
                        f"gradient all-reduce per step instead of 26 (default {defaults.table_layout})")
+    model.add_argument("--table-sharding", choices=keys.TABLE_SHARDINGS, default=defaults.table_sharding,
+                       help="mirrored: every worker holds every table and its optimizer slots; row: worker r of N "
+                       "holds the rows with id %% N == r (tables N times larger fit; ids and rows are exchanged "
+                       "each step). row needs one replica per process: --local-workers N or a multi-worker job "
+                       f"(default {defaults.table_sharding})")
     model.add_argument("--interaction", choices=keys.INTERACTIONS, default=defaults.interaction,
                        help="dot: pairwise dot products of the feature vectors (DLRM); concat: concatenation (default dot)")
     model.add_argument("--bottom-mlp", type=_widths, default=list(defaults.bottom_mlp),
@@ -123,7 +128,8 @@ def fn_args_from_args(args: argparse.Namespace):
     custom_config = dict(
         optimizer=args.optimizer, dense_optimizer=args.dense_optimizer, learning_rate=args.learning_rate,
         dense_learning_rate=args.dense_learning_rate, batch_size=args.batch_size, embedding_dim=args.embedding_dim,
-        table_layout=args.table_layout, interaction=args.interaction, bottom_mlp=args.bottom_mlp,
+        table_layout=args.table_layout, table_sharding=args.table_sharding, interaction=args.interaction,
+        bottom_mlp=args.bottom_mlp,
         top_mlp=args.top_mlp, wide=not args.no_wide, checkpoint_every=args.checkpoint_every, log_every=args.log_every,
         strategy=args.strategy, mixed_precision=args.mixed_precision, seed=args.seed, progress=not args.no_progress,
     )

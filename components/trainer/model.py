@@ -17,7 +17,10 @@ variable or optimizer call.
 Tables are `optimizers.SparseEmbedding`, so their gradients are
 `tf.IndexedSlices` and a step touches only the looked-up rows. With the
 "shared" layout all features share one table of sum(vocab sizes) rows and
-feature i reads rows offset_i + id.
+feature i reads rows offset_i + id. With `table_sharding="row"` they are
+`optimizers.ShardedEmbedding`s, split by rows over the workers. Either way
+every row starts from `RowUniform(seed)`'s value for its id, so both
+placements start (and train) alike.
 """
 
 from __future__ import annotations
@@ -45,10 +48,17 @@ class DLRM(keras.Model):
         interaction: "dot" or "concat".
         bottom_mlp, top_mlp: hidden layer widths.
         wide: add the first-order term (one more column per table row).
+        seed: initialization seed (tables and MLPs).
+        table_sharding: "mirrored" (every replica holds every table) or "row"
+            (`ShardedEmbedding`; build inside a MultiWorkerMirroredStrategy's
+            scope with `build_variables`, call inside `strategy.run`).
+        table_init: initializer of the tables (mirrored only; default
+            `RowUniform` per table, which row sharding requires).
     """
 
     def __init__(self, vocab_sizes, categorical_keys, dense_key, embedding_dim=16, table_layout="per_feature",
-                 interaction="dot", bottom_mlp=(64, 32), top_mlp=(64, 32), wide=True, seed=0, **kwargs):
+                 interaction="dot", bottom_mlp=(64, 32), top_mlp=(64, 32), wide=True, seed=0,
+                 table_sharding="mirrored", table_init=None, **kwargs):
         super().__init__(**kwargs)
         self.embedding_dim = int(embedding_dim)
         self.wide = bool(wide)
@@ -58,15 +68,21 @@ class DLRM(keras.Model):
         self.dense_key = dense_key
         self.table_layout = table_layout
         self.interaction = interaction
-        init = keras.initializers.RandomUniform(-EMBEDDING_INIT_SCALE, EMBEDDING_INIT_SCALE, seed=seed)
+        self.table_sharding = table_sharding
+        tables = {"mirrored": optimizers.SparseEmbedding, "row": optimizers.ShardedEmbedding}.get(table_sharding)
+        if tables is None:
+            raise ValueError(f"table_sharding must be 'mirrored' or 'row', got {table_sharding!r}")
+        def init(i):
+            return _row_init(seed, i) if table_init is None else table_init
+
         if table_layout == "shared":
             self.offsets = tf.constant(np.cumsum([0] + self.vocab_sizes[:-1]), dtype=tf.int64)
-            self.tables = [optimizers.SparseEmbedding(sum(self.vocab_sizes), width,
-                                                      embeddings_initializer=init, name="shared_table")]
+            self.tables = [tables(sum(self.vocab_sizes), width, embeddings_initializer=init(0),
+                                  name="shared_table")]
         elif table_layout == "per_feature":
             self.tables = [
-                optimizers.SparseEmbedding(size, width, embeddings_initializer=init, name=f"table_{key}")
-                for key, size in zip(self.categorical_keys, self.vocab_sizes)
+                tables(size, width, embeddings_initializer=init(i), name=f"table_{key}")
+                for i, (key, size) in enumerate(zip(self.categorical_keys, self.vocab_sizes))
             ]
         else:
             raise ValueError(f"table_layout must be 'per_feature' or 'shared', got {table_layout!r}")
@@ -80,6 +96,23 @@ class DLRM(keras.Model):
         n = len(self.categorical_keys) + 1
         rows, cols = np.triu_indices(n, k=1)
         self.pair_index = tf.constant(rows * n + cols, dtype=tf.int32)
+
+    def build_variables(self, num_dense: int) -> None:
+        """Creates every variable without calling the model (a sharded table's call runs collectives,
+        which need `strategy.run`; building happens in `strategy.scope()`)."""
+        for table in self.tables:
+            table.build()
+        width = num_dense
+        for layer in self.bottom:
+            layer.build((None, width))
+            width = layer.units
+        n = len(self.categorical_keys) + 1
+        width = width + len(self.pair_index.numpy()) if self.interaction == "dot" else n * self.embedding_dim
+        for layer in self.top:
+            layer.build((None, width))
+            width = layer.units
+        self.head.build((None, width))
+        self.built = True
 
     def embedding_variables(self) -> list:
         """The table variables: these go to the sparse (embedding) optimizer."""
@@ -136,8 +169,18 @@ class DLRM(keras.Model):
         return logit
 
 
-def build_model(metadata: Metadata, config) -> DLRM:
-    """A built DLRM (variables created) for `metadata`'s features and `config`'s sizes."""
+def _row_init(seed: int, table: int) -> optimizers.RowUniform:
+    """Each table's rows from their own stream (seed, table), a function of the row id only."""
+    return optimizers.RowUniform(-EMBEDDING_INIT_SCALE, EMBEDDING_INIT_SCALE, seed=(seed * 1000 + table) % 2**63)
+
+
+def build_model(metadata: Metadata, config, table_sharding: str | None = None, table_init=None) -> DLRM:
+    """A built DLRM (variables created) for `metadata`'s features and `config`'s sizes.
+
+    `table_sharding` overrides `config.table_sharding`, and `table_init` the
+    tables' initializer: the export builds a whole-table twin of a
+    row-sharded model with zero tables, then fills them from the shards.
+    """
     model = DLRM(
         vocab_sizes=[metadata.vocab_sizes[key] for key in metadata.categorical_keys],
         categorical_keys=metadata.categorical_keys,
@@ -149,7 +192,12 @@ def build_model(metadata: Metadata, config) -> DLRM:
         top_mlp=config.top_mlp,
         wide=config.wide,
         seed=config.seed,
+        table_sharding=table_sharding or config.table_sharding,
+        table_init=table_init,
     )
+    if model.table_sharding == "row":
+        model.build_variables(metadata.num_dense)
+        return model
     example = {metadata.dense_key: tf.zeros([1, metadata.num_dense])}
     example.update({key: tf.zeros([1], tf.int64) for key in metadata.categorical_keys})
     model(example)

@@ -11,7 +11,9 @@ is built; an empty eval split skips the evaluation (metrics.json then has
 chief deletes the temp folders of checkpoint saves that a kill interrupted.
 Every worker runs every step (collectives need all of them); only the chief
 writes to the real directories, the others write to temporary ones that are
-deleted afterwards.
+deleted afterwards. With `table_sharding="row"` every worker also checkpoints
+its own shard under `model_run_dir`, and the chief exports the tables
+gathered whole (`components/trainer/sharding.py`).
 """
 
 from __future__ import annotations
@@ -37,6 +39,7 @@ from components.trainer.fn_args import TrainerConfig, check_fn_args, metadata_lo
 from components.trainer.loop import TrainState, build_optimizers, evaluate, make_train_step, train
 from components.trainer.loss_scale import DynamicLossScale
 from components.trainer.model import build_model
+from components.trainer.sharding import place_for, rows_per_replica, weights_checksum, whole_table_model
 from components.trainer.strategy import choose_strategy, cluster_from_env
 from components.trainer.tf_errors import training_error
 
@@ -164,11 +167,13 @@ def _run(fn_args, config: TrainerConfig, cluster) -> dict:
         state = TrainState(model, embedding_optimizer, dense_optimizer, step,
                            DynamicLossScale() if config.mixed_precision else None)
     checkpoint = state.checkpoint()
-    real_ckpt_dir = os.path.join(fn_args.model_run_dir, artifacts.CHECKPOINT_DIR)
-    if is_chief:
-        for path, size in artifacts.remove_checkpoint_temps(real_ckpt_dir):
+    row_sharded = config.table_sharding == "row"
+    # Row sharding: every worker saves and restores its own shard; mirrored: the chief's checkpoint serves all.
+    place = place_for(os.path.join(fn_args.model_run_dir, artifacts.CHECKPOINT_DIR), config.table_sharding, model)
+    if is_chief or row_sharded:
+        for path, size in artifacts.remove_checkpoint_temps(place.directory):
             log.info("removed %s (%.1f MB), left by a checkpoint save that was interrupted", path, size / 1e6)
-    latest = tf.train.latest_checkpoint(real_ckpt_dir)
+    latest = place.latest()
     if latest:
         checkpoint.restore(latest).assert_existing_objects_matched()
     resumed_from = int(step.numpy())
@@ -178,7 +183,7 @@ def _run(fn_args, config: TrainerConfig, cluster) -> dict:
     if resumed_from:
         log.info("resumed from checkpoint %s at step %d", latest, resumed_from)
     phases["build_and_restore"] = time.perf_counter() - phase_start
-    ckpt_dir = real_ckpt_dir if is_chief else os.path.join(scratch, artifacts.CHECKPOINT_DIR)
+    ckpt_dir = place.directory if is_chief or row_sharded else os.path.join(scratch, artifacts.CHECKPOINT_DIR)
     manager = tf.train.CheckpointManager(checkpoint, ckpt_dir, max_to_keep=3)
 
     train_ds = _distributed_dataset(strategy, fn_args.train_files, metadata, global_batch, shuffle=True,
@@ -209,8 +214,11 @@ def _run(fn_args, config: TrainerConfig, cluster) -> dict:
             metrics = evaluate(strategy, model, iter(eval_ds), fn_args.eval_steps,
                                max_examples=metadata.row_counts.get("eval"))
     with _timed(phases, "export"):
-        export_saved_model(model, metadata, serving_dir,
-                           metadata_path if os.path.isdir(metadata_path) else os.path.dirname(metadata_path))
+        # Row sharding: the chief exports a copy with the tables gathered whole; the others only send their shards.
+        export_model = whole_table_model(strategy, model, metadata, config, is_chief) if row_sharded else model
+        if export_model is not None:
+            export_saved_model(export_model, metadata, serving_dir,
+                               metadata_path if os.path.isdir(metadata_path) else os.path.dirname(metadata_path))
 
     # The first step includes tracing; it is left out of the step time.
     timed = result.step_seconds[1:] or result.step_seconds
@@ -231,8 +239,10 @@ def _run(fn_args, config: TrainerConfig, cluster) -> dict:
         phase_seconds={k: round(v, 3) for k, v in phases.items()},
         final_train_loss=result.losses[-1][1] if result.losses else None,
         table_rows=[int(t.input_dim) for t in model.tables],
-        # Per-variable sums: equal on every worker when they stayed in sync.
-        weights_checksum=[float(np.sum(v.numpy(), dtype=np.float64)) for v in model.trainable_variables],
+        table_sharding=config.table_sharding,
+        embedding_rows_per_replica=rows_per_replica(strategy, model),
+        # Per-variable sums (a sharded table's over all shards): equal on every worker when they stayed in sync.
+        weights_checksum=weights_checksum(strategy, model),
         config=config.to_json(),
         serving_model_dir=fn_args.serving_model_dir,
         metadata_path=metadata_path,

@@ -1,0 +1,216 @@
+"""What `--table-sharding row` changes in a run: checkpoint places, per-replica facts, the export's whole table.
+
+Checkpoints (under `model_run_dir/checkpoints/`):
+  mirrored   ckpt-*                         the chief's (every worker restores it)
+  row        row-shards-of-N/shard-R/ckpt-*  worker R's, with its own shard (every worker writes one)
+
+A row run resumes from the newest step that all N shard folders hold, so a
+kill between two workers' saves cannot mix steps. A checkpoint written with
+the other placement, or by another number of workers, is refused with an
+error naming both.
+
+Export: the SavedModel needs whole tables. The chief builds a mirrored twin
+of the model, and every worker streams its shards into it in ~32 MB chunks
+(`optimizers.sharded.gather_table`), so only the chief ever holds a whole
+table, once. It first checks that the tables fit in the memory it has left;
+all workers learn the outcome through one all-reduce, so none waits forever
+for a chief that gave up.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import re
+
+import numpy as np
+import tensorflow as tf
+
+from components.trainer.model import DLRM, build_model
+from optimizers.sharded import gather_table, shard_spec
+
+SHARDS_DIR = "row-shards-of-{n}"
+SHARD_DIR = "shard-{r}"
+_SHARDS_PATTERN = re.compile(r"^row-shards-of-(\d+)$")
+_STEP = re.compile(r"^ckpt-(\d+)\.index$")
+# The chief holds the whole tables once, plus the chunk in flight and SavedModel writing buffers.
+EXPORT_HEADROOM = 1.25
+
+
+@dataclasses.dataclass(frozen=True)
+class CheckpointPlace:
+    """Where this worker saves and restores, for a run with `sharding` over `num_shards` workers."""
+
+    root: str  # model_run_dir/checkpoints
+    sharding: str  # "mirrored" or "row"
+    num_shards: int = 1
+    shard_index: int = 0
+
+    @property
+    def directory(self) -> str:
+        if self.sharding == "mirrored":
+            return self.root
+        return os.path.join(self.root, SHARDS_DIR.format(n=self.num_shards), SHARD_DIR.format(r=self.shard_index))
+
+    def _shard_counts(self) -> list[int]:
+        """Worker counts of the row-sharded checkpoints under `root` that hold at least one checkpoint."""
+        if not tf.io.gfile.isdir(self.root):
+            return []
+        counts = []
+        for name in tf.io.gfile.listdir(self.root):
+            match = _SHARDS_PATTERN.match(name.rstrip("/"))
+            if match and any(_steps(os.path.join(self.root, name.rstrip("/"), d))
+                             for d in tf.io.gfile.listdir(os.path.join(self.root, name.rstrip("/")))):
+                counts.append(int(match.group(1)))
+        return sorted(counts)
+
+    def latest(self) -> str | None:
+        """The checkpoint to restore, or None for a fresh start.
+
+        Raises:
+            ValueError: when `root` holds checkpoints of the other placement,
+                or of row sharding over another number of workers.
+        """
+        mirrored = tf.train.latest_checkpoint(self.root) if tf.io.gfile.isdir(self.root) else None
+        counts = self._shard_counts()
+        if self.sharding == "mirrored":
+            if mirrored is None and counts:
+                raise ValueError(
+                    f"{self.root} holds checkpoints of a --table-sharding row run over {counts[-1]} worker(s); "
+                    "this run uses --table-sharding mirrored. Resume with --table-sharding row and the same number "
+                    "of workers, or use a new model_run_dir")
+            return mirrored
+        if mirrored is not None:
+            raise ValueError(
+                f"{self.root} holds checkpoints of a --table-sharding mirrored run; this run uses --table-sharding "
+                "row. Resume with --table-sharding mirrored, or use a new model_run_dir")
+        if counts and self.num_shards not in counts:
+            raise ValueError(
+                f"{self.root} holds row-sharded checkpoints written by {counts[-1]} worker(s); this run has "
+                f"{self.num_shards}. Each worker restores its own shard, so resume with {counts[-1]} workers "
+                "(resharding onto another count is not supported), or use a new model_run_dir")
+        shards = os.path.join(self.root, SHARDS_DIR.format(n=self.num_shards))
+        common = None
+        for r in range(self.num_shards):
+            steps = _steps(os.path.join(shards, SHARD_DIR.format(r=r)))
+            common = steps if common is None else common & steps
+        if not common:
+            return None
+        return os.path.join(self.directory, f"ckpt-{max(common)}")
+
+
+def _steps(directory: str) -> set[int]:
+    """Steps of the complete checkpoints in `directory` (their .index file is written last)."""
+    if not tf.io.gfile.isdir(directory):
+        return set()
+    return {int(m.group(1)) for m in (_STEP.match(n) for n in tf.io.gfile.listdir(directory)) if m}
+
+
+def place_for(root: str, sharding: str, model: DLRM) -> CheckpointPlace:
+    if sharding == "mirrored":
+        return CheckpointPlace(root, sharding)
+    spec = shard_spec(model.tables[0].embeddings)
+    return CheckpointPlace(root, sharding, spec.num_shards, spec.shard_index)
+
+
+def _replica_values(strategy, fn) -> list:
+    """`fn()` run on every replica, gathered (all workers get the list, in replica order)."""
+    @tf.function
+    def run():
+        return strategy.gather(strategy.run(fn), axis=0)
+
+    return run().numpy().tolist()
+
+
+def rows_per_replica(strategy, model: DLRM) -> list[int]:
+    """Embedding rows each replica's table variables hold (a shard's padding included)."""
+    local = sum(int(t.embeddings.shape[0]) for t in model.tables)
+    return [int(v) for v in _replica_values(strategy, lambda: tf.constant([local], tf.int64))]
+
+
+def weights_checksum(strategy, model: DLRM) -> list[float]:
+    """Per-variable float64 sums; a sharded table's summed over its shards, so a row run's equal a mirrored one's."""
+    sums = []
+    for variable in model.trainable_variables:
+        if shard_spec(variable) is None:
+            sums.append(float(np.sum(variable.numpy(), dtype=np.float64)))
+            continue
+        local = variable.value
+
+        def total(local=local):
+            ctx = tf.distribute.get_replica_context()
+            return ctx.all_reduce(tf.distribute.ReduceOp.SUM, tf.reduce_sum(tf.cast(local, tf.float64)))[None]
+
+        sums.append(float(_replica_values(strategy, total)[0]))
+    return sums
+
+
+def available_memory_bytes() -> int:
+    """Memory this process can still take: MemAvailable, capped by a cgroup (v2 or v1) limit when there is one."""
+    available = None
+    try:
+        with open("/proc/meminfo", encoding="ascii") as f:
+            for line in f:
+                if line.startswith("MemAvailable:"):
+                    available = int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    for limit_file, usage_file in (("/sys/fs/cgroup/memory.max", "/sys/fs/cgroup/memory.current"),
+                                   ("/sys/fs/cgroup/memory/memory.limit_in_bytes",
+                                    "/sys/fs/cgroup/memory/memory.usage_in_bytes")):
+        try:
+            with open(limit_file, encoding="ascii") as f:
+                limit = f.read().strip()
+            with open(usage_file, encoding="ascii") as f:
+                usage = int(f.read().strip())
+        except (OSError, ValueError):
+            continue
+        if limit.isdigit() and int(limit) < 1 << 60:
+            left = int(limit) - usage
+            available = left if available is None else min(available, left)
+        break
+    return available if available is not None else 1 << 62
+
+
+def table_bytes(model: DLRM) -> int:
+    """Bytes of the model's whole tables (all rows, float32)."""
+    return sum(int(t.input_dim) * int(t.output_dim) * 4 for t in model.tables)
+
+
+def whole_table_model(strategy, model: DLRM, metadata, config, is_chief: bool, available: int | None = None):
+    """On the chief: a mirrored-layout copy of a row-sharded `model`, tables gathered whole; None elsewhere.
+
+    Every worker must call it (the gathers are collectives).
+
+    Raises:
+        ValueError: on every worker, when the whole tables do not fit in the
+            chief's available memory (`available`, default: measured).
+    """
+    need = int(EXPORT_HEADROOM * table_bytes(model))
+    if is_chief:
+        available = available_memory_bytes() if available is None else available
+        fits = need <= available
+    else:
+        available, fits = None, True
+    agreed = _replica_values(strategy, lambda: tf.constant([1 if fits else 0], tf.int64))
+    if not all(agreed):
+        where = f"the chief has {available / 2**30:.2f} GiB available" if is_chief else "the chief has less"
+        raise ValueError(
+            f"export: the SavedModel needs the whole embedding tables ({need / 2**30:.2f} GiB: rows x (dim + 1) x 4 "
+            f"bytes, plus {EXPORT_HEADROOM - 1:.0%}), and {where}. The trained shards are in the checkpoints under model_run_dir; export on a "
+            "chief with more memory (serving holds 1x the tables, training with Adam 3x per shard)")
+    twin = None
+    if is_chief:
+        # Every row of the twin comes from the shards: zeros to start with, not a second initialization.
+        twin = build_model(metadata, config, table_sharding="mirrored", table_init="zeros")
+        for target, source in zip(twin.dense_variables(), model.dense_variables()):
+            target.assign(source.numpy())
+    for i, table in enumerate(model.tables):
+        target = twin.tables[i].embeddings if twin is not None else None
+
+        def keep(ids, rows, target=target):
+            if target is not None:
+                target.value.scatter_update(tf.IndexedSlices(tf.constant(rows), tf.constant(ids)))
+
+        gather_table(strategy, table.embeddings, keep)
+    return twin
