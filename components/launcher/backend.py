@@ -4,7 +4,10 @@
 `KubernetesBackend` implements it with the official client, loading the
 user's kubeconfig (or the in-cluster service account) and explaining every
 failure through `components.launcher.errors`. Objects are found again by the
-labels the builders set, so `delete` removes exactly what `submit` created.
+labels the builders set, so `delete` removes exactly what `submit` created
+(except a ClusterTrainingRuntime, which may serve other namespaces). The
+custom resources (TFJob, Trainer v2's TrainJob and runtimes) go through
+`CustomObjectsApi`; a missing CRD is explained, not a stack trace.
 """
 
 from __future__ import annotations
@@ -20,11 +23,26 @@ from kubernetes.client.exceptions import ApiException
 from kubernetes.config.config_exception import ConfigException
 
 from components.launcher.builders import TFJOB_CONTAINER
+from components.launcher.config import TRAINJOB_REPLICATED_JOB
 from components.launcher.errors import LauncherError, explain, explain_config_error, pod_problems, status_details_kind
 from components.launcher.pod import selector
 from components.launcher.render import to_dict
 
-TFJOB = ("kubeflow.org", "v1", "tfjobs")
+# custom resource kind -> (group, version, plural, namespaced)
+CUSTOM_KINDS = {
+    "TFJob": ("kubeflow.org", "v1", "tfjobs", True),
+    "TrainJob": ("trainer.kubeflow.org", "v1alpha1", "trainjobs", True),
+    "TrainingRuntime": ("trainer.kubeflow.org", "v1alpha1", "trainingruntimes", True),
+    "ClusterTrainingRuntime": ("trainer.kubeflow.org", "v1alpha1", "clustertrainingruntimes", False),
+}
+RUNTIME_KINDS = ("TrainingRuntime", "ClusterTrainingRuntime")
+# --kind -> the custom resource `status` reads (other kinds: a batch Job)
+WORKLOADS = {"tfjob": "TFJob", "trainjob": "TrainJob"}
+# namespaced custom resources `delete` removes, in this order
+DELETED_CUSTOM = ("TFJob", "TrainJob", "TrainingRuntime")
+# (succeeded, failed) condition types per kind
+CONDITIONS = {"tfjob": ("Succeeded", "Failed"), "trainjob": ("Complete", "Failed")}
+CONTAINERS = {"tfjob": TFJOB_CONTAINER, "trainjob": TRAINJOB_REPLICATED_JOB}
 INDEX_ANNOTATION = "batch.kubernetes.io/job-completion-index"
 TF_REPLICA_TYPE = "training.kubeflow.org/replica-type"
 TF_REPLICA_INDEX = "training.kubeflow.org/replica-index"
@@ -89,7 +107,7 @@ def _worker_index(kind: str, pod: client.V1Pod) -> int:
     if kind == "tfjob":
         replica_index = int(labels.get(TF_REPLICA_INDEX, 0))
         return replica_index if labels.get(TF_REPLICA_TYPE, "").lower() == "chief" else replica_index + 1
-    if kind == "indexed":
+    if kind in ("indexed", "trainjob"):
         return int(annotations.get(INDEX_ANNOTATION, labels.get(INDEX_ANNOTATION, 0)))
     return 0
 
@@ -104,6 +122,12 @@ def _state_from_conditions(conditions: list[Any], succeeded: str, failed: str) -
 
 def _get(obj: Any, key: str) -> Any:
     return obj.get(key) if isinstance(obj, dict) else getattr(obj, key, None)
+
+
+def _resource(kind: str) -> str:
+    """`plural.group`, e.g. trainjobs.trainer.kubeflow.org, as RBAC and error messages name it."""
+    group, _, plural, _ = CUSTOM_KINDS[kind]
+    return f"{plural}.{group}"
 
 
 class KubernetesBackend:
@@ -123,6 +147,13 @@ class KubernetesBackend:
                 raise
             raise explained from err
 
+    def _custom(self, verb: str, kind: str, *args, **kwargs) -> Any:
+        """CustomObjectsApi `<verb>_{namespaced,cluster}_custom_object` for a kind of CUSTOM_KINDS."""
+        group, version, plural, namespaced = CUSTOM_KINDS[kind]
+        scope = (self.namespace,) if namespaced else ()
+        method = getattr(self.custom, f"{verb}_{'namespaced' if namespaced else 'cluster'}_custom_object")
+        return method(group, version, *scope, plural, *args, **kwargs)
+
     # -- submit --------------------------------------------------------------
 
     def _create(self, data: dict[str, Any], dry_run: str | None) -> str:
@@ -137,16 +168,17 @@ class KubernetesBackend:
             "ConfigMap": ("configmaps", lambda: self.core.create_namespaced_config_map(ns, data, **opts)),
             "Service": ("services", lambda: self.core.create_namespaced_service(ns, data, **opts)),
             "Job": ("jobs.batch", lambda: self.batch.create_namespaced_job(ns, data, **opts)),
-            "TFJob": ("tfjobs.kubeflow.org", lambda: self.custom.create_namespaced_custom_object(*TFJOB[:2], ns, TFJOB[2], data, **opts)),
         }
+        if kind in CUSTOM_KINDS:
+            creators[kind] = (_resource(kind), lambda: self._custom("create", kind, data, **opts))
         if kind not in creators:
-            raise ValueError(f"cannot submit kind {kind!r}; supported: {', '.join(creators)}")
+            raise ValueError(f"cannot submit kind {kind!r}; supported: {', '.join([*creators, *CUSTOM_KINDS])}")
         resource, create = creators[kind]
         try:
             create()
             return f"{kind.lower()}/{name} created"
         except ApiException as err:
-            if err.status != 409 or kind in ("Job", "TFJob"):
+            if err.status != 409 or kind in ("Job", "TFJob", "TrainJob"):
                 raise explain(err, "create", resource, ns, self.api.configuration.host) from err
         except Exception as err:  # unreachable server and the like: explained, or re-raised unchanged
             explained = explain(err, "create", resource, ns, self.api.configuration.host)
@@ -157,7 +189,17 @@ class KubernetesBackend:
         if kind == "ConfigMap":
             self._call("replace", resource, self.core.replace_namespaced_config_map, name, ns, data, **opts)
             return f"configmap/{name} replaced"
+        if kind in RUNTIME_KINDS:
+            self._replace_runtime(kind, data, opts)
+            return f"{kind.lower()}/{name} replaced"
         return f"{kind.lower()}/{name} unchanged (exists)"
+
+    def _replace_runtime(self, kind: str, data: dict[str, Any], opts: dict[str, Any]) -> None:
+        """A runtime holds the pod settings, so a new submit refreshes it (custom objects need resourceVersion)."""
+        name, resource = data["metadata"]["name"], _resource(kind)
+        current = self._call("get", resource, self._custom, "get", kind, name)
+        body = {**data, "metadata": {**data["metadata"], "resourceVersion": current["metadata"]["resourceVersion"]}}
+        self._call("replace", resource, self._custom, "replace", kind, name, body, **opts)
 
     def submit(self, objects: list[Any], dry_run: bool = False) -> list[str]:
         """Create objects in order; with dry_run the server validates and stores nothing."""
@@ -174,23 +216,25 @@ class KubernetesBackend:
         return sorted(pods.items, key=lambda p: p.metadata.creation_timestamp or 0)
 
     def _read_workload(self, kind: str, name: str) -> Any:
-        if kind == "tfjob":
-            return self.custom.get_namespaced_custom_object(*TFJOB[:2], self.namespace, TFJOB[2], name)
+        if kind in WORKLOADS:
+            return self._custom("get", WORKLOADS[kind], name)
         return self.batch.read_namespaced_job(name, self.namespace)
 
     def _workload_state(self, kind: str, name: str) -> tuple[str, str] | None:
         """(state, message), or None when the object does not exist."""
-        resource = "tfjobs.kubeflow.org" if kind == "tfjob" else "jobs.batch"
+        resource = _resource(WORKLOADS[kind]) if kind in WORKLOADS else "jobs.batch"
         try:
             job = self._call("get", resource, self._read_workload, kind, name)
         except LauncherError as err:
             cause = err.__cause__
             # A Status body naming the resource: the object is missing (not the CRD).
-            if isinstance(cause, ApiException) and cause.status == 404 and status_details_kind(cause) in ("jobs", "tfjobs"):
+            if isinstance(cause, ApiException) and cause.status == 404 and status_details_kind(cause) in (
+                "jobs", "tfjobs", "trainjobs"
+            ):
                 return None
             raise
-        if kind == "tfjob":
-            done = _state_from_conditions((job.get("status") or {}).get("conditions"), "Succeeded", "Failed")
+        if kind in WORKLOADS:
+            done = _state_from_conditions((job.get("status") or {}).get("conditions"), *CONDITIONS[kind])
             return done or ("Running", "")
         done = _state_from_conditions(job.status and job.status.conditions, "Complete", "Failed")
         return done or (("Running", "") if (job.status and job.status.active) else ("Pending", ""))
@@ -220,7 +264,7 @@ class KubernetesBackend:
         pods = [p for p in self._pods(name) if _worker_index(kind, p) == index]
         if not pods:
             raise LauncherError(f"no pod for worker {index} of {kind} {name!r} in namespace {self.namespace!r} (yet)")
-        container = TFJOB_CONTAINER if kind == "tfjob" else "trainer"
+        container = CONTAINERS.get(kind, "trainer")
         response = self._call(
             "read logs of", "pods/log", self.core.read_namespaced_pod_log, pods[-1].metadata.name, self.namespace,
             container=container, follow=follow, _preload_content=False,
@@ -233,25 +277,31 @@ class KubernetesBackend:
 
     # -- delete --------------------------------------------------------------
 
-    def delete(self, name: str, include_data: bool = False) -> list[str]:
-        """Delete everything labelled with this instance; the data PVC only with include_data."""
-        ns, sel, deleted = self.namespace, selector(name), []
-        background = client.V1DeleteOptions(propagation_policy="Background")
+    def _list_custom(self, kind: str, label_selector: str) -> list[dict[str, Any]]:
+        """Labelled custom objects; none when the CRD is not installed (404)."""
         try:
-            tfjobs = self.custom.list_namespaced_custom_object(*TFJOB[:2], ns, TFJOB[2], label_selector=sel)["items"]
+            return self._custom("list", kind, label_selector=label_selector)["items"]
         except ApiException as err:
-            if err.status != 404:  # 404: no TFJob CRD, so no TFJobs to delete
-                raise explain(err, "list", "tfjobs.kubeflow.org", ns) from err
-            tfjobs = []
+            if err.status == 404:
+                return []
+            raise explain(err, "list", _resource(kind), self.namespace) from err
         except Exception as err:  # unreachable server and the like: explained, or re-raised unchanged
-            explained = explain(err, "list", "tfjobs.kubeflow.org", ns, self.api.configuration.host)
+            explained = explain(err, "list", _resource(kind), self.namespace, self.api.configuration.host)
             if explained is err:
                 raise
             raise explained from None
-        for item in tfjobs:
-            self._call("delete", "tfjobs.kubeflow.org", self.custom.delete_namespaced_custom_object,
-                       *TFJOB[:2], ns, TFJOB[2], item["metadata"]["name"])
-            deleted.append(f"tfjob/{item['metadata']['name']}")
+
+    def delete(self, name: str, include_data: bool = False) -> list[str]:
+        """Delete everything labelled with this instance; the data PVC only with include_data.
+
+        A ClusterTrainingRuntime is kept: it is cluster-scoped and may serve TrainJobs in other namespaces.
+        """
+        ns, sel, deleted = self.namespace, selector(name), []
+        background = client.V1DeleteOptions(propagation_policy="Background")
+        for kind in DELETED_CUSTOM:
+            for item in self._list_custom(kind, sel):
+                self._call("delete", _resource(kind), self._custom, "delete", kind, item["metadata"]["name"])
+                deleted.append(f"{kind.lower()}/{item['metadata']['name']}")
         kinds = [
             ("job", "jobs.batch", self.batch.list_namespaced_job, self.batch.delete_namespaced_job),
             ("service", "services", self.core.list_namespaced_service, self.core.delete_namespaced_service),

@@ -12,7 +12,12 @@
   count as failures, and usage errors (exit code 2) fail the whole job;
 - kind "tfjob": a Kubeflow TFJob (kubeflow.org/v1) with one Chief and
   `workers - 1` Workers. There is no typed model for it, so it is a dict
-  whose pod templates are typed models (serialization handles both).
+  whose pod templates are typed models (serialization handles both);
+- kind "trainjob": a Kubeflow Trainer v2 TrainJob plus the TensorFlow
+  TrainingRuntime (or ClusterTrainingRuntime) it references, built in
+  `trainjob`.
+
+`--active-deadline` becomes `activeDeadlineSeconds` in every kind.
 
 The trainer-args ConfigMap goes with every kind; the Namespace and the data
 PersistentVolumeClaim are shared objects (`shared_objects`).
@@ -28,16 +33,17 @@ from components.launcher.config import LaunchConfig, check_kind
 from components.launcher.pod import (
     container,
     labels,
+    pod_failure_policy,
     pod_template,
     trainer_args_config_map_name,
     TRAINER_ARGS_KEY,
 )
 from components.launcher.tf_config import ENV_JOB, ENV_PORT, ENV_SERVICE, ENV_WORKERS
+from components.launcher.trainjob import build_trainjob, build_training_runtime
 
 TFJOB_API_VERSION = "kubeflow.org/v1"
 TFJOB_CONTAINER = "tensorflow"  # the name the training operator looks for
 TFJOB_PORT_NAME = "tfjob-port"
-USAGE_ERROR_EXIT_CODE = 2  # argparse: retrying a bad flag cannot help
 
 
 def _metadata(config: LaunchConfig, name: str | None = None, component: str | None = None) -> client.V1ObjectMeta:
@@ -76,26 +82,6 @@ def build_trainer_args_config_map(config: LaunchConfig) -> client.V1ConfigMap:
     )
 
 
-def _pod_failure_policy(ignore_disruptions: bool = True) -> client.V1PodFailurePolicy:
-    rules = [
-        client.V1PodFailurePolicyRule(
-            action="FailJob",
-            on_exit_codes=client.V1PodFailurePolicyOnExitCodesRequirement(
-                container_name="trainer", operator="In", values=[USAGE_ERROR_EXIT_CODE]
-            ),
-        )
-    ]
-    if ignore_disruptions:
-        rules.insert(
-            0,
-            client.V1PodFailurePolicyRule(
-                action="Ignore",
-                on_pod_conditions=[client.V1PodFailurePolicyOnPodConditionsPattern(type="DisruptionTarget", status="True")],
-            ),
-        )
-    return client.V1PodFailurePolicy(rules=rules)
-
-
 def build_single_gpu_job(config: LaunchConfig) -> client.V1Job:
     check_kind("job", config)
     return client.V1Job(
@@ -106,7 +92,8 @@ def build_single_gpu_job(config: LaunchConfig) -> client.V1Job:
             completions=1,
             parallelism=1,
             backoff_limit=config.backoff_limit_per_index,
-            pod_failure_policy=_pod_failure_policy(),
+            active_deadline_seconds=config.active_deadline_seconds,
+            pod_failure_policy=pod_failure_policy(),
             template=pod_template(config, "trainer", container(config), restart_policy="Never"),
         ),
     )
@@ -147,7 +134,8 @@ def build_indexed_job(config: LaunchConfig) -> client.V1Job:
             completions=config.workers,
             parallelism=config.workers,
             backoff_limit_per_index=config.backoff_limit_per_index,
-            pod_failure_policy=_pod_failure_policy(),
+            active_deadline_seconds=config.active_deadline_seconds,
+            pod_failure_policy=pod_failure_policy(),
             template=pod_template(config, "worker", trainer, restart_policy="Never", subdomain=config.name),
         ),
     )
@@ -172,14 +160,14 @@ def build_tfjob(config: LaunchConfig) -> dict[str, Any]:
     replicas = {"Chief": _tf_replica(config, "Chief", 1)}
     if config.workers > 1:
         replicas["Worker"] = _tf_replica(config, "Worker", config.workers - 1)
+    run_policy: dict[str, Any] = {"cleanPodPolicy": "Running", "backoffLimit": config.backoff_limit_per_index}
+    if config.active_deadline_seconds is not None:
+        run_policy["activeDeadlineSeconds"] = config.active_deadline_seconds
     return {
         "apiVersion": TFJOB_API_VERSION,
         "kind": "TFJob",
         "metadata": _metadata(config, component="trainer"),
-        "spec": {
-            "runPolicy": {"cleanPodPolicy": "Running", "backoffLimit": config.backoff_limit_per_index},
-            "tfReplicaSpecs": replicas,
-        },
+        "spec": {"runPolicy": run_policy, "tfReplicaSpecs": replicas},
     }
 
 
@@ -197,6 +185,8 @@ def build_objects(kind: str, config: LaunchConfig) -> list[Any]:
         objects.append(build_single_gpu_job(config))
     elif kind == "indexed":
         objects += [build_headless_service(config), build_indexed_job(config)]
-    else:
+    elif kind == "tfjob":
         objects.append(build_tfjob(config))
+    else:
+        objects += [build_training_runtime(config), build_trainjob(config)]
     return objects

@@ -1,7 +1,7 @@
 """`embedopt k8s`: render, submit and watch training jobs on Kubernetes.
 
-    embedopt k8s render --kind indexed --workers 4 [--output DIR] [-- TRAINER ARGS]
-    embedopt k8s submit --kind tfjob --image REG/embedopt:0.1.0 [--dry-run server] [--wait]
+    embedopt k8s render --kind indexed --workers 4 [--output DIR] [-- TRAINER_FLAGS]
+    embedopt k8s submit --kind trainjob --image REG/embedopt:0.1.0 [--dry-run server] [--wait] [-- TRAINER_FLAGS]
     embedopt k8s status --kind indexed [--wait --timeout 3600]
     embedopt k8s logs --kind indexed --index 1 [--follow]
     embedopt k8s delete [--include-data]
@@ -9,8 +9,9 @@
     embedopt k8s entrypoint -- train ...      (inside the container)
 
 Arguments after `--` replace the default trainer flags (they go into the
-trainer-args ConfigMap). `entrypoint` is dispatched before anything imports
-the kubernetes client, so the image needs no extras.
+trainer-args ConfigMap). Every option's help shows its default
+(`help_format`). `entrypoint` is dispatched before anything imports the
+kubernetes client, so the image needs no extras.
 """
 
 from __future__ import annotations
@@ -20,10 +21,9 @@ import sys
 import time
 
 from components.launcher import tf_config
+from components.launcher.help_format import HelpFormatter, PassthroughHelpFormatter, trainer_flags_epilog
 
 PROG = "embedopt k8s"
-
-
 def _split_trainer_args(argv: list[str]) -> tuple[list[str], list[str] | None]:
     if "--" in argv:
         i = argv.index("--")
@@ -35,48 +35,65 @@ def _add_target(parser: argparse.ArgumentParser, kind: bool = True) -> None:
     from components.launcher.config import DEFAULT_NAME, DEFAULT_NAMESPACE, KINDS
 
     if kind:
-        parser.add_argument("--kind", choices=KINDS, default="job", help="job (one GPU), indexed (multi-worker Job) or tfjob")
-    parser.add_argument("--name", default=DEFAULT_NAME, help="job name; also names its Service and ConfigMap")
-    parser.add_argument("--namespace", "-n", default=DEFAULT_NAMESPACE)
+        parser.add_argument(
+            "--kind", choices=KINDS, default="job",
+            help="job: one pod (one GPU); indexed: multi-worker Indexed Job + headless Service, no operator; "
+            "tfjob: Kubeflow TFJob (training operator v1); trainjob: Kubeflow Trainer v2 TrainJob + TensorFlow runtime",
+        )
+    parser.add_argument("--name", default=DEFAULT_NAME, help="job name; also names its Service, ConfigMap and runtime")
+    parser.add_argument("--namespace", "-n", default=DEFAULT_NAMESPACE, help="namespace of the job and its objects")
 
 
 def _add_cluster(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--kubeconfig", help="kubeconfig file (default: $KUBECONFIG, ~/.kube/config, then in-cluster)")
-    parser.add_argument("--context", help="kubeconfig context to use")
+    parser.add_argument("--context", help="kubeconfig context to use (default: the kubeconfig's current context)")
 
 
 def _add_wait(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--wait", action="store_true", help="poll until the job finishes or fails")
-    parser.add_argument("--timeout", type=float, default=3600.0, help="seconds to wait at most (default 3600)")
-    parser.add_argument("--interval", type=float, default=10.0, help="seconds between polls (default 10)")
+    parser.add_argument("--timeout", type=float, default=3600.0, help="seconds to wait at most")
+    parser.add_argument("--interval", type=float, default=10.0, help="seconds between polls")
 
 
 def _add_config(parser: argparse.ArgumentParser) -> None:
     from components.launcher.config import DEFAULT_IMAGE, DEFAULT_PORT
 
-    parser.add_argument("--image", default=DEFAULT_IMAGE)
-    parser.add_argument("--image-pull-policy", default="IfNotPresent", choices=("Always", "IfNotPresent", "Never"))
-    parser.add_argument("--workers", type=int, help="number of workers (default 1 for job, 2 otherwise)")
-    parser.add_argument("--gpus", type=int, default=1, help="GPUs per worker (0 = CPU only)")
-    parser.add_argument("--cpu-request", default="4")
-    parser.add_argument("--cpu-limit", default="8")
-    parser.add_argument("--memory-request", default="16Gi")
-    parser.add_argument("--memory-limit", default="32Gi")
+    parser.add_argument("--image", default=DEFAULT_IMAGE, help="trainer image, e.g. REGISTRY/embedopt:0.1.0")
+    parser.add_argument("--image-pull-policy", default="IfNotPresent", choices=("Always", "IfNotPresent", "Never"),
+                        help="when the kubelet pulls the image")
+    parser.add_argument("--workers", type=int, help="number of workers (default: 1 for job, 2 otherwise)")
+    parser.add_argument("--gpus", type=int, default=1, help="GPUs (nvidia.com/gpu) per worker; 0 = CPU only")
+    parser.add_argument("--cpu-request", default="4", help="CPU request per worker")
+    parser.add_argument("--cpu-limit", default="8", help="CPU limit per worker")
+    parser.add_argument("--memory-request", default="16Gi", help="memory request per worker")
+    parser.add_argument("--memory-limit", default="32Gi",
+                        help="memory limit per worker; see the README for what a table needs per optimizer")
+    parser.add_argument("--tmp-size", default="10Gi", help="sizeLimit of the /tmp emptyDir (HOME, caches)")
+    parser.add_argument("--shm-size", help="sizeLimit of the memory-backed /dev/shm emptyDir; it counts against "
+                        "--memory-limit (default: a quarter of --memory-limit)")
+    parser.add_argument("--active-deadline", type=int, metavar="SECONDS",
+                        help="activeDeadlineSeconds: stop the job after this long (default: no limit)")
     data = parser.add_mutually_exclusive_group()
-    data.add_argument("--data-claim", default=None, help="PersistentVolumeClaim for data and models (default embedopt-data)")
-    data.add_argument("--data-host-path", help="node directory instead of a PVC (single-node local clusters)")
-    parser.add_argument("--data-size", default="50Gi")
-    parser.add_argument("--data-access-mode", default="ReadWriteMany")
-    parser.add_argument("--storage-class")
-    parser.add_argument("--mount-path", default="/data")
-    parser.add_argument("--service-account")
-    parser.add_argument("--node-selector", action="append", default=[], metavar="KEY=VALUE")
+    data.add_argument("--data-claim", default=None, help="PersistentVolumeClaim for data and models (default: embedopt-data)")
+    data.add_argument("--data-host-path", help="node directory instead of a PVC, for single-node local clusters")
+    parser.add_argument("--data-size", default="50Gi", help="size of the data PVC")
+    parser.add_argument("--data-access-mode", default="ReadWriteMany",
+                        help="access mode of the data PVC; workers on several nodes need ReadWriteMany")
+    parser.add_argument("--storage-class", help="storage class of the data PVC (default: the cluster's default class)")
+    parser.add_argument("--mount-path", default="/data", help="where the data volume is mounted in the container")
+    parser.add_argument("--service-account", help="pod service account (default: the namespace's default)")
+    parser.add_argument("--node-selector", action="append", default=[], metavar="KEY=VALUE",
+                        help="node label the pods must match, e.g. cloud.google.com/gke-accelerator=nvidia-l4; repeatable")
     parser.add_argument(
         "--toleration", action="append", default=None, metavar="KEY[=VALUE][:EFFECT]",
-        help="replaces the default toleration of the nvidia.com/gpu taint; repeatable",
+        help="replaces the default toleration of the nvidia.com/gpu taint; repeatable "
+        "(default: nvidia.com/gpu:NoSchedule)",
     )
     parser.add_argument("--port", type=int, default=DEFAULT_PORT, help="worker gRPC port")
-    parser.add_argument("--backoff-limit", type=int, default=3, help="restarts per worker before the job fails")
+    parser.add_argument("--backoff-limit", type=int, default=3,
+                        help="restarts before the job fails: per worker (indexed), of the whole job (tfjob, trainjob)")
+    parser.add_argument("--cluster-runtime", action="store_true",
+                        help="trainjob: a ClusterTrainingRuntime instead of a namespaced TrainingRuntime")
 
 
 def _toleration(text: str):
@@ -119,38 +136,50 @@ def config_from_args(args: argparse.Namespace, trainer_args: list[str] | None):
         port=args.port,
         backoff_limit_per_index=args.backoff_limit,
         image_pull_policy=args.image_pull_policy,
+        active_deadline_seconds=args.active_deadline,
+        tmp_size_limit=args.tmp_size,
+        shm_size_limit=args.shm_size,
+        cluster_runtime=args.cluster_runtime,
     )
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog=PROG, description="Render, submit and watch embedopt training jobs on Kubernetes.")
+    parser = argparse.ArgumentParser(prog=PROG, description="Render, submit and watch embedopt training jobs on Kubernetes.",
+                                     formatter_class=HelpFormatter)
     sub = parser.add_subparsers(dest="command", required=True)
-    render = sub.add_parser("render", help="print the manifests as YAML (or write them with --output)")
+
+    def command(name: str, help_: str, passthrough: bool = False, **kwargs) -> argparse.ArgumentParser:
+        formatter = PassthroughHelpFormatter if passthrough else HelpFormatter
+        return sub.add_parser(name, help=help_, description=help_, formatter_class=formatter,
+                              epilog=trainer_flags_epilog() if passthrough else None, **kwargs)
+
+    render = command("render", "print the manifests as YAML (or write them with --output)", passthrough=True)
     _add_target(render)
     _add_config(render)
-    render.add_argument("--output", "-o", metavar="DIR", help="write one file per object into DIR")
-    submit = sub.add_parser("submit", help="create the objects in the cluster")
+    render.add_argument("--output", "-o", metavar="DIR", help="write one file per object into DIR (default: print to stdout)")
+    submit = command("submit", "create the objects in the cluster", passthrough=True)
     _add_target(submit)
     _add_config(submit)
     _add_cluster(submit)
     submit.add_argument("--dry-run", choices=("none", "server"), default="none", help="server: validate on the server, store nothing")
     submit.add_argument("--create-namespace", action="store_true", help="also create the namespace")
     _add_wait(submit)
-    status = sub.add_parser("status", help="per-worker state")
+    status = command("status", "per-worker state")
     _add_target(status)
     _add_cluster(status)
     _add_wait(status)
-    logs = sub.add_parser("logs", help="print (or --follow) one worker's log")
+    logs = command("logs", "print (or --follow) one worker's log")
     _add_target(logs)
     _add_cluster(logs)
     logs.add_argument("--index", type=int, default=0, help="worker index (0 = chief)")
-    logs.add_argument("--follow", "-f", action="store_true")
-    delete = sub.add_parser("delete", help="delete everything submit created for --name")
+    logs.add_argument("--follow", "-f", action="store_true", help="keep streaming until the pod ends")
+    delete = command("delete", "delete everything submit created for --name (a ClusterTrainingRuntime is kept: "
+                     "it is cluster-scoped)")
     _add_target(delete, kind=False)
     _add_cluster(delete)
     delete.add_argument("--include-data", action="store_true", help="also delete the data PVC (and its data)")
-    kustomize = sub.add_parser("kustomize", help="regenerate the kustomize tree (k8s/) from the builders")
-    kustomize.add_argument("--output", "-o", default="k8s", metavar="DIR")
+    kustomize = command("kustomize", "regenerate the kustomize tree (k8s/) from the builders")
+    kustomize.add_argument("--output", "-o", default="k8s", metavar="DIR", help="directory to (re)write")
     sub.add_parser("entrypoint", help="container entrypoint: derive TF_CONFIG, then run embedopt", add_help=False)
     return parser
 

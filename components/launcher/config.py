@@ -13,7 +13,8 @@ from dataclasses import dataclass, field
 
 from kubernetes.utils import parse_quantity
 
-KINDS = ("job", "indexed", "tfjob")
+KINDS = ("job", "indexed", "tfjob", "trainjob")
+MULTI_WORKER_KINDS = ("indexed", "tfjob", "trainjob")
 DEFAULT_IMAGE = "embedopt:0.1.0"
 DEFAULT_NAME = "embedopt-train"
 DEFAULT_NAMESPACE = "embedopt"
@@ -24,6 +25,11 @@ DEFAULT_PORT = 2222
 # (63 characters), so the job name leaves room for the index suffix.
 MAX_NAME_LENGTH = 52
 _DNS_LABEL = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$")
+# A TrainJob's name must be an RFC 1035 label (CEL rule in the Trainer v2.3.0 TrainJob CRD), and JobSet v0.12.0's
+# webhook refuses a JobSet whose longest pod name, "<name>-<replicatedJob>-<jobIndex>-<podIndex>-abcde",
+# is not one (pkg/webhooks/jobset_webhook.go, ValidateCreate).
+_RFC1035_LABEL = re.compile(r"^[a-z]([-a-z0-9]*[a-z0-9])?$")
+TRAINJOB_REPLICATED_JOB = "node"  # the replicatedJob (and container) name Trainer v2 fills in (constants.Node)
 _EFFECTS = ("NoSchedule", "PreferNoSchedule", "NoExecute")
 _ACCESS_MODES = ("ReadWriteOnce", "ReadOnlyMany", "ReadWriteMany", "ReadWriteOncePod")
 _PULL_POLICIES = ("Always", "IfNotPresent", "Never")
@@ -150,6 +156,10 @@ class LaunchConfig:
     port: int = DEFAULT_PORT
     backoff_limit_per_index: int = 3
     image_pull_policy: str = "IfNotPresent"
+    active_deadline_seconds: int | None = None
+    tmp_size_limit: str = "10Gi"
+    shm_size_limit: str | None = None  # None: a quarter of the memory limit
+    cluster_runtime: bool = False
 
     def __post_init__(self) -> None:
         _check_dns_label("name", self.name, MAX_NAME_LENGTH)
@@ -181,6 +191,26 @@ class LaunchConfig:
             raise ValueError(f"backoff_limit_per_index={self.backoff_limit_per_index!r} must be from 0 to 100")
         if self.image_pull_policy not in _PULL_POLICIES:
             raise ValueError(f"image_pull_policy={self.image_pull_policy!r} must be one of {', '.join(_PULL_POLICIES)}")
+        deadline = self.active_deadline_seconds
+        if deadline is not None and (isinstance(deadline, bool) or not isinstance(deadline, int) or deadline < 1):
+            raise ValueError(f"active_deadline_seconds={deadline!r} must be a positive integer (seconds) or None for no limit")
+        _quantity("tmp_size_limit", self.tmp_size_limit)
+        # A memory-backed emptyDir is charged to the container's memory limit.
+        if self.shm_size_limit is not None and (
+            _quantity("shm_size_limit", self.shm_size_limit) > _quantity("memory_limit", self.resources.memory_limit)
+        ):
+            raise ValueError(
+                f"shm_size_limit={self.shm_size_limit!r} exceeds memory_limit={self.resources.memory_limit!r}; "
+                "/dev/shm is memory-backed and counts against the memory limit"
+            )
+
+    @property
+    def shm_size(self) -> str:
+        """The /dev/shm sizeLimit: as given, else a quarter of the memory limit (in Mi, or Gi when whole)."""
+        if self.shm_size_limit is not None:
+            return self.shm_size_limit
+        mebibytes = int(parse_quantity(self.resources.memory_limit) / 4 / 2**20)
+        return f"{mebibytes // 1024}Gi" if mebibytes % 1024 == 0 else f"{mebibytes}Mi"
 
     def replace(self, **changes) -> "LaunchConfig":
         return dataclasses.replace(self, **changes)
@@ -191,4 +221,17 @@ def check_kind(kind: str, config: LaunchConfig) -> None:
     if kind not in KINDS:
         raise ValueError(f"kind={kind!r} must be one of {', '.join(KINDS)}")
     if kind == "job" and config.workers != 1:
-        raise ValueError(f"workers={config.workers} but kind 'job' runs one worker; use --kind indexed or tfjob")
+        raise ValueError(f"workers={config.workers} but kind 'job' runs one worker; use --kind "
+                         f"{', '.join(MULTI_WORKER_KINDS[:-1])} or {MULTI_WORKER_KINDS[-1]}")
+    if config.cluster_runtime and kind != "trainjob":
+        raise ValueError(f"cluster_runtime=True applies to kind 'trainjob' only, not {kind!r}")
+    if kind == "trainjob":
+        longest_pod = f"{config.name}-{TRAINJOB_REPLICATED_JOB}-0-{config.workers - 1}-abcde"
+        if not _RFC1035_LABEL.match(config.name):
+            raise ValueError(f"name={config.name!r} must start with a letter for kind 'trainjob' (an RFC 1035 label)")
+        if len(longest_pod) > 63:
+            raise ValueError(
+                f"name={config.name!r} is too long for kind 'trainjob' with {config.workers} workers: JobSet names "
+                f"pods like {longest_pod!r} ({len(longest_pod)} characters, at most 63); "
+                f"use a name of at most {len(config.name) - (len(longest_pod) - 63)} characters"
+            )

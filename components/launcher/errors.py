@@ -5,7 +5,8 @@
 - `ConfigException` (no kubeconfig, unknown context, not in a cluster);
 - urllib3 connection failures (cluster unreachable);
 - `ApiException` 401/403 (credentials, RBAC), 404 on the TFJob resource
-  (the Kubeflow training operator's CRD is not installed), 404 namespace,
+  (the Kubeflow training operator's CRD is not installed) or on a Trainer v2
+  resource (Kubeflow Trainer v2 is not installed), 404 namespace,
   409 (already exists), 422 (the server rejected the manifest);
 
 `pod_problems(pod)` reads a pod's status for failures that never surface as
@@ -65,6 +66,13 @@ def explain_api_exception(err: ApiException, action: str, resource: str, namespa
             return LauncherError(
                 f"cannot {what}: namespace {namespace!r} does not exist. "
                 f"Create it (`kubectl create namespace {namespace}`) or pass --namespace."
+            )
+        if resource.endswith("trainer.kubeflow.org") and not status_details_kind(err):
+            return LauncherError(
+                f"cannot {what}: the {resource} resource is unknown to this cluster (404), so Kubeflow Trainer v2 "
+                "is not installed. Install it (kubectl apply --server-side -k "
+                "\"https://github.com/kubeflow/trainer.git/manifests/overlays/manager?ref=v2.3.0\") "
+                "or use --kind indexed, which needs no operator."
             )
         if resource.endswith("kubeflow.org") and status_details_kind(err) != "tfjobs":
             return LauncherError(

@@ -4,7 +4,11 @@ The container runs as the image's fixed non-root user with a read-only root
 filesystem, no privilege escalation and no capabilities; `/tmp` (also HOME,
 for Keras and CUDA caches) is a writable `emptyDir`, `/dev/shm` is a
 memory-backed `emptyDir` because NCCL and tf.data need more than the
-runtime's 64 MiB default. Trainer flags come from the `<name>-trainer-args`
+runtime's 64 MiB default; both have a `sizeLimit` (`/dev/shm` counts against
+the memory limit, so it defaults to a quarter of it), so a runaway cache gets
+the pod evicted instead of filling the node. `pod_failure_policy` is the
+Job-level rule set the Job-based kinds share: evictions do not count as
+failures, a usage error (exit 2) fails at once. Trainer flags come from the `<name>-trainer-args`
 ConfigMap, read by the entrypoint (`components.launcher.tf_config`), so they
 can be changed without editing the workload.
 """
@@ -24,6 +28,8 @@ LABEL_INSTANCE = "app.kubernetes.io/instance"
 LABEL_COMPONENT = "app.kubernetes.io/component"
 LABEL_MANAGED_BY = "app.kubernetes.io/managed-by"
 APP = "embedopt"
+TRAINER_CONTAINER = "trainer"
+USAGE_ERROR_EXIT_CODE = 2  # argparse: retrying a bad flag cannot help
 
 
 def labels(config: LaunchConfig, component: str | None = None) -> dict[str, str]:
@@ -58,18 +64,24 @@ def resource_requirements(config: LaunchConfig) -> client.V1ResourceRequirements
 
 def container(
     config: LaunchConfig,
-    name: str = "trainer",
+    name: str = TRAINER_CONTAINER,
     env: dict[str, str] | None = None,
     ports: list[client.V1ContainerPort] | None = None,
+    env_from_fields: dict[str, str] | None = None,
 ) -> client.V1Container:
+    """The trainer container; `env_from_fields` maps variable names to Downward API field paths."""
     base_env = {"HOME": TMP_DIR, "PYTHONUNBUFFERED": "1"}
     base_env.update(env or {})
+    field_env = [
+        client.V1EnvVar(name=k, value_from=client.V1EnvVarSource(field_ref=client.V1ObjectFieldSelector(field_path=path)))
+        for k, path in (env_from_fields or {}).items()
+    ]
     return client.V1Container(
         name=name,
         image=config.image,
         image_pull_policy=config.image_pull_policy,
         args=entrypoint_args(),
-        env=[client.V1EnvVar(name=k, value=v) for k, v in base_env.items()],
+        env=[client.V1EnvVar(name=k, value=v) for k, v in base_env.items()] + field_env,
         ports=ports,
         resources=resource_requirements(config),
         security_context=client.V1SecurityContext(
@@ -106,9 +118,25 @@ def volumes(config: LaunchConfig) -> list[client.V1Volume]:
             name="trainer-args",
             config_map=client.V1ConfigMapVolumeSource(name=trainer_args_config_map_name(config)),
         ),
-        client.V1Volume(name="tmp", empty_dir=client.V1EmptyDirVolumeSource()),
-        client.V1Volume(name="dshm", empty_dir=client.V1EmptyDirVolumeSource(medium="Memory")),
+        client.V1Volume(name="tmp", empty_dir=client.V1EmptyDirVolumeSource(size_limit=config.tmp_size_limit)),
+        client.V1Volume(name="dshm", empty_dir=client.V1EmptyDirVolumeSource(medium="Memory", size_limit=config.shm_size)),
     ]
+
+
+def pod_failure_policy(container_name: str = TRAINER_CONTAINER) -> client.V1PodFailurePolicy:
+    """Evictions and preemptions (DisruptionTarget) are not failures; a usage error fails the Job at once."""
+    return client.V1PodFailurePolicy(rules=[
+        client.V1PodFailurePolicyRule(
+            action="Ignore",
+            on_pod_conditions=[client.V1PodFailurePolicyOnPodConditionsPattern(type="DisruptionTarget", status="True")],
+        ),
+        client.V1PodFailurePolicyRule(
+            action="FailJob",
+            on_exit_codes=client.V1PodFailurePolicyOnExitCodesRequirement(
+                container_name=container_name, operator="In", values=[USAGE_ERROR_EXIT_CODE]
+            ),
+        ),
+    ])
 
 
 def pod_template(

@@ -12,6 +12,13 @@ import threading
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from urllib.parse import parse_qs, urlparse
 
+NS = "embedopt"
+JOBS = f"/apis/batch/v1/namespaces/{NS}/jobs"
+TFJOBS = f"/apis/kubeflow.org/v1/namespaces/{NS}/tfjobs"
+CONFIGMAPS = f"/api/v1/namespaces/{NS}/configmaps"
+SERVICES = f"/api/v1/namespaces/{NS}/services"
+PODS = f"/api/v1/namespaces/{NS}/pods"
+
 
 def status_body(code: int, reason: str, message: str, kind: str = "", name: str = "") -> dict:
     return {

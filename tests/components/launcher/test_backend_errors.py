@@ -9,22 +9,9 @@ from components.launcher.backend import KubernetesBackend, load_api_client
 from components.launcher.builders import build_objects
 from components.launcher.config import LaunchConfig
 from components.launcher.errors import LauncherError
-from tests.components.launcher.fake_apiserver import FakeApiServer, status_body, write_kubeconfig
-
-NS = "embedopt"
-JOBS = f"/apis/batch/v1/namespaces/{NS}/jobs"
-TFJOBS = f"/apis/kubeflow.org/v1/namespaces/{NS}/tfjobs"
-CONFIGMAPS = f"/api/v1/namespaces/{NS}/configmaps"
-SERVICES = f"/api/v1/namespaces/{NS}/services"
-PODS = f"/api/v1/namespaces/{NS}/pods"
-
-
-@pytest.fixture
-def server():
-    with FakeApiServer() as fake:
-        fake.routes[("POST", CONFIGMAPS)] = (201, {"kind": "ConfigMap", "apiVersion": "v1", "metadata": {"name": "x"}})
-        fake.routes[("POST", SERVICES)] = (201, {"kind": "Service", "apiVersion": "v1", "metadata": {"name": "x"}})
-        yield fake
+from tests.components.launcher.fake_apiserver import (
+    CONFIGMAPS, JOBS, NS, PODS, SERVICES, TFJOBS, status_body, write_kubeconfig,
+)
 
 
 def _backend(server, tmp_path):

@@ -1,6 +1,7 @@
 """Builders, table-driven over kinds, workers, GPUs and resources; every object schema-validated."""
 
 import pytest
+from kubernetes.utils import parse_quantity
 
 from components.launcher.builders import build_objects, shared_objects
 from components.launcher.config import DataVolume, LaunchConfig, Resources, Toleration
@@ -16,7 +17,11 @@ CASES = [
     ("tfjob", 1, Resources()),
     ("tfjob", 2, Resources(gpus=2)),
     ("tfjob", 5, Resources(gpus=0)),
+    ("trainjob", 1, Resources()),
+    ("trainjob", 2, Resources(gpus=2)),
+    ("trainjob", 4, Resources(gpus=0, cpu_request="500m", cpu_limit="1", memory_request="1Gi", memory_limit="2Gi")),
 ]
+WORKLOAD = {"job": "Job", "indexed": "Job", "tfjob": "TFJob", "trainjob": "TrainJob"}
 
 
 def _render(kind, workers, resources, **overrides):
@@ -28,6 +33,9 @@ def _render(kind, workers, resources, **overrides):
 def _pod_specs(kind, objects_by_kind):
     if kind == "tfjob":
         return {t: r["template"]["spec"] for t, r in objects_by_kind["TFJob"]["spec"]["tfReplicaSpecs"].items()}
+    if kind == "trainjob":
+        (node,) = objects_by_kind["TrainingRuntime"]["spec"]["template"]["spec"]["replicatedJobs"]
+        return {"node": node["template"]["spec"]["template"]["spec"]}
     return {"pod": objects_by_kind["Job"]["spec"]["template"]["spec"]}
 
 
@@ -41,7 +49,8 @@ def test_every_object_is_schema_valid(kind, workers, resources):
 @pytest.mark.parametrize("kind, workers, resources", CASES)
 def test_objects_per_kind(kind, workers, resources):
     _, by_kind, objects = _render(kind, workers, resources)
-    expected = {"job": {"Job"}, "indexed": {"Job", "Service"}, "tfjob": {"TFJob"}}[kind]
+    expected = {"job": {"Job"}, "indexed": {"Job", "Service"}, "tfjob": {"TFJob"},
+                "trainjob": {"TrainingRuntime", "TrainJob"}}[kind]
     assert {o["kind"] for o in objects} == {"Namespace", "PersistentVolumeClaim", "ConfigMap"} | expected
 
 
@@ -72,7 +81,11 @@ def test_containers_are_hardened(kind, workers, resources):
         mounts = {m["mountPath"]: m["name"] for m in c["volumeMounts"]}
         volumes = {v["name"]: v for v in spec["volumes"]}
         assert "emptyDir" in volumes[mounts["/tmp"]], "a read-only root needs a writable /tmp"
-        assert volumes[mounts["/dev/shm"]]["emptyDir"] == {"medium": "Memory"}
+        assert volumes[mounts["/tmp"]]["emptyDir"] == {"sizeLimit": "10Gi"}
+        shm = volumes[mounts["/dev/shm"]]["emptyDir"]
+        assert shm["medium"] == "Memory"
+        # memory-backed: counted against the memory limit, so by default a quarter of it
+        assert parse_quantity(shm["sizeLimit"]) == parse_quantity(resources.memory_limit) / 4
         assert c["args"][:2] == ["k8s", "entrypoint"] and c["args"][-1] == "train"
 
 
@@ -148,3 +161,26 @@ def test_schema_check_catches_a_broken_object():
     bad_job = dict(job, spec=dict(job["spec"], completionMode=3))
     with pytest.raises(Exception):
         validate(bad_job)
+
+
+@pytest.mark.parametrize("kind, workers", [("job", 1), ("indexed", 2), ("tfjob", 2), ("trainjob", 2)])
+def test_active_deadline_sets_active_deadline_seconds(kind, workers):
+    _, by_kind, objects = _render(kind, workers, Resources(), active_deadline_seconds=7200)
+    workload = by_kind[WORKLOAD[kind]]
+    spec = workload["spec"]["runPolicy"] if kind == "tfjob" else workload["spec"]
+    assert spec["activeDeadlineSeconds"] == 7200
+    for obj in objects:
+        validate(obj)
+    _, by_kind, _ = _render(kind, workers, Resources())
+    assert "activeDeadlineSeconds" not in str(by_kind[WORKLOAD[kind]]), "no deadline unless asked for"
+
+
+def test_size_limits_are_configurable_and_checked():
+    _, by_kind, _ = _render("indexed", 2, Resources(), tmp_size_limit="2Gi", shm_size_limit="1Gi")
+    volumes = {v["name"]: v for v in by_kind["Job"]["spec"]["template"]["spec"]["volumes"]}
+    assert volumes["tmp"]["emptyDir"]["sizeLimit"] == "2Gi"
+    assert volumes["dshm"]["emptyDir"]["sizeLimit"] == "1Gi"
+    with pytest.raises(ValueError, match="shm_size_limit='64Gi' exceeds memory_limit='32Gi'"):
+        LaunchConfig(shm_size_limit="64Gi")
+    with pytest.raises(ValueError, match="tmp_size_limit"):
+        LaunchConfig(tmp_size_limit="lots")

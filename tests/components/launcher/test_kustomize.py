@@ -1,6 +1,7 @@
-"""k8s/ stays equal to what the builders render."""
+"""k8s/ stays equal to what the builders render; the README's image override works with kubectl alone."""
 
 import os
+import re
 import shutil
 import subprocess
 
@@ -42,3 +43,40 @@ def test_kubectl_kustomize_equals_builders(overlay):
     assert rendered == expected, REGENERATE
     for obj in rendered:
         validate(obj)
+
+
+def _readme_image_overlay() -> tuple[str, str]:
+    """The README's own-overlay kustomization and the command that applies it."""
+    text = (REPO_ROOT / "README.md").read_text()
+    section = text[text.index("## Run on Kubernetes"):]
+    match = re.search(r"cat > (\S+)/kustomization.yaml <<'YAML'\n(.*?)\nYAML\n(.*?)\n", section, re.S)
+    assert match, "README: the kustomize step with your own overlay is gone"
+    directory, kustomization, next_line = match.groups()
+    assert next_line.split("#")[0].split() == ["kubectl", "apply", "-k", directory], "apply the overlay just written"
+    return kustomization, directory
+
+
+def _images(obj):
+    if isinstance(obj, dict):
+        return [c["image"] for c in obj.get("containers", [])] + [i for v in obj.values() for i in _images(v)]
+    if isinstance(obj, list):
+        return [i for v in obj for i in _images(v)]
+    return []
+
+
+@pytest.mark.parametrize("overlay", sorted(OVERLAYS))
+def test_readme_image_override_works_with_kubectl_alone(overlay, tmp_path):
+    """The README's overlay sets the image of every container, CRDs included, with `kubectl kustomize` only."""
+    kubectl = shutil.which("kubectl")
+    if kubectl is None:
+        (pytest.fail if os.environ.get("CI") else pytest.skip)("kubectl is not installed")
+    kustomization, _ = _readme_image_overlay()
+    config = yaml.safe_load(kustomization)
+    assert config["resources"] == ["../k8s/overlays/trainjob"]
+    mine = tmp_path / "repo" / "my-embedopt"
+    mine.mkdir(parents=True)
+    (tmp_path / "repo" / "k8s").symlink_to(K8S)
+    (mine / "kustomization.yaml").write_text(kustomization.replace("overlays/trainjob", f"overlays/{overlay}"))
+    out = subprocess.run([kubectl, "kustomize", str(mine)], check=True, capture_output=True, text=True, timeout=60).stdout
+    images = _images(list(yaml.safe_load_all(out)))
+    assert images and set(images) == {"REGISTRY/embedopt:0.1.0"}, images
