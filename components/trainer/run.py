@@ -39,7 +39,8 @@ from components.trainer.fn_args import TrainerConfig, check_fn_args, metadata_lo
 from components.trainer.loop import TrainState, build_optimizers, evaluate, make_train_step, train
 from components.trainer.loss_scale import DynamicLossScale
 from components.trainer.model import build_model
-from components.trainer.sharding import place_for, rows_per_replica, weights_checksum, whole_table_model
+from components.trainer.sharding import (barrier, place_for, reshard, rows_per_replica, weights_checksum,
+                                         whole_table_model)
 from components.trainer.strategy import choose_strategy, cluster_from_env
 from components.trainer.tf_errors import training_error
 
@@ -173,7 +174,13 @@ def _run(fn_args, config: TrainerConfig, cluster) -> dict:
     if is_chief or row_sharded:
         for path, size in artifacts.remove_checkpoint_temps(place.directory):
             log.info("removed %s (%.1f MB), left by a checkpoint save that was interrupted", path, size / 1e6)
-    latest = place.latest()
+    point = place.resume_point()
+    latest = point.path if point else None
+    if row_sharded and point and point.reshard_from:
+        barrier(strategy)  # every worker has chosen its resume point before any writes a resharded one
+        log.info("resharding the checkpoint of step %d from %d worker(s) onto %d", point.step, point.reshard_from,
+                 place.num_shards)
+        reshard(place, checkpoint, point)
     if latest:
         checkpoint.restore(latest).assert_existing_objects_matched()
     resumed_from = int(step.numpy())

@@ -4,10 +4,12 @@ Checkpoints (under `model_run_dir/checkpoints/`):
   mirrored   ckpt-*                         the chief's (every worker restores it)
   row        row-shards-of-N/shard-R/ckpt-*  worker R's, with its own shard (every worker writes one)
 
-A row run resumes from the newest step that all N shard folders hold, so a
-kill between two workers' saves cannot mix steps. A checkpoint written with
-the other placement, or by another number of workers, is refused with an
-error naming both.
+A row run resumes from the newest step that all shard folders of one worker
+count hold, so a kill between two workers' saves cannot mix steps. When
+those were written by another number of workers, M, each worker first
+reshards: it writes its own shard for this run's N workers from the M old
+ones (`reshard`), then restores it as usual. A checkpoint of the other
+placement is refused with an error naming both.
 
 Export: the SavedModel needs whole tables. The chief builds a mirrored twin
 of the model, and every worker streams its shards into it in ~32 MB chunks
@@ -22,9 +24,12 @@ from __future__ import annotations
 import dataclasses
 import os
 import re
+import tempfile
 
 import numpy as np
 import tensorflow as tf
+
+from tensorflow.core.protobuf import trackable_object_graph_pb2
 
 from components.trainer.model import DLRM, build_model
 from optimizers.sharded import gather_table, shard_spec
@@ -33,6 +38,7 @@ SHARDS_DIR = "row-shards-of-{n}"
 SHARD_DIR = "shard-{r}"
 _SHARDS_PATTERN = re.compile(r"^row-shards-of-(\d+)$")
 _STEP = re.compile(r"^ckpt-(\d+)\.index$")
+OBJECT_GRAPH_KEY = "_CHECKPOINTABLE_OBJECT_GRAPH"
 # The chief holds the whole tables once, plus the chunk in flight and SavedModel writing buffers.
 EXPORT_HEADROOM = 1.25
 
@@ -64,39 +70,131 @@ class CheckpointPlace:
                 counts.append(int(match.group(1)))
         return sorted(counts)
 
-    def latest(self) -> str | None:
+    def resume_point(self) -> ResumePoint | None:
         """The checkpoint to restore, or None for a fresh start.
 
+        Row: the newest step that all shard folders of one worker count hold;
+        when that count is not this run's, the point says to reshard first.
+
         Raises:
-            ValueError: when `root` holds checkpoints of the other placement,
-                or of row sharding over another number of workers.
+            ValueError: when `root` holds only checkpoints of the other placement.
         """
         mirrored = tf.train.latest_checkpoint(self.root) if tf.io.gfile.isdir(self.root) else None
         counts = self._shard_counts()
         if self.sharding == "mirrored":
             if mirrored is None and counts:
                 raise ValueError(
-                    f"{self.root} holds checkpoints of a --table-sharding row run over {counts[-1]} worker(s); "
-                    "this run uses --table-sharding mirrored. Resume with --table-sharding row and the same number "
-                    "of workers, or use a new model_run_dir")
-            return mirrored
+                    f"{self.root} holds checkpoints of a --table-sharding row run (over "
+                    f"{' and '.join(map(str, counts))} worker(s)); "
+                    "this run uses --table-sharding mirrored. Resume with --table-sharding row, or use a new "
+                    "model_run_dir")
+            return ResumePoint(mirrored, _step_of(mirrored)) if mirrored else None
         if mirrored is not None:
             raise ValueError(
                 f"{self.root} holds checkpoints of a --table-sharding mirrored run; this run uses --table-sharding "
                 "row. Resume with --table-sharding mirrored, or use a new model_run_dir")
-        if counts and self.num_shards not in counts:
-            raise ValueError(
-                f"{self.root} holds row-sharded checkpoints written by {counts[-1]} worker(s); this run has "
-                f"{self.num_shards}. Each worker restores its own shard, so resume with {counts[-1]} workers "
-                "(resharding onto another count is not supported), or use a new model_run_dir")
-        shards = os.path.join(self.root, SHARDS_DIR.format(n=self.num_shards))
-        common = None
-        for r in range(self.num_shards):
-            steps = _steps(os.path.join(shards, SHARD_DIR.format(r=r)))
-            common = steps if common is None else common & steps
-        if not common:
+        best = None  # (step, this count first on a tie, count)
+        for count in counts:
+            common = None
+            for r in range(count):
+                steps = _steps(os.path.join(self.root, SHARDS_DIR.format(n=count), SHARD_DIR.format(r=r)))
+                common = steps if common is None else common & steps
+            if common:
+                best = max(best or (-1, False, 0), (max(common), count == self.num_shards, count))
+        if best is None:
             return None
-        return os.path.join(self.directory, f"ckpt-{max(common)}")
+        step, _, count = best
+        return ResumePoint(os.path.join(self.directory, f"ckpt-{step}"), step,
+                           reshard_from=None if count == self.num_shards else count)
+
+    def shard_checkpoint(self, count: int, shard: int, step: int) -> str:
+        return os.path.join(self.root, SHARDS_DIR.format(n=count), SHARD_DIR.format(r=shard), f"ckpt-{step}")
+
+
+@dataclasses.dataclass(frozen=True)
+class ResumePoint:
+    """The checkpoint this worker restores; with `reshard_from`, written by that many workers and resharded first."""
+
+    path: str
+    step: int
+    reshard_from: int | None = None
+
+
+def _shard_keys(root, reader) -> set[str]:
+    """Checkpoint keys of the shard variables (tables and slots) under `root`, from the object graph `reader` holds.
+
+    A key names a path of attributes (`embedding_optimizer/_variables/3`);
+    walking the saved object graph and the live objects side by side finds
+    which keys belong to a shard. Shapes alone cannot tell: a shard can have
+    the same number of rows for two worker counts.
+    """
+    graph = trackable_object_graph_pb2.TrackableObjectGraph()
+    graph.ParseFromString(reader.get_tensor(OBJECT_GRAPH_KEY))
+    keys, seen, queue = set(), {0}, [(0, root)]
+    while queue:
+        node_id, obj = queue.pop()
+        node = graph.nodes[node_id]
+        if shard_spec(obj) is not None:
+            keys.update(a.checkpoint_key for a in node.attributes)
+        children = tf.train.TrackableView(obj).children(obj)
+        for ref in node.children:
+            if ref.node_id not in seen and ref.local_name in children:
+                seen.add(ref.node_id)
+                queue.append((ref.node_id, children[ref.local_name]))
+    return keys
+
+
+def _step_of(path: str) -> int:
+    return int(path.rsplit("-", 1)[1])
+
+
+def reshard(place: CheckpointPlace, checkpoint: tf.train.Checkpoint, point: ResumePoint) -> str:
+    """Writes this worker's checkpoint at `point.path`, resharded from the `point.reshard_from` workers' shards.
+
+    The keys and shapes come from this run's own state (written once to a
+    temporary place): a variable whose shape matches the old checkpoint's is
+    copied from old shard 0 (mirrored variables are equal in every shard); a
+    shard variable (table or slot) gets, at local row g // N, old shard
+    g % M's row g // M, for every global id g with g % N == this shard. One
+    old shard is in memory at a time. Every worker reads every old shard, so
+    they must all be readable (a shared model_run_dir, as for any restore).
+    Call it after a barrier: a worker that has written its new shard must
+    not change what another decides to restore.
+    """
+    old_count, n, r = point.reshard_from, place.num_shards, place.shard_index
+    old = [tf.train.load_checkpoint(place.shard_checkpoint(old_count, j, point.step)) for j in range(old_count)]
+    old_shapes = old[0].get_variable_to_shape_map()
+    with tempfile.TemporaryDirectory(prefix="embedopt-reshard-") as tmp:
+        checkpoint.save_counter  # created on first use; the saved checkpoints have it, so the fresh one must too
+        fresh = tf.train.load_checkpoint(checkpoint.write(os.path.join(tmp, "fresh")))
+        shard_keys = _shard_keys(checkpoint, fresh)
+        names, tensors = [], []
+        for key, shape in sorted(fresh.get_variable_to_shape_map().items()):
+            value = fresh.get_tensor(key)
+            if key in shard_keys:
+                if key not in old_shapes or old_shapes[key][1:] != shape[1:]:
+                    raise ValueError(f"resharding {point.path}: the checkpoint of {old_count} worker(s) has no shard "
+                                     f"{key!r} of shape [?, {shape[1:]}]; was it written by another model or optimizer?")
+                for j, reader in enumerate(old):
+                    rows = reader.get_tensor(key)
+                    ids = j + old_count * np.arange(rows.shape[0], dtype=np.int64)
+                    mine = (ids % n == r) & (ids // n < shape[0])
+                    value[ids[mine] // n] = rows[mine]
+            elif key != OBJECT_GRAPH_KEY:
+                if old_shapes.get(key) != shape:
+                    raise ValueError(f"resharding {point.path}: {key!r} has shape {old_shapes.get(key)} in the "
+                                     f"checkpoint of {old_count} worker(s) and {shape} in this run")
+                value = old[0].get_tensor(key)
+            names.append(key)
+            tensors.append(value)
+        staged = os.path.join(tmp, "staged")
+        tf.raw_ops.SaveV2(prefix=staged, tensor_names=names, shape_and_slices=[""] * len(names), tensors=tensors)
+        tf.io.gfile.makedirs(place.directory)
+        # Data before index: a checkpoint counts once its .index is there (see `_steps`).
+        for suffix in sorted(os.listdir(tmp), key=lambda f: f.endswith(".index")):
+            if suffix.startswith("staged."):
+                tf.io.gfile.copy(os.path.join(tmp, suffix), point.path + suffix[len("staged"):], overwrite=True)
+    return point.path
 
 
 def _steps(directory: str) -> set[int]:
@@ -126,6 +224,11 @@ def rows_per_replica(strategy, model: DLRM) -> list[int]:
     """Embedding rows each replica's table variables hold (a shard's padding included)."""
     local = sum(int(t.embeddings.shape[0]) for t in model.tables)
     return [int(v) for v in _replica_values(strategy, lambda: tf.constant([local], tf.int64))]
+
+
+def barrier(strategy) -> None:
+    """Returns once every worker has reached it (a one-number all-gather)."""
+    _replica_values(strategy, lambda: tf.constant([0], tf.int64))
 
 
 def weights_checksum(strategy, model: DLRM) -> list[float]:

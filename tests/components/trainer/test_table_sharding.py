@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import shutil
 import subprocess
 
 import numpy as np
@@ -91,16 +92,56 @@ def test_each_worker_checkpoints_its_own_shard(two_layouts):
     assert tf.train.latest_checkpoint(root) is None  # nothing written in the mirrored place
 
 
-@pytest.mark.slow
-def test_restore_onto_another_worker_count_names_both_counts(two_layouts, planted_data, tmp_path):
-    out, _, _ = two_layouts["row"]
-    fn_args = make_fn_args(planted_data, out, steps=STEPS + 5, strategy="default", table_sharding="row")
+# The model of `train_cmd`, for in-process runs that restore its checkpoints.
+CLI_MODEL = dict(batch_size=64, embedding_dim=8, bottom_mlp=(16,), top_mlp=(16,))
+
+
+def _in_process_args(data, out, steps, **config):
+    fn_args = make_fn_args(data, out, steps=steps, strategy="default", **CLI_MODEL, **config)
     fn_args.model_run_dir = os.path.join(out, "model_run")
-    with pytest.raises(ValueError, match=r"written by 2 worker\(s\); this run has 1"):
+    fn_args.serving_model_dir = os.path.join(out, "serving_model")
+    return fn_args
+
+
+@pytest.mark.slow
+def test_two_worker_checkpoint_reshards_onto_one_worker(two_layouts, planted_data, tmp_path):
+    source, _, _ = two_layouts["row"]
+    out = str(tmp_path / "one")
+    shutil.copytree(os.path.join(source, "model_run", "checkpoints"), os.path.join(out, "model_run", "checkpoints"))
+    metrics = run_fn(_in_process_args(planted_data, out, STEPS, table_sharding="row"))
+    assert metrics["resumed_from_step"] == STEPS and metrics["steps_this_run"] == 0
+    # Independent reference: the one shard is the two old shards' rows interleaved (id = 2 * local + shard).
+    old = [tf.train.load_checkpoint(os.path.join(source, "model_run", "checkpoints", "row-shards-of-2", f"shard-{r}",
+                                                 f"ckpt-{STEPS}")) for r in range(2)]
+    new = tf.train.load_checkpoint(os.path.join(out, "model_run", "checkpoints", "row-shards-of-1", "shard-0",
+                                                f"ckpt-{STEPS}"))
+    shards = [k for k, shape in new.get_variable_to_shape_map().items() if k.startswith("embedding_optimizer/")
+              and len(shape) == 2]
+    assert len(shards) == 3  # the table and LazyAdam's m and v
+    for key in shards:
+        whole = new.get_tensor(key)
+        for r in range(2):
+            np.testing.assert_array_equal(whole[r::2], old[r].get_tensor(key)[:len(whole[r::2])], err_msg=key)
+    # The same state as the two workers': the same exported model.
+    got, want = _exported_variables(out), _exported_variables(source)
+    for key in want:
+        np.testing.assert_array_equal(got[key], want[key], err_msg=key)
+    fn_args = _in_process_args(planted_data, out, STEPS, table_sharding="mirrored")
+    with pytest.raises(ValueError, match=r"--table-sharding row run \(over 1 and 2 worker\(s\)\); this run uses --table-sharding mirrored"):
         run_fn(fn_args)
-    fn_args.custom_config["table_sharding"] = "mirrored"
-    with pytest.raises(ValueError, match="--table-sharding row run over 2 worker"):
-        run_fn(fn_args)
+
+
+@pytest.mark.slow
+def test_one_worker_checkpoint_reshards_onto_two_workers(planted_data, tmp_path):
+    out = str(tmp_path / "grow")
+    run_fn(_in_process_args(planted_data, out, 10, table_sharding="row", seed=4))
+    want = _exported_variables(out)
+    shutil.rmtree(os.path.join(out, "serving_model"))
+    metrics, _ = _train_two_workers(planted_data, out, 10, "--table-sharding", "row", "--seed", "4")
+    assert metrics["resumed_from_step"] == 10 and metrics["embedding_rows_per_replica"] == [533, 533]
+    got = _exported_variables(out)
+    for key in want:
+        np.testing.assert_array_equal(got[key], want[key], err_msg=key)
 
 
 @pytest.mark.slow
@@ -161,13 +202,21 @@ def test_row_restore_takes_the_newest_step_every_shard_holds(tmp_path):
     _touch_checkpoints(os.path.join(root, "row-shards-of-2", "shard-0"), [10, 20, 30])
     _touch_checkpoints(os.path.join(root, "row-shards-of-2", "shard-1"), [10, 20])
     for r in range(2):
-        place = CheckpointPlace(root, "row", 2, r)
-        assert place.latest() == os.path.join(root, "row-shards-of-2", f"shard-{r}", "ckpt-20")
-    assert CheckpointPlace(str(tmp_path / "empty"), "row", 2, 0).latest() is None
+        point = CheckpointPlace(root, "row", 2, r).resume_point()
+        assert point.path == os.path.join(root, "row-shards-of-2", f"shard-{r}", "ckpt-20")
+        assert point.step == 20 and point.reshard_from is None
+    assert CheckpointPlace(str(tmp_path / "empty"), "row", 2, 0).resume_point() is None
+    # Three workers now: reshard the newest complete step of the two-worker run.
+    point = CheckpointPlace(root, "row", 3, 2).resume_point()
+    assert point.path == os.path.join(root, "row-shards-of-3", "shard-2", "ckpt-20") and point.reshard_from == 2
+    # A newer complete step written by three workers wins over the two workers' step 20.
+    for r in range(3):
+        _touch_checkpoints(os.path.join(root, "row-shards-of-3", f"shard-{r}"), [40])
+    assert CheckpointPlace(root, "row", 2, 1).resume_point().reshard_from == 3
 
 
 def test_row_restore_refuses_a_mirrored_checkpoint(tmp_path):
     ckpt = tf.train.Checkpoint(v=tf.Variable(1.0))
     ckpt.save(str(tmp_path / "ckpt"))
     with pytest.raises(ValueError, match="mirrored run; this run uses --table-sharding row"):
-        CheckpointPlace(str(tmp_path), "row", 2, 0).latest()
+        CheckpointPlace(str(tmp_path), "row", 2, 0).resume_point()
