@@ -20,6 +20,8 @@ _MIX1 = np.uint64(0xBF58476D1CE4E5B9)
 _MIX2 = np.uint64(0x94D049BB133111EB)
 # Elements hashed per block: bounds the uint64 temporaries to ~32 MB each.
 _BLOCK = 1 << 22
+# Elements assigned per `fill_rows` chunk (16 MB of float32).
+_FILL = 1 << 22
 
 
 def _splitmix64(z: np.ndarray) -> np.ndarray:
@@ -84,3 +86,46 @@ class RowUniform(keras.initializers.Initializer):
 
     def get_config(self):
         return {"minval": self.minval, "maxval": self.maxval, "seed": self.seed}
+
+
+def can_fill_now() -> bool:
+    """Whether a variable made now can be filled by `fill_rows` right away.
+
+    Not inside a Keras `StatelessScope` (Keras traces a layer's `call` in one
+    to build sublayers that have no `build`): there Keras defers creating
+    variables until the scope ends, and runs their initializer then.
+    """
+    from keras.src.backend import in_stateless_scope  # no public accessor
+
+    return not in_stateless_scope()
+
+
+def shard_initializer(initializer: RowUniform, row_ids, rows: int):
+    """A Keras initializer of the rows `row_ids` (those >= `rows` zero): `fill_rows`'s fallback."""
+    def init(shape, dtype=None):
+        row_ids_ = np.asarray(row_ids, dtype=np.int64)
+        valid = row_ids_ < rows
+        values = initializer.rows(np.where(valid, row_ids_, 0), int(shape[1]), dtype)
+        return tf.where(valid[:, None], values, tf.zeros_like(values))
+
+    return init
+
+
+def fill_rows(variable, initializer: RowUniform, row_ids) -> None:
+    """Assigns `initializer`'s row `row_ids[k]` to row `k` of `variable`, a chunk of rows at a time.
+
+    A table created with zeros and filled this way peaks at its own size
+    plus one chunk, where `initializer(shape)` would hold the values twice
+    more (the NumPy array and its tensor) while the variable copies them.
+    Works on a `MirroredVariable` inside its strategy's scope (every copy
+    gets the same rows) as on a plain one.
+    """
+    if isinstance(variable, keras.Variable):
+        variable = variable.value
+    row_ids = np.asarray(row_ids, dtype=np.int64)
+    width = int(np.prod(variable.shape[1:]))
+    step = max(1, _FILL // max(width, 1))
+    for start in range(0, row_ids.size, step):
+        ids = row_ids[start:start + step]
+        rows = initializer.rows(ids, width, variable.dtype)
+        variable.scatter_update(tf.IndexedSlices(rows, tf.range(start, start + ids.size, dtype=tf.int64)))

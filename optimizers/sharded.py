@@ -38,7 +38,7 @@ import tensorflow as tf
 from tensorflow.python.ops import resource_variable_ops  # a variable that skips the strategy's creator
 
 from optimizers.embedding import check_ids
-from optimizers.initializers import RowUniform
+from optimizers.initializers import RowUniform, can_fill_now, fill_rows, shard_initializer
 
 SHARD_ATTRIBUTE = "_embedopt_shard"
 
@@ -216,14 +216,16 @@ class ShardedEmbedding(keras.layers.Layer):
         num_shards, shard_index = replica_layout(strategy)
         self.spec = ShardSpec(num_shards, shard_index, self.input_dim)
         global_ids = self.spec.global_ids()
-        valid = global_ids < self.input_dim
-        values = self.embeddings_initializer.rows(np.where(valid, global_ids, 0), self.output_dim)
-        values = tf.where(valid[:, None], values, tf.zeros_like(values))  # padding rows stay zero
-
+        fill = can_fill_now()
         with local_variables(_worker_device(strategy)):
-            self.embeddings = self.add_weight(shape=(self.spec.local_rows, self.output_dim),
-                                              initializer=lambda shape, dtype=None: tf.cast(values, dtype),
-                                              name="embeddings")
+            self.embeddings = self.add_weight(
+                shape=(self.spec.local_rows, self.output_dim), name="embeddings",
+                initializer="zeros" if fill else shard_initializer(self.embeddings_initializer, global_ids,
+                                                                  self.input_dim))
+        if fill:
+            # Padding rows (ids past the table) stay zero; the others get their unsharded value, a chunk at a time.
+            with tf.init_scope():
+                fill_rows(self.embeddings, self.embeddings_initializer, global_ids[global_ids < self.input_dim])
         setattr(self.embeddings.value, SHARD_ATTRIBUTE, self.spec)
         self.built = True
 

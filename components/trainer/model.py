@@ -114,6 +114,10 @@ class DLRM(keras.Model):
         self.head.build((None, width))
         self.built = True
 
+    def build(self, input_shape):
+        """Keras calls this on the first call, with the features' shapes (a dict)."""
+        self.build_variables(int(input_shape[self.dense_key][-1]))
+
     def embedding_variables(self) -> list:
         """The table variables: these go to the sparse (embedding) optimizer."""
         return [table.embeddings for table in self.tables]

@@ -199,3 +199,32 @@ def test_row_sharded_matches_mirrored_with_two_workers(tmp_path):
             assert int(row[i]["local_rows"]) == math.ceil(sharded_worker.VOCAB / 2)
             assert int(mirrored[i]["local_rows"]) == sharded_worker.VOCAB
             np.testing.assert_array_equal(row[i]["shard_ids"], np.arange(i, 2 * 12, 2))
+
+
+@pytest.mark.parametrize("cls", [optimizers.SparseEmbedding, optimizers.ShardedEmbedding])
+def test_row_uniform_table_built_by_keras_tracing_gets_its_rows(cls):
+    """A layer without `build` is built by Keras tracing `call` in a StatelessScope, where variables are
+    created late: the chunked fill must not run there, nor leave a second variable behind."""
+    init = optimizers.RowUniform(-1.0, 1.0, seed=6)
+
+    class Wrapper(keras.layers.Layer):
+        def __init__(self):
+            super().__init__()
+            self.table = cls(13, 3, embeddings_initializer=init)
+
+        def call(self, ids):
+            return self.table(ids)
+
+    layer = Wrapper()
+    layer(tf.constant([2]))
+    assert len(layer.weights) == 1
+    np.testing.assert_array_equal(layer.table.embeddings.numpy(), init((13, 3)).numpy())
+
+
+def test_filled_mirrored_table_equals_the_initializers(mirrored_strategy):
+    init = optimizers.RowUniform(-1.0, 1.0, seed=8)
+    with mirrored_strategy.scope():
+        table = optimizers.SparseEmbedding(1000, 5, embeddings_initializer=init)
+        table.build()
+    for copy in table.embeddings.value.values:  # every replica's copy
+        np.testing.assert_array_equal(copy.numpy(), init((1000, 5)).numpy())
