@@ -68,8 +68,10 @@ def worker(rows, dim, global_batch, warmup, steps) -> dict:
     return out
 
 
-def launch(kwargs: dict, num_workers: int = 2, timeout: float = 900) -> list[dict]:
-    """Runs `worker(**kwargs)` in `num_workers` processes under one TF_CONFIG cluster."""
+def launch(kwargs: dict, num_workers: int = 2, timeout: float = 900,
+           target: str = f"{__name__}:worker") -> list[dict]:
+    """Runs `target(**kwargs)` ("module:function", this module's `worker` by default) in `num_workers`
+    processes under one TF_CONFIG cluster."""
     cluster = {"worker": [f"127.0.0.1:{p}" for p in free_ports(num_workers)]}
     with tempfile.TemporaryDirectory(prefix="embedopt-bench-mw-") as tmp:
         procs, outs = [], []
@@ -77,7 +79,7 @@ def launch(kwargs: dict, num_workers: int = 2, timeout: float = 900) -> list[dic
             out = os.path.join(tmp, f"worker-{i}.json")
             env = {**os.environ, **harness.CHILD_ENV,
                    "TF_CONFIG": json.dumps({"cluster": cluster, "task": {"type": "worker", "index": i}})}
-            procs.append(subprocess.Popen([sys.executable, "-m", "benchmarks._child", f"{__name__}:worker",
+            procs.append(subprocess.Popen([sys.executable, "-m", "benchmarks._child", target,
                                            json.dumps(kwargs), out], env=env, stdout=subprocess.DEVNULL,
                                           stderr=subprocess.PIPE, text=True))
             outs.append(out)

@@ -139,6 +139,39 @@ def plot_multi_worker(bench, path):
     _save(fig, path)
 
 
+def plot_sharded_tables(bench, path):
+    plt = _pyplot()
+    fig, (ax_step, ax_mem) = plt.subplots(1, 2, figsize=(10, 3.8))
+    ms = bench["measurements"]
+    rows = sorted({m["params"]["rows"] for m in ms})
+    x = range(len(rows))
+    colors = {"sharded": "#4c72b0", "mirrored": "#dd8452"}
+    for offset, layout in ((-0.2, "sharded"), (0.2, "mirrored")):
+        by = {m["params"]["rows"]: m for m in ms if m["params"]["layout"] == layout}
+        pos = [i + offset for i, r in enumerate(rows) if r in by]
+        ax_step.bar(pos, [1000 * by[r]["median_s"] for r in rows if r in by], 0.4, color=colors[layout], label=layout)
+        for key, style, what in (("table_slot_bytes", "-o", "table + slots"), ("rss_after_steps_bytes", "--s",
+                                 "RSS after steps"), ("peak_rss_bytes", ":^", "peak RSS")):
+            pts = [(r, by[r][key] / 1e9) for r in rows if r in by]
+            ax_mem.plot(*zip(*pts), style, color=colors[layout], markersize=4, label=f"{layout} {what}")
+    small = next(m for m in ms if m["params"]["layout"] == "sharded" and m["params"]["rows"] == rows[0])
+    ax_step.axhline(1.5 * 1000 * small["median_s"], color="#c44e52", linestyle="--", linewidth=1,
+                    label=f"goal: sharded <= 1.5x sharded @{size_label(rows[0])}")
+    ax_step.set_xticks(list(x), [size_label(r) for r in rows])
+    ax_step.set_xlabel("table rows", fontsize=9)
+    ax_step.set_ylabel("median step ms", fontsize=9)
+    ax_step.set_title("2 workers: step time (missing bar = not run, see notes)", fontsize=10)
+    ax_step.legend(fontsize=7)
+    ax_mem.set_xscale("log")
+    ax_mem.set_xticks(rows, [size_label(r) for r in rows])
+    ax_mem.minorticks_off()
+    ax_mem.set_xlabel("table rows", fontsize=9)
+    ax_mem.set_ylabel("GB per worker", fontsize=9)
+    ax_mem.set_title("per worker: table + slots, RSS after steps, peak RSS", fontsize=10)
+    ax_mem.legend(fontsize=6, ncol=2)
+    _save(fig, path)
+
+
 PLOTTERS = {
     "step_time": plot_step_time,
     "apply_bandwidth": plot_apply_bandwidth,
@@ -147,6 +180,7 @@ PLOTTERS = {
     "preprocess_scaling": plot_preprocess_scaling,
     "memory": plot_memory,
     "multi_worker": plot_multi_worker,
+    "sharded_tables": plot_sharded_tables,
 }
 
 

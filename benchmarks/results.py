@@ -10,7 +10,8 @@ Schema (`results.json`):
                            "measurements": [{"params": {...}, "repeats_s": [...],
                                              "median_s": float, "iqr_s": float, ...}],
                            "ratios": {name: float},
-                           "goals": [{"name", "target", "measured", "met", "note"}],
+                           "goals": [{"name", "target", "measured", "met", "note",
+                                      "full_run_only" (optional: a --quick goal not judged at quick sizes)}],
                            "notes": [str]}}}
 
 A benchmark that failed has "error" instead of measurements. Times are
@@ -46,8 +47,12 @@ def measurement(params: dict, repeats_s, **extra) -> dict:
     return {"params": dict(params), **summarize(repeats_s), **extra}
 
 
-def goal(name: str, target: str, measured: float, met: bool, note: str = "") -> dict:
-    return {"name": name, "target": target, "measured": float(measured), "met": bool(met), "note": note}
+def goal(name: str, target: str, measured: float, met: bool, note: str = "", full_run_only: bool = False) -> dict:
+    """One goal; `full_run_only` marks a goal whose target holds only at the full run's sizes (set it in --quick)."""
+    out = {"name": name, "target": target, "measured": float(measured), "met": bool(met), "note": note}
+    if full_run_only:
+        out["full_run_only"] = True
+    return out
 
 
 def benchmark(description: str, measurements, ratios=None, goals=None, notes=None) -> dict:
