@@ -9,6 +9,8 @@ from __future__ import annotations
 import json
 import sys
 
+from benchmarks import results
+
 
 def _fmt(value: float) -> str:
     return f"{value:.3g}" if abs(value) < 1000 else f"{value:,.0f}"
@@ -18,7 +20,8 @@ def goals_markdown(document: dict) -> str:
     lines = ["| goal | target | measured | met |", "|---|---|---|---|"]
     for bench in document["benchmarks"].values():
         for g in bench.get("goals", []):
-            lines.append(f"| {g['name']} | {g['target']} | {_fmt(g['measured'])} | {'yes' if g['met'] else '**no**'} |")
+            met = ("yes" if g["met"] else "**no**") if results.judged(document, g) else results.NOT_JUDGED
+            lines.append(f"| {g['name']} | {g['target']} | {_fmt(g['measured'])} | {met} |")
     return "\n".join(lines)
 
 

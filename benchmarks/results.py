@@ -55,6 +55,19 @@ def goal(name: str, target: str, measured: float, met: bool, note: str = "", ful
     return out
 
 
+NOT_JUDGED = "not judged in --quick (goal is for the full run's sizes)"
+
+
+def judged(document: dict, goal_: dict) -> bool:
+    """False for a `full_run_only` goal of a --quick run: its met/not met says nothing about the goal."""
+    return not (document.get("quick") and goal_.get("full_run_only"))
+
+
+def quick_note(quick_sizes: str, full_sizes: str) -> str:
+    """The note of a `full_run_only` goal in --quick: what the quick run measured, and what the goal is for."""
+    return f"not judged in --quick: it measures {quick_sizes}; the goal is for the full run's sizes ({full_sizes})"
+
+
 def benchmark(description: str, measurements, ratios=None, goals=None, notes=None) -> dict:
     return {"description": description, "measurements": list(measurements), "ratios": dict(ratios or {}),
             "goals": list(goals or []), "notes": list(notes or [])}

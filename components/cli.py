@@ -80,7 +80,7 @@ def main(argv: list[str] | None = None) -> int:
             return 2
         print(
             f"embedopt {name}: needs the Python package {err.name!r}; "
-            f"install the matching extra, e.g. `pip install 'embedopt[k8s,kfp,bench]'`",
+            f"install the matching extra from the repository root, e.g. `pip install '.[k8s,kfp,bench]'`",
             file=sys.stderr,
         )
         return 2

@@ -4,7 +4,9 @@ Generates a click-like dataset with a planted answer (a logistic model over
 per-id weights), trains a `SparseEmbedding` + linear head with each optimizer
 in a custom loop, and prints a table of final loss, eval AUC and step time.
 It is a quick check that every optimizer's sparse path trains, and a feel
-for their relative cost.
+for their relative cost. The table also gives the Bayes-optimal AUC of the
+eval rows (the planted probabilities' AUC against the sampled labels, the
+best any model can reach on them), so each AUC can be judged.
 """
 
 from __future__ import annotations
@@ -21,14 +23,55 @@ DEFAULT_LEARNING_RATES = {
 }
 
 
+EVAL_SHARE = 0.2  # the last 20% of the rows are the eval rows
+
+
 def make_data(rows, vocab, ids_per_example, seed):
-    """Zipf ids, labels from a planted logistic model over per-id weights."""
+    """Zipf ids; labels from a planted logistic model over per-id weights.
+
+    Returns (ids, labels, probabilities): `probabilities` are the planted
+    model's true P(label = 1) per row, from which the labels were drawn.
+    """
     rng = np.random.default_rng(seed)
     ids = np.minimum(rng.zipf(1.2, size=(rows, ids_per_example)) - 1, vocab - 1).astype(np.int64)
     weights = rng.normal(0.0, 1.0, size=vocab)
     logits = weights[ids].sum(axis=1) / np.sqrt(ids_per_example)
-    labels = (rng.random(rows) < 1 / (1 + np.exp(-logits))).astype(np.float32)
-    return ids, labels
+    probabilities = 1 / (1 + np.exp(-logits))
+    labels = (rng.random(rows) < probabilities).astype(np.float32)
+    return ids, labels, probabilities
+
+
+def eval_split(rows: int) -> int:
+    """Index of the first eval row."""
+    return int(rows * (1 - EVAL_SHARE))
+
+
+def auc(labels, scores) -> float | None:
+    """Exact ROC AUC (Mann-Whitney, ties count half); None when the labels hold one class only."""
+    labels = np.asarray(labels) > 0.5
+    positives = int(labels.sum())
+    negatives = labels.size - positives
+    if positives == 0 or negatives == 0:
+        return None
+    _, inverse, counts = np.unique(np.asarray(scores, np.float64), return_inverse=True, return_counts=True)
+    # Average rank (1-based) of each distinct score, so tied scores share their rank.
+    average_rank = np.cumsum(counts) - (counts - 1) / 2
+    rank_sum = average_rank[inverse][labels].sum()
+    return float((rank_sum - positives * (positives + 1) / 2) / (positives * negatives))
+
+
+def bayes_auc(labels, probabilities) -> tuple[float | None, str]:
+    """(Bayes-optimal AUC of these rows, "") or (None, why it is not available).
+
+    The Bayes-optimal AUC is the AUC of the true probabilities against the
+    labels drawn from them: no model can do better on these rows.
+    """
+    if probabilities is None:
+        return None, "no planted truth: the data is not synthetic"
+    value = auc(labels, probabilities)
+    if value is None:
+        return None, "the eval rows hold one class only (use more --rows)"
+    return value, ""
 
 
 def train_one(name, ids, labels, vocab, dim, batch_size, steps, lr):
@@ -41,7 +84,7 @@ def train_one(name, ids, labels, vocab, dim, batch_size, steps, lr):
     embedding = optimizers.SparseEmbedding(vocab, dim, embeddings_initializer="zeros")
     head = keras.layers.Dense(1)
     opt = optimizers.get(name, learning_rate=lr)
-    split = int(len(ids) * 0.8)
+    split = eval_split(len(ids))
     embedding.build()
     head.build((None, dim))
     variables = embedding.trainable_variables + head.trainable_variables
@@ -65,9 +108,8 @@ def train_one(name, ids, labels, vocab, dim, batch_size, steps, lr):
         loss = float(step(tf.constant(ids[batch]), tf.constant(labels[batch])))
         if i >= 2:  # exclude tracing and warm-up
             times.append(time.perf_counter() - start)
-    auc = keras.metrics.AUC(num_thresholds=1000)
-    auc.update_state(labels[split:], tf.sigmoid(logits_of(tf.constant(ids[split:]))))
-    return loss, float(auc.result()), float(np.median(times)) * 1000
+    eval_auc = auc(labels[split:], logits_of(tf.constant(ids[split:])).numpy())
+    return loss, eval_auc, float(np.median(times)) * 1000
 
 
 def build_parser():
@@ -76,7 +118,8 @@ def build_parser():
     parser = argparse.ArgumentParser(
         prog="embedopt compare",
         description="Train the same SparseEmbedding model with each optimizer on generated data and "
-        "print final loss, eval AUC and median step time.",
+        "print final loss, eval AUC and median step time, beside the Bayes-optimal AUC of the eval rows "
+        "(the planted probabilities' AUC: no model can beat it).",
     )
     parser.add_argument("--optimizers", default=",".join(OPTIMIZERS),
                         help="comma-separated optimizer names (default: all)")
@@ -101,13 +144,34 @@ def main(argv: list[str]) -> int:
         return 2
     from tqdm import tqdm
 
-    ids, labels = make_data(args.rows, args.vocab, args.ids_per_example, args.seed)
+    ids, labels, probabilities = make_data(args.rows, args.vocab, args.ids_per_example, args.seed)
     rows = []
     for name in tqdm(names, desc="optimizers", file=sys.stderr):
         rows.append((name, *train_one(name, ids, labels, args.vocab, args.dim, args.batch_size, args.steps,
                                       DEFAULT_LEARNING_RATES[name])))
+    split = eval_split(args.rows)
+    bayes, why = bayes_auc(labels[split:], probabilities[split:])
     print(f"\n{args.rows} examples, table {args.vocab} x {args.dim}, batch {args.batch_size}, {args.steps} steps")
-    print(f"{'optimizer':<16} {'lr':>6} {'final loss':>10} {'eval AUC':>9} {'step ms':>8}")
-    for name, loss, auc, ms in rows:
-        print(f"{name:<16} {DEFAULT_LEARNING_RATES[name]:>6g} {loss:>10.4f} {auc:>9.4f} {ms:>8.2f}")
+    print(table(rows, bayes, why, args.rows - split))
     return 0
+
+
+def _number(value: float | None, width: int) -> str:
+    return f"{value:>{width}.4f}" if value is not None else f"{'n/a':>{width}}"
+
+
+def table(rows, bayes: float | None, why: str, eval_rows: int) -> str:
+    """The printed result: one line per (optimizer, final loss, eval AUC, step ms), with the Bayes AUC."""
+    if bayes is None:
+        lines = [f"Bayes-optimal AUC of the {eval_rows} eval rows: n/a ({why})"]
+    else:
+        lines = [f"Bayes-optimal AUC of the {eval_rows} eval rows: {bayes:.4f} (the planted probabilities' AUC; "
+                 "no model can beat it)"]
+    lines.append(f"{'optimizer':<16} {'lr':>6} {'final loss':>10} {'eval AUC':>9} {'Bayes AUC':>9} "
+                 f"{'AUC - Bayes':>11} {'step ms':>8}")
+    for name, loss, model_auc, ms in rows:
+        gap = model_auc - bayes if model_auc is not None and bayes is not None else None
+        gap_text = f"{gap:>+11.4f}" if gap is not None else f"{'n/a':>11}"
+        lines.append(f"{name:<16} {DEFAULT_LEARNING_RATES[name]:>6g} {loss:>10.4f} {_number(model_auc, 9)} "
+                     f"{_number(bayes, 9)} {gap_text} {ms:>8.2f}")
+    return "\n".join(lines)

@@ -11,7 +11,7 @@ import argparse
 import sys
 
 PROG = "embedopt pipeline"
-KFP_HINT = "the pipeline needs Kubeflow Pipelines' SDK: pip install 'embedopt[kfp]'"
+KFP_HINT = "the pipeline needs Kubeflow Pipelines' SDK: pip install '.[kfp]' (from the repository root)"
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -79,7 +79,7 @@ def plot_curve(path: str, points, title: str) -> str | None:
         matplotlib.use("Agg")
         import matplotlib.pyplot as plt
     except ImportError:
-        logging.warning("matplotlib is not installed; no training curve PNG (pip install 'embedopt[bench]')")
+        logging.warning("matplotlib is not installed; no training curve PNG (pip install '.[plot]' from the repository root)")
         return None
     fig, ax = plt.subplots(figsize=(6, 4))
     if points:

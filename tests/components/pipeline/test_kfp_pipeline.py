@@ -58,4 +58,4 @@ def test_missing_kfp_gives_the_install_hint(tmp_path):
             f"sys.exit(cli.main(['compile', '--output', {str(tmp_path / 'p.yaml')!r}]))")
     result = subprocess.run([sys.executable, "-c", code], cwd=REPO_ROOT, capture_output=True, text=True, timeout=120)
     assert result.returncode == 2
-    assert "pip install 'embedopt[kfp]'" in result.stderr
+    assert "pip install '.[kfp]'" in result.stderr
