@@ -17,17 +17,20 @@ def synthetic_tsv(workdir: str, rows: int) -> str:
 
 
 def preprocess_argv(tsv: str, output: str, workers: int) -> list[str]:
+    """`embedopt preprocess` flags for the benchmarks that time the command itself (preprocess_scaling)."""
     argv = ["--input", tsv, "--output", output, "--overwrite"]
     if workers > 1:
         argv += ["--direct_num_workers", str(workers), "--direct_running_mode", "multi_processing"]
     return argv
 
 
-def preprocessed(workdir: str, rows: int) -> str:
-    """Directory of the preprocess output (default options, 1 worker) for `rows` synthetic rows."""
+def preprocessed(workdir: str, rows: int):
+    """The `ExamplesLayout` of the preprocess output (default options, 1 worker) for `rows` synthetic rows."""
     from components.preprocess import pipeline
+    from components.preprocess.metadata import ExamplesLayout
+    from components.preprocess.spec import PreprocessSpec
 
-    output = os.path.join(workdir, f"preprocessed-{rows}")
-    if not os.path.exists(os.path.join(output, "metadata.json")):
-        pipeline.run(preprocess_argv(synthetic_tsv(workdir, rows), output, 1))
-    return output
+    layout = ExamplesLayout(os.path.join(workdir, f"preprocessed-{rows}"))
+    if not os.path.exists(layout.metadata_path):
+        pipeline.execute(PreprocessSpec(input=synthetic_tsv(workdir, rows), output=layout.root, overwrite=True))
+    return layout

@@ -22,11 +22,12 @@ QUICK = dict(rows=2_000, batch=256, reader_batches=5, reader_blocks=3, train_ste
 
 def reader_seconds(data_dir: str, batch: int, batches: int, blocks: int) -> dict:
     """Child process body: seconds per block of `batches` batches, after one warm-up block."""
-    from components.preprocess.metadata import load_metadata
+    from components.preprocess.metadata import ExamplesLayout
     from components.preprocess.reader import make_dataset
 
+    layout = ExamplesLayout(data_dir)
     # Seeded like the trainer's, whose input order is then deterministic (exact resume).
-    dataset = make_dataset(os.path.join(data_dir, "Split-train", "*"), load_metadata(data_dir), batch, seed=0)
+    dataset = make_dataset(layout.train_pattern, layout.metadata(), batch, seed=0)
     iterator = iter(dataset)
 
     def block(_):
@@ -40,19 +41,14 @@ def trainer_step_seconds(data_dir: str, batch: int, train_steps: int, run_dir: s
     """Child process body: one `run_fn` run; its mean step time."""
     import shutil
 
+    from components.preprocess.metadata import ExamplesLayout
+    from components.trainer.fn_args import TrainerConfig, fn_args_for
     from components.trainer.run import run_fn
-    from components.trainer.fn_args import FnArgs
 
     shutil.rmtree(run_dir, ignore_errors=True)  # a run left in a reused --workdir would resume, not train
 
-    fn_args = FnArgs(
-        train_files=[os.path.join(data_dir, "Split-train", "*")],
-        eval_files=[os.path.join(data_dir, "Split-eval", "*")],
-        train_steps=train_steps, eval_steps=1,
-        serving_model_dir=os.path.join(run_dir, "serving"), model_run_dir=os.path.join(run_dir, "run"),
-        schema_path=os.path.join(data_dir, "metadata.json"),
-        custom_config={"batch_size": batch, "progress": False, "log_every": max(1, train_steps // 3)},
-    )
+    config = TrainerConfig(batch_size=batch, progress=False, log_every=max(1, train_steps // 3))
+    fn_args = fn_args_for(ExamplesLayout(data_dir), run_dir, config, train_steps, eval_steps=1)
     start = time.perf_counter()
     metrics = run_fn(fn_args)
     return {"mean_step_seconds": metrics["mean_step_seconds"], "wall_seconds": time.perf_counter() - start,
@@ -61,7 +57,7 @@ def trainer_step_seconds(data_dir: str, batch: int, train_steps: int, run_dir: s
 
 def run(quick: bool, repeats: int | None = None, progress=None, workdir: str = ".") -> dict:
     cfg = QUICK if quick else FULL
-    data_dir = data.preprocessed(workdir, cfg["rows"])
+    data_dir = data.preprocessed(workdir, cfg["rows"]).root
     reader = harness.run_child(f"{__name__}:reader_seconds", dict(
         data_dir=data_dir, batch=cfg["batch"], batches=cfg["reader_batches"], blocks=repeats or cfg["reader_blocks"]))
     reader_m = results.measurement(dict(kind="reader", batch=cfg["batch"], batches_per_repeat=cfg["reader_batches"]),

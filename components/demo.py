@@ -13,11 +13,12 @@ from __future__ import annotations
 import argparse
 import json
 import logging
-import math
 import os
 import shutil
 import sys
 import time
+
+from components.trainer import artifacts
 
 PROG = "embedopt demo"
 DEFAULT_ROWS = 300_000
@@ -100,8 +101,9 @@ def _prepare_output(output: str, overwrite: bool) -> None:
 
 def run(args: argparse.Namespace) -> dict:
     from components.preprocess import pipeline, synth
+    from components.preprocess.spec import PreprocessSpec
     from components.preprocess.synth_truth import SynthConfig
-    from components.trainer.fn_args import FnArgs
+    from components.trainer.fn_args import TrainerConfig, fn_args_for
     from components.trainer.run import run_fn
 
     out = os.path.abspath(args.output)
@@ -115,11 +117,10 @@ def run(args: argparse.Namespace) -> dict:
     timings["synth_seconds"] = time.monotonic() - start
 
     start = time.monotonic()
-    data = os.path.join(out, "data")
-    buckets = hash_buckets(config.vocab_sizes)
+    spec = PreprocessSpec(input=raw, output=os.path.join(out, "data"),
+                          hash_buckets=tuple(hash_buckets(config.vocab_sizes)), eval_fraction=EVAL_FRACTION)
     _stage(2, "preprocess: Beam DirectRunner, hashed ids, GZIP TFRecord shards")
-    metadata = pipeline.run(["--input", raw, "--output", data, "--hash-buckets", ",".join(map(str, buckets)),
-                             "--eval-fraction", str(EVAL_FRACTION)])
+    metadata = pipeline.execute(spec)
     timings["preprocess_seconds"] = time.monotonic() - start
     start = time.monotonic()
     _stage(3, "Bayes-optimal AUC of the eval rows (regenerated from the generator)")
@@ -128,19 +129,12 @@ def run(args: argparse.Namespace) -> dict:
 
     train_rows, eval_rows = metadata.row_counts["train"], metadata.row_counts["eval"]
     steps = args.steps or max(1, train_rows // BATCH_SIZE)
-    fn_args = FnArgs(
-        train_files=[os.path.join(data, "Split-train", "*")],
-        eval_files=[os.path.join(data, "Split-eval", "*")],
-        train_steps=steps,
-        eval_steps=max(1, math.ceil(eval_rows / BATCH_SIZE)),
-        serving_model_dir=os.path.join(out, "serving_model"),
-        model_run_dir=os.path.join(out, "model_run"),
-        schema_path=os.path.join(data, "metadata.json"),
-        custom_config=dict(optimizer=args.optimizer, dense_optimizer="adam",
-                           learning_rate=args.learning_rate or LEARNING_RATES.get(args.optimizer),
-                           dense_learning_rate=1e-3, batch_size=BATCH_SIZE, embedding_dim=16,
-                           checkpoint_every=max(steps, 1), log_every=max(1, steps // 20), seed=args.seed),
-    )
+    trainer_config = TrainerConfig(
+        optimizer=args.optimizer, dense_optimizer="adam",
+        learning_rate=args.learning_rate or LEARNING_RATES.get(args.optimizer), dense_learning_rate=1e-3,
+        batch_size=BATCH_SIZE, embedding_dim=16, checkpoint_every=max(steps, 1), log_every=max(1, steps // 20),
+        seed=args.seed)
+    fn_args = fn_args_for(spec.layout, out, trainer_config, steps)
     start = time.monotonic()
     _stage(4, f"train: {steps} steps of batch {BATCH_SIZE}, {args.optimizer} on the tables; then eval and export")
     metrics = run_fn(fn_args)
@@ -156,9 +150,9 @@ def run(args: argparse.Namespace) -> dict:
         "eval_log_loss": metrics["eval_log_loss"], "mean_step_seconds": metrics["mean_step_seconds"],
         "examples_per_second": metrics["examples_per_second"], **{k: round(v, 1) for k, v in timings.items()},
         "preprocess_rows_per_second": args.rows / max(timings["preprocess_seconds"], 1e-9),
-        "train_phase_seconds": metrics["phase_seconds"], "shards": len(os.listdir(os.path.join(data, "Split-train"))),
-        "raw_data": raw, "preprocessed": data, "serving_model_dir": fn_args.serving_model_dir,
-        "model_run_dir": fn_args.model_run_dir, "metrics": os.path.join(fn_args.model_run_dir, "metrics.json"),
+        "train_phase_seconds": metrics["phase_seconds"], "shards": len(os.listdir(spec.layout.split_dir("train"))),
+        "raw_data": raw, "preprocessed": spec.output, "serving_model_dir": fn_args.serving_model_dir,
+        "model_run_dir": fn_args.model_run_dir, "metrics": os.path.join(fn_args.model_run_dir, artifacts.METRICS_FILE),
         "training_curve": metrics.get("training_curve"),
     }
     with open(os.path.join(out, "report.json"), "w", encoding="utf-8") as f:
@@ -189,7 +183,7 @@ def format_report(r: dict) -> str:
         f"    SavedModel        {r['serving_model_dir']}  (raw tf.Example, raw TSV lines or preprocessed tf.Example -> probabilities)",
         f"    metrics           {r['metrics']}",
         f"    training curve    {r['training_curve'] or '(install matplotlib for the PNG)'}",
-        f"    TensorBoard logs  {os.path.join(r['model_run_dir'], 'logs')}",
+        f"    TensorBoard logs  {os.path.join(r['model_run_dir'], artifacts.LOGS_DIR)}",
         f"    data              {r['preprocessed']}",
     ]
     return "\n".join(lines)

@@ -1,8 +1,9 @@
-"""Names, feature spec and `metadata.json`: the contract with the trainer.
+"""Names, on-disk layout, feature spec and `metadata.json`: the contract with the trainer.
 
 The preprocess pipeline writes `DIR/metadata.json`; the reader and the trainer
 read it back with `load_metadata`. All key names live here so no other module
-spells them as string literals.
+spells them as string literals, and `ExamplesLayout` is the one object that
+knows where things are under DIR.
 """
 
 from __future__ import annotations
@@ -38,6 +39,62 @@ SYNTH_META_SUFFIX = ".meta.json"
 def vocab_file(output_dir: str, key: str) -> str:
     """DIR/vocab/<key>.txt: line k (1-based) holds the value with id k."""
     return os.path.join(output_dir, VOCAB_DIR, f"{key}.txt")
+
+
+@dataclasses.dataclass(frozen=True)
+class ExamplesLayout:
+    """Where a preprocess output directory (TFX ExampleGen layout) keeps each thing; every reader asks it.
+
+    `root` may be local or remote (gs://, ...); the paths are only joined, never checked.
+    """
+
+    root: str
+
+    @classmethod
+    def of_split_pattern(cls, pattern: str) -> ExamplesLayout:
+        """The layout whose split folder holds `pattern`, e.g. DIR/Split-train/* -> DIR."""
+        return cls(os.path.dirname(os.path.dirname(pattern)))
+
+    def split_dir(self, split: str) -> str:
+        if split not in SPLIT_DIRS:
+            raise ValueError(f"unknown split {split!r}; valid splits: {', '.join(SPLITS)}")
+        return os.path.join(self.root, SPLIT_DIRS[split])
+
+    def split_pattern(self, split: str) -> str:
+        """Every shard of `split`: DIR/Split-<split>/*."""
+        return os.path.join(self.split_dir(split), "*")
+
+    @property
+    def train_pattern(self) -> str:
+        return self.split_pattern("train")
+
+    @property
+    def eval_pattern(self) -> str:
+        return self.split_pattern("eval")
+
+    @property
+    def metadata_path(self) -> str:
+        return os.path.join(self.root, METADATA_FILE)
+
+    @property
+    def vocab_dir(self) -> str:
+        return os.path.join(self.root, VOCAB_DIR)
+
+    def vocab_file(self, key: str) -> str:
+        return vocab_file(self.root, key)
+
+    @property
+    def dead_letter_dir(self) -> str:
+        return os.path.join(self.root, DEAD_LETTER_DIR)
+
+    def metadata(self) -> Metadata:
+        """The parsed metadata.json; raises ValueError when it is missing or invalid."""
+        return load_metadata(self.metadata_path)
+
+    @property
+    def row_counts(self) -> dict[str, int]:
+        """Rows per split, from metadata.json."""
+        return self.metadata().row_counts
 
 
 def feature_spec() -> dict[str, dict[str, Any]]:
@@ -117,7 +174,7 @@ def load_metadata(path_or_dir: str | os.PathLike[str]) -> Metadata:
     """Reads `metadata.json` from a file path or from the preprocess output dir."""
     path = os.fspath(path_or_dir)
     if os.path.isdir(path):
-        path = os.path.join(path, METADATA_FILE)
+        path = ExamplesLayout(path).metadata_path
     try:
         with open(path, encoding="utf-8") as f:
             data = json.load(f)
@@ -129,7 +186,7 @@ def load_metadata(path_or_dir: str | os.PathLike[str]) -> Metadata:
 
 
 def write_metadata(metadata: Metadata, output_dir: str) -> str:
-    path = os.path.join(output_dir, METADATA_FILE)
+    path = ExamplesLayout(output_dir).metadata_path
     with open(path, "w", encoding="utf-8") as f:
         json.dump(metadata.to_json(), f, indent=2, sort_keys=True)
         f.write("\n")

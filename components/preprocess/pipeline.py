@@ -9,12 +9,15 @@ Vocabularies) counts the values, and the second starts only when the
 vocabularies are done, so nothing ever holds the parsed rows: memory is
 O(vocabulary), not O(rows). Hash mode reads the input once.
 
-Our flags are parsed here; every other flag is handed to Beam's
-`PipelineOptions` untouched, so `--runner`, `--direct_num_workers`,
+`run(argv)` is the CLI: it parses our flags into a `PreprocessSpec`
+(spec.py) and calls `execute(spec)`, the executor that the demo and the
+benchmarks call directly. Every other flag goes into `spec.beam_args`, handed
+to Beam's `PipelineOptions` untouched, so `--runner`, `--direct_num_workers`,
 `--direct_running_mode` and Dataflow/Flink/Spark options work as usual.
-DirectRunner is used when no runner is named.
+DirectRunner is used when no runner is named. `plan.py` checks the input and
+sizes the shards before anything runs.
 
-Output layout under DIR:
+Output layout under DIR (`metadata.ExamplesLayout`):
   Split-train/data-*.tfrecord.gz, Split-eval/data-*.tfrecord.gz  (--num-shards per split)
   vocab/cat_<i>.txt          (vocabulary modes only; line k holds id k)
   dead_letter/part-*.jsonl   rejected rows with line number and reason
@@ -42,44 +45,37 @@ from components.preprocess import metadata as md
 from components.preprocess import output as out_dir
 from components.preprocess.columns import ParseAndValidate
 from components.preprocess.encode import EncodeExamples
+from components.preprocess.plan import SHARD_BYTES, InputPlan, plan_input
 from components.preprocess.progress import ProgressMonitor
-from components.preprocess.rows import header_columns
 from components.preprocess.sink import DEFAULT_COMPRESSION_LEVEL, WriteShards
-from components.preprocess.sources import INPUT_ERROR_MARKER, PlanRanges, ReadLineBatches, estimated_text_bytes
-from components.preprocess.tfds_source import ReadTfdsRows, check_tfds_dataset, tfds_num_examples
+from components.preprocess.sources import INPUT_ERROR_MARKER, PlanRanges, ReadLineBatches
+from components.preprocess.spec import DEFAULT_MIN_FREQUENCY, PreprocessSpec, SpecError, UsageError
+from components.preprocess.tfds_source import ReadTfdsRows
 from components.preprocess.vocab import ComputeVocabularies, WriteVocabFn, vocab_path
 
 PROG = "embedopt preprocess"
-DEFAULT_MIN_FREQUENCY = 2
 _COUNTS_DIR = "_counts"
 _PROGRESS_DIR = "_progress"
-_MIN_SHARD_BYTES = 1 << 20
-_SHARD_BYTES = 64 << 20
-_TFDS_ROW_BYTES = 200  # a Criteo row's size as text, to size TFDS shards like text ones
+_DEAD_LETTER_COUNT = "dead_letter"
 
 
-class UsageError(ValueError):
-    """A problem with the arguments or inputs, found before any work starts."""
-
-
-def per_feature_sizes(text: str, flag: str, minimum: int) -> list[int]:
-    """"N" or 26 comma-separated values -> 26 ints, each >= minimum."""
+def _per_feature_ints(text: str | None, flag: str) -> tuple[int, ...] | None:
+    """The text of a per-feature flag ("N" or "N1,...,N26") -> its integers; the spec checks how many and how large."""
+    if text is None:
+        return None
     try:
-        sizes = [int(x) for x in text.split(",")]
+        return tuple(int(x) for x in text.split(","))
     except ValueError:
         raise UsageError(f"{flag} takes integers, got {text!r}") from None
-    if len(sizes) == 1:
-        sizes *= md.NUM_CATEGORICAL
-    if len(sizes) != md.NUM_CATEGORICAL or min(sizes) < minimum:
-        raise UsageError(f"{flag} takes one value or {md.NUM_CATEGORICAL} comma-separated values, each >= {minimum}; got {text!r}")
-    return sizes
 
 
 def build_parser() -> argparse.ArgumentParser:
+    example = md.ExamplesLayout("DIR")
     parser = argparse.ArgumentParser(
         prog=PROG,
         description="Beam pipeline: Criteo-style logs -> GZIP TFRecords of tf.Examples in TFX layout "
-        "(DIR/Split-train, DIR/Split-eval, DIR/vocab, DIR/dead_letter, DIR/metadata.json).",
+        f"({example.split_dir('train')}, {example.split_dir('eval')}, {example.vocab_dir}, {example.dead_letter_dir}, "
+        f"{example.metadata_path}).",
         epilog="Any other flag is a Beam pipeline option and passes through untouched, e.g. --runner "
         "DataflowRunner, --direct_num_workers 2 --direct_running_mode multi_processing. Default runner: DirectRunner.",
     )
@@ -97,14 +93,14 @@ def build_parser() -> argparse.ArgumentParser:
     vocab.add_argument("--hash-buckets", help="no vocabulary: id = 1 + hash(value) %% (N-1), 0 for missing; "
                        "one N or 26 comma-separated values (size N)")
     parser.add_argument("--eval-fraction", type=float, default=0.1,
-                        help="fraction of rows sent to Split-eval, chosen by a hash of the raw row (default 0.1)")
+                        help=f"fraction of rows sent to {md.EVAL_DIR}, chosen by a hash of the raw row (default 0.1)")
     parser.add_argument("--tfds-name", help="TFDS dataset name for --format tfds (default: --input)")
     parser.add_argument("--tfds-data-dir", help="TFDS data_dir holding the prepared dataset")
     parser.add_argument("--tfds-split", default="train", help="TFDS split to read, e.g. train or train+test (default train)")
     parser.add_argument("--num-shards", type=int,
                         help="output files per split; the input is cut into this many line-aligned ranges, read in "
                         "parallel (a .gz file cannot be cut: it gets a shard per 1/N of the input's size). Default: one "
-                        f"per {_SHARD_BYTES >> 20} MB of input, at least 8 (fewer for inputs under 8 MB, one per MB)")
+                        f"per {SHARD_BYTES >> 20} MB of input, at least 8 (fewer for inputs under 8 MB, one per MB)")
     parser.add_argument("--compression-level", type=int, default=DEFAULT_COMPRESSION_LEVEL, choices=range(1, 10),
                         metavar="{1..9}", help="zlib level of the GZIP shards: 1 writes fastest, 9 smallest "
                         f"(default {DEFAULT_COMPRESSION_LEVEL}: 2.5x faster than zlib's usual 6 for 16%% more bytes)")
@@ -113,41 +109,20 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def default_num_shards(total_bytes: int) -> int:
-    """One shard per 64 MB, at least 8 so readers interleave files in parallel, but none under 1 MB."""
-    return int(max(1, min(total_bytes // _MIN_SHARD_BYTES, max(8, total_bytes // _SHARD_BYTES))))
-
-
-def _matched_files(pattern: str) -> list[str]:
+def spec_from_argv(argv: list[str]) -> PreprocessSpec:
+    """Our flags -> a validated spec; every flag we do not know goes to `beam_args`. Raises UsageError."""
+    args, beam_args = build_parser().parse_known_args(argv)
     try:
-        matches = FileSystems.match([pattern])[0].metadata_list
-    except Exception as err:  # Beam wraps the filesystem's own error types
-        raise UsageError(f"cannot list input pattern {pattern!r}: {err}") from None
-    files = sorted(m.path for m in matches if not m.path.endswith(md.SYNTH_META_SUFFIX))
-    folders = [path for path in files if out_dir.is_local(path) and os.path.isdir(path)]
-    if folders:
-        raise UsageError(f"--input {pattern!r} matches the directory {folders[0]!r}; give a file pattern, "
-                         f"e.g. {os.path.join(folders[0], '*.tsv')!r}")
-    if not files:
-        raise UsageError(f"input pattern {pattern!r} matches no files")
-    return files
-
-
-def _csv_columns(files: list[str]) -> tuple[tuple[int, ...], int]:
-    import csv
-
-    layouts = set()
-    for path in files:
-        with FileSystems.open(path) as f:
-            first = f.readline().decode("utf-8", errors="replace").rstrip("\r\n")
-        header = next(csv.reader([first]), [])
-        try:
-            layouts.add((header_columns(header), len(header)))
-        except ValueError as err:
-            raise UsageError(f"{path}: {err}") from None
-    if len(layouts) != 1:
-        raise UsageError("CSV files have different headers; preprocess them separately")
-    return layouts.pop()
+        return PreprocessSpec(
+            input=args.input, output=args.output, format=args.format,
+            vocab_size=_per_feature_ints(args.vocab_size, "--vocab-size"), min_frequency=args.min_frequency,
+            hash_buckets=_per_feature_ints(args.hash_buckets, "--hash-buckets"), eval_fraction=args.eval_fraction,
+            tfds_name=args.tfds_name, tfds_data_dir=args.tfds_data_dir, tfds_split=args.tfds_split,
+            num_shards=args.num_shards, compression_level=args.compression_level, overwrite=args.overwrite,
+            progress=not args.no_progress, beam_args=tuple(beam_args),
+        )
+    except SpecError as err:
+        raise UsageError(err.flag_message) from None
 
 
 def _write_counts(counts, output: str):
@@ -160,46 +135,48 @@ def _write_counts(counts, output: str):
     )
 
 
-def _read_source(args: argparse.Namespace, pass_name: str, after=()):
-    if args.format == "tfds":
-        return ReadTfdsRows(args.tfds_name, args.tfds_data_dir, args.tfds_split,
-                            rows_per_shard=args.tfds_rows_per_shard, after=after)
-    return ReadLineBatches(args.format == "csv", range_bytes=args.range_bytes, progress_dir=args.progress_dir,
+def _read_source(spec: PreprocessSpec, plan: InputPlan, progress_dir: str | None, pass_name: str, after=()):
+    if spec.format == "tfds":
+        return ReadTfdsRows(spec.tfds_name, spec.tfds_data_dir, spec.tfds_split,
+                            rows_per_shard=plan.tfds_rows_per_shard, after=after)
+    return ReadLineBatches(spec.format == "csv", range_bytes=plan.range_bytes, progress_dir=progress_dir,
                            pass_name=pass_name, after=after)
 
 
-def build_pipeline(pipeline: beam.Pipeline, args: argparse.Namespace, files: list[str] | None, csv_columns,
-                   out: str) -> None:
-    """Adds the preprocessing steps writing into `out` to `pipeline` (inputs already checked, see `prepare`)."""
-    start = pipeline if args.format == "tfds" else pipeline | "PlanInput" >> PlanRanges(files, args.range_bytes)
-    if args.hash_buckets:
-        after, encode = (), EncodeExamples(hash_buckets=args.hash_bucket_sizes)
+def build_pipeline(pipeline: beam.Pipeline, spec: PreprocessSpec, plan: InputPlan, out: str,
+                   progress_dir: str | None = None) -> None:
+    """Adds the preprocessing steps writing into `out` to `pipeline` (input already checked, see `plan_input`)."""
+    start = pipeline if spec.format == "tfds" else pipeline | "PlanInput" >> PlanRanges(plan.files, plan.range_bytes)
+    if spec.hash_buckets:
+        after, encode = (), EncodeExamples(hash_buckets=list(spec.hash_buckets))
     else:
-        first = start | "ReadRowsForVocab" >> _read_source(args, "count")
-        counted = first | "ParseForVocab" >> ParseAndValidate(args.format, args.eval_fraction, csv_columns)
-        vocab = ComputeVocabularies(top_n=args.vocab_sizes_list, min_frequency=args.min_frequency)
+        first = start | "ReadRowsForVocab" >> _read_source(spec, plan, progress_dir, "count")
+        counted = first | "ParseForVocab" >> ParseAndValidate(spec.format, spec.eval_fraction, plan.csv_columns)
+        top_n = list(spec.vocab_size) if spec.vocab_size else None
+        vocab = ComputeVocabularies(top_n=top_n, min_frequency=spec.min_frequency)
         vocabularies = counted["rows"] | "Vocabularies" >> vocab
         _ = vocabularies | "WriteVocab" >> beam.ParDo(WriteVocabFn(out))
         # The vocabularies gate the second read: the runner then runs it after the first pass instead of
         # holding the first pass's rows until they are done.
         after, encode = [beam.pvalue.AsDict(vocabularies)], EncodeExamples(vocabularies=vocabularies)
-    batches = start | "ReadRows" >> _read_source(args, "encode", after=after)
-    parsed = batches | "ParseAndValidate" >> ParseAndValidate(args.format, args.eval_fraction, csv_columns)
+    batches = start | "ReadRows" >> _read_source(spec, plan, progress_dir, "encode", after=after)
+    parsed = batches | "ParseAndValidate" >> ParseAndValidate(spec.format, spec.eval_fraction, plan.csv_columns)
     examples = parsed["rows"] | "EncodeExamples" >> encode
-    split_counts = examples | "WriteExamples" >> WriteShards(out, args.compression_level)
+    split_counts = examples | "WriteExamples" >> WriteShards(out, spec.compression_level)
     dead = parsed["dead_letter"]
     _ = (
         dead
         | "DeadLetterJson" >> beam.Map(lambda record: json.dumps(record, sort_keys=True))
-        | "WriteDeadLetter" >> beam.io.WriteToText(os.path.join(out, md.DEAD_LETTER_DIR, "part"), file_name_suffix=".jsonl")
+        | "WriteDeadLetter" >> beam.io.WriteToText(os.path.join(md.ExamplesLayout(out).dead_letter_dir, "part"),
+                                                   file_name_suffix=".jsonl")
     )
-    dead_counts = dead | "CountDeadLetter" >> beam.Map(lambda _: ("dead_letter", 1))
+    dead_counts = dead | "CountDeadLetter" >> beam.Map(lambda _: (_DEAD_LETTER_COUNT, 1))
     _write_counts((split_counts, dead_counts) | "AllCounts" >> beam.Flatten(), out)
 
 
 def _read_counts(output: str) -> dict[str, int]:
     path = os.path.join(output, _COUNTS_DIR, "counts.txt")
-    counts = {name: 0 for name in (*md.SPLITS, "dead_letter")}
+    counts = {name: 0 for name in (*md.SPLITS, _DEAD_LETTER_COUNT)}
     if FileSystems.exists(path):
         with FileSystems.open(path, compression_type=CompressionTypes.UNCOMPRESSED) as f:
             for line in f.read().decode().splitlines():
@@ -208,9 +185,9 @@ def _read_counts(output: str) -> dict[str, int]:
     return counts
 
 
-def _vocab_sizes(args: argparse.Namespace, work: str) -> dict[str, int]:
-    if args.hash_buckets:
-        return dict(zip(md.CATEGORICAL_KEYS, args.hash_bucket_sizes))
+def _vocab_sizes(spec: PreprocessSpec, work: str) -> dict[str, int]:
+    if spec.hash_buckets:
+        return dict(zip(md.CATEGORICAL_KEYS, spec.hash_buckets))
     sizes = {}
     for i, key in enumerate(md.CATEGORICAL_KEYS):
         path = vocab_path(work, i)
@@ -221,7 +198,7 @@ def _vocab_sizes(args: argparse.Namespace, work: str) -> dict[str, int]:
     return sizes
 
 
-def _synth_metadata(files: list[str] | None):
+def _synth_metadata(files) -> dict | None:
     for path in files or ():
         meta = path + md.SYNTH_META_SUFFIX
         if FileSystems.exists(meta):
@@ -230,68 +207,34 @@ def _synth_metadata(files: list[str] | None):
     return None
 
 
-def prepare(argv: list[str]) -> tuple[argparse.Namespace, list[str], list[str] | None, object]:
-    """Parses and checks everything that can be checked before the pipeline starts."""
-    args, beam_args = build_parser().parse_known_args(argv)
-    if not 0.0 <= args.eval_fraction <= 1.0:
-        raise UsageError(f"--eval-fraction must be in [0, 1], got {args.eval_fraction}")
-    args.hash_bucket_sizes = per_feature_sizes(args.hash_buckets, "--hash-buckets", 2) if args.hash_buckets else None
-    args.vocab_sizes_list = per_feature_sizes(args.vocab_size, "--vocab-size", 1) if args.vocab_size else None
-    if not args.hash_buckets and not args.vocab_size and args.min_frequency is None:
-        args.min_frequency = DEFAULT_MIN_FREQUENCY
-    if args.min_frequency is not None and args.min_frequency < 1:
-        raise UsageError(f"--min-frequency must be >= 1, got {args.min_frequency}")
-    files, csv_columns = None, None
-    if args.format == "tfds":
-        args.tfds_name = args.tfds_name or args.input
-        try:
-            check_tfds_dataset(args.tfds_name, args.tfds_data_dir, args.tfds_split)
-        except ValueError as err:
-            raise UsageError(str(err)) from None
-        args.input_pattern = f"tfds:{args.tfds_name}/{args.tfds_split}"
-    else:
-        files = _matched_files(args.input)
-        args.input_pattern = args.input
-        if args.format == "csv":
-            csv_columns = _csv_columns(files)
-    if args.num_shards is not None and args.num_shards < 1:
-        raise UsageError(f"--num-shards must be >= 1, got {args.num_shards}")
-    if args.format == "tfds":
-        rows = tfds_num_examples(args.tfds_name, args.tfds_data_dir, args.tfds_split)
-        args.total_bytes = rows * _TFDS_ROW_BYTES
-        shards = args.num_shards or default_num_shards(args.total_bytes)
-        args.tfds_rows_per_shard = max(1, -(-rows // shards))
-        args.range_bytes = None
-    else:
-        args.total_bytes = sum(estimated_text_bytes(path) for path in files)
-        shards = args.num_shards or default_num_shards(args.total_bytes)
-        args.range_bytes = max(1, -(-args.total_bytes // shards))
-    args.target_shards = shards
-    try:
-        out_dir.check_output(args.output, args.overwrite)
-    except out_dir.OutputError as err:
-        raise UsageError(str(err)) from None
-    return args, beam_args, files, csv_columns
-
-
-def run(argv: list[str]) -> md.Metadata:
-    """Runs the pipeline and writes metadata.json; raises UsageError on bad input."""
-    args, beam_args, files, csv_columns = prepare(argv)
-    options = PipelineOptions(beam_args)
+def _pipeline_options(spec: PreprocessSpec) -> PipelineOptions:
+    options = PipelineOptions(list(spec.beam_args))
     if options.view_as(StandardOptions).runner is None:
         options.view_as(StandardOptions).runner = "DirectRunner"
+    return options
+
+
+def execute(spec: PreprocessSpec) -> md.Metadata:
+    """The executor: writes `spec.layout` (examples, vocabularies, dead letter, metadata.json) and returns its
+    metadata; raises UsageError on bad input, leaving an earlier output in place."""
+    plan = plan_input(spec)
+    try:
+        out_dir.check_output(spec.output, spec.overwrite)
+    except out_dir.OutputError as err:
+        raise UsageError(str(err)) from None
+    options = _pipeline_options(spec)
     start = time.monotonic()
     try:
-        with lock_beside(args.output, f"output directory {args.output!r}"):
+        with lock_beside(spec.output, f"output directory {spec.output!r}"):
             # Checked again under the lock: a run that finished meanwhile has filled the directory.
-            out_dir.check_output(args.output, args.overwrite)
-            work = out_dir.stage(args.output, args.overwrite)
+            out_dir.check_output(spec.output, spec.overwrite)
+            work = out_dir.stage(spec.output, spec.overwrite)
             try:
-                meta = _run_into(work, args, beam_args, files, csv_columns, options)
+                meta = _run_into(work, spec, plan, options)
             except BaseException:
-                out_dir.discard(work, args.output)
+                out_dir.discard(work, spec.output)
                 raise
-            out_dir.commit(work, args.output)
+            out_dir.commit(work, spec.output)
     except (LockedError, out_dir.OutputError) as err:
         raise UsageError(str(err)) from None
     seconds = time.monotonic() - start
@@ -300,15 +243,19 @@ def run(argv: list[str]) -> md.Metadata:
     return meta
 
 
-def _run_into(work: str, args, beam_args, files, csv_columns, options) -> md.Metadata:
-    passes = 1 if args.hash_buckets else 2
-    args.progress_dir = None if args.no_progress or not out_dir.is_local(work) else os.path.join(work, _PROGRESS_DIR)
-    progress = (ProgressMonitor(args.progress_dir, args.total_bytes, passes) if args.progress_dir
+def run(argv: list[str]) -> md.Metadata:
+    """The CLI's work: flags -> `PreprocessSpec` -> `execute`; raises UsageError on bad flags or input."""
+    return execute(spec_from_argv(argv))
+
+
+def _run_into(work: str, spec: PreprocessSpec, plan: InputPlan, options: PipelineOptions) -> md.Metadata:
+    progress_dir = os.path.join(work, _PROGRESS_DIR) if spec.progress and out_dir.is_local(work) else None
+    progress = (ProgressMonitor(progress_dir, plan.total_bytes, spec.passes) if progress_dir
                 else contextlib.nullcontext())
     try:
         with progress:
             with beam.Pipeline(options=options) as pipeline:
-                build_pipeline(pipeline, args, files, csv_columns, work)
+                build_pipeline(pipeline, spec, plan, work, progress_dir)
     except Exception as err:  # the runner wraps our DoFns' errors in its own types
         found = re.search(f"{INPUT_ERROR_MARKER}(.*)", str(err))
         if found:
@@ -317,23 +264,15 @@ def _run_into(work: str, args, beam_args, files, csv_columns, options) -> md.Met
     counts = _read_counts(work)
     FileSystems.delete([os.path.join(work, name) for name in (_COUNTS_DIR, _PROGRESS_DIR)
                         if FileSystems.exists(os.path.join(work, name))])
-    _check_rows(counts, args.input_pattern, work)
-    options_record = {
-        "vocab_mode": "hash" if args.hash_buckets else ("top_n" if args.vocab_size else "min_frequency"),
-        "vocab_size": args.vocab_sizes_list, "min_frequency": args.min_frequency,
-        "hash_buckets": args.hash_bucket_sizes, "eval_fraction": args.eval_fraction, "num_shards": args.target_shards,
-        "compression_level": args.compression_level,
-        "tfds_name": args.tfds_name, "tfds_data_dir": args.tfds_data_dir, "tfds_split": args.tfds_split,
-        "beam_args": beam_args,
-    }
+    _check_rows(counts, plan.input_pattern, work)
     meta = md.Metadata(
-        vocab_sizes=_vocab_sizes(args, work),
+        vocab_sizes=_vocab_sizes(spec, work),
         row_counts={split: counts[split] for split in md.SPLITS},
-        dead_letter_count=counts["dead_letter"],
-        input_pattern=args.input_pattern,
-        format=args.format,
-        options=options_record,
-        synth_metadata=_synth_metadata(files),
+        dead_letter_count=counts[_DEAD_LETTER_COUNT],
+        input_pattern=plan.input_pattern,
+        format=spec.format,
+        options=spec.options_record(plan.num_shards),
+        synth_metadata=_synth_metadata(plan.files),
     )
     md.write_metadata(meta, work)
     return meta
@@ -343,15 +282,15 @@ def _check_rows(counts: dict[str, int], pattern: str, work: str) -> None:
     """An input with no rows, or none valid, is an error, not an empty dataset."""
     if counts["train"] + counts["eval"]:
         return
-    if not counts["dead_letter"]:
+    if not counts[_DEAD_LETTER_COUNT]:
         raise UsageError(f"input {pattern!r} has no rows (empty files)")
     reasons = []
-    for path in FileSystems.match([os.path.join(work, md.DEAD_LETTER_DIR, "*")])[0].metadata_list:
+    for path in FileSystems.match([os.path.join(md.ExamplesLayout(work).dead_letter_dir, "*")])[0].metadata_list:
         with FileSystems.open(path.path, compression_type=CompressionTypes.UNCOMPRESSED) as f:
             for line in f.read().decode("utf-8").splitlines()[:3]:
                 record = json.loads(line)
                 reasons.append(f"line {record['line_number']}: {record['reason']}")
-    raise UsageError(f"no valid row in {pattern!r}: all {counts['dead_letter']} rows are malformed, e.g. "
+    raise UsageError(f"no valid row in {pattern!r}: all {counts[_DEAD_LETTER_COUNT]} rows are malformed, e.g. "
                      + "; ".join(reasons[:3]))
 
 

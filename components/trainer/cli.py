@@ -1,6 +1,7 @@
 """`embedopt train`: command-line flags -> `FnArgs` -> `run_fn`, or N local workers.
 
-Each flag maps to one `FnArgs` field or one `custom_config` key. With
+Each flag maps to one `FnArgs` field or one `TrainerConfig` (`custom_config`)
+field; `fn_args.build_fn_args` assembles them, as for the demo. With
 `--local-workers N` the command starts N copies of itself under
 MultiWorkerMirroredStrategy on localhost (see local_workers.py).
 """
@@ -10,7 +11,6 @@ from __future__ import annotations
 import argparse
 import json
 import logging
-import math
 import os
 import sys
 
@@ -30,6 +30,7 @@ def _widths(text: str) -> list[int]:
 
 
 def build_parser() -> argparse.ArgumentParser:
+    from components.preprocess.metadata import METADATA_FILE, TRAIN_DIR, ExamplesLayout
     from components.trainer import fn_args as keys
 
     defaults = keys.TrainerConfig()
@@ -42,11 +43,13 @@ def build_parser() -> argparse.ArgumentParser:
         "MultiWorkerMirroredStrategy, else MirroredStrategy over 2+ local GPUs, else one device.",
     )
     data = p.add_argument_group("data (FnArgs)")
-    data.add_argument("--data", help="preprocess output dir: sets --train-files DIR/Split-train/*, --eval-files "
-                      "DIR/Split-eval/* and --metadata DIR/metadata.json unless those are given")
+    example = ExamplesLayout("DIR")
+    data.add_argument("--data", help=f"preprocess output dir: sets --train-files {example.train_pattern}, --eval-files "
+                      f"{example.eval_pattern} and --metadata {example.metadata_path} unless those are given")
     data.add_argument("--train-files", nargs="+", help="training file patterns (GZIP TFRecords of tf.Example)")
     data.add_argument("--eval-files", nargs="+", help="evaluation file patterns")
-    data.add_argument("--metadata", help="the preprocess metadata.json (FnArgs.schema_path); default: beside Split-train")
+    data.add_argument("--metadata", help=f"the preprocess {METADATA_FILE} (FnArgs.schema_path); "
+                      f"default: beside {TRAIN_DIR}")
     data.add_argument("--train-steps", type=positive_int, required=True, help="total training steps; a resumed run stops at exactly this step")
     data.add_argument("--eval-steps", type=positive_int, help="evaluation batches (default: enough to cover the eval split once; the rows the last batch "
                       "wraps around to are not counted twice)")
@@ -110,37 +113,40 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
-def fn_args_from_args(args: argparse.Namespace):
-    from components.preprocess.metadata import EVAL_DIR, METADATA_FILE, TRAIN_DIR, load_metadata
-    from components.trainer.fn_args import FnArgs
+def config_from_args(args: argparse.Namespace):
+    """The `custom_config` flags -> a validated `TrainerConfig` (ValueError naming a bad value)."""
+    from components.trainer.fn_args import TrainerConfig
 
-    train_files, eval_files, metadata = args.train_files, args.eval_files, args.metadata
-    if args.data:
-        train_files = train_files or [os.path.join(args.data, TRAIN_DIR, "*")]
-        eval_files = eval_files or [os.path.join(args.data, EVAL_DIR, "*")]
-        metadata = metadata or os.path.join(args.data, METADATA_FILE)
-    if not train_files or not eval_files:
-        raise ValueError("give --data DIR, or both --train-files and --eval-files")
-    serving = args.serving_model_dir or (args.output and os.path.join(args.output, "serving_model"))
-    run_dir = args.model_run_dir or (args.output and os.path.join(args.output, "model_run"))
-    if not serving or not run_dir:
-        raise ValueError("give --output DIR, or both --serving-model-dir and --model-run-dir")
-    custom_config = dict(
+    return TrainerConfig(
         optimizer=args.optimizer, dense_optimizer=args.dense_optimizer, learning_rate=args.learning_rate,
         dense_learning_rate=args.dense_learning_rate, batch_size=args.batch_size, embedding_dim=args.embedding_dim,
         table_layout=args.table_layout, table_sharding=args.table_sharding, interaction=args.interaction,
-        bottom_mlp=args.bottom_mlp,
-        top_mlp=args.top_mlp, wide=not args.no_wide, checkpoint_every=args.checkpoint_every, log_every=args.log_every,
-        strategy=args.strategy, mixed_precision=args.mixed_precision, seed=args.seed, progress=not args.no_progress,
+        bottom_mlp=tuple(args.bottom_mlp), top_mlp=tuple(args.top_mlp), wide=not args.no_wide,
+        checkpoint_every=args.checkpoint_every, log_every=args.log_every, strategy=args.strategy,
+        mixed_precision=args.mixed_precision, seed=args.seed, progress=not args.no_progress,
     )
-    if metadata:
-        custom_config["metadata_path"] = metadata
-    eval_steps = args.eval_steps
-    if eval_steps is None:
-        meta_path = metadata or os.path.join(os.path.dirname(os.path.dirname(train_files[0])), METADATA_FILE)
-        eval_steps = max(1, math.ceil(load_metadata(meta_path).row_counts["eval"] / args.batch_size))
-    return FnArgs(train_files=train_files, eval_files=eval_files, train_steps=args.train_steps, eval_steps=eval_steps,
-                  serving_model_dir=serving, model_run_dir=run_dir, schema_path=metadata, custom_config=custom_config)
+
+
+def fn_args_from_args(args: argparse.Namespace):
+    """The flags -> `FnArgs`: --data names an `ExamplesLayout`, --output the two output folders."""
+    from components.preprocess.metadata import ExamplesLayout
+    from components.trainer.fn_args import MODEL_RUN_SUBDIR, SERVING_MODEL_SUBDIR, build_fn_args
+
+    train_files, eval_files, metadata = args.train_files, args.eval_files, args.metadata
+    if args.data:
+        layout = ExamplesLayout(args.data)
+        train_files = train_files or [layout.train_pattern]
+        eval_files = eval_files or [layout.eval_pattern]
+        metadata = metadata or layout.metadata_path
+    if not train_files or not eval_files:
+        raise ValueError("give --data DIR, or both --train-files and --eval-files")
+    serving = args.serving_model_dir or (args.output and os.path.join(args.output, SERVING_MODEL_SUBDIR))
+    run_dir = args.model_run_dir or (args.output and os.path.join(args.output, MODEL_RUN_SUBDIR))
+    if not serving or not run_dir:
+        raise ValueError("give --output DIR, or both --serving-model-dir and --model-run-dir")
+    return build_fn_args(train_files=train_files, eval_files=eval_files, metadata_path=metadata,
+                         serving_model_dir=serving, model_run_dir=run_dir, config=config_from_args(args),
+                         train_steps=args.train_steps, eval_steps=args.eval_steps)
 
 
 LAUNCHER_ONLY = ("--local-workers", "--timeout")

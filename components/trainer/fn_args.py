@@ -5,16 +5,20 @@ TFX calls `run_fn(fn_args)` with an object holding `train_files`,
 `model_run_dir`, `schema_path` and `custom_config`; our `FnArgs` has the same
 fields, so `run_fn` accepts either. Model and optimizer settings travel in
 `custom_config` under the keys below; `TrainerConfig.from_custom_config`
-validates them and fills in defaults.
+validates them and fills in defaults. `build_fn_args` is the one place our
+`FnArgs` is made (the trainer CLI, the demo and the benchmarks go through
+it); `fn_args_for` makes it from a preprocess `ExamplesLayout`.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import math
 import os
 from typing import Any
 
 import optimizers
+from components.preprocess.metadata import ExamplesLayout, load_metadata
 
 # custom_config keys.
 OPTIMIZER = "optimizer"
@@ -49,7 +53,8 @@ class FnArgs:
 
     `schema_path` is our `metadata.json` (a TFX schema file is not used; when
     it is not a metadata.json, `custom_config["metadata_path"]` or the
-    `metadata.json` beside the `Split-train` directory is used instead).
+    `metadata.json` of the `ExamplesLayout` holding the train files is used
+    instead).
     """
 
     train_files: list[str]
@@ -132,12 +137,54 @@ class TrainerConfig:
         return data
 
 
+# Where a run's two output folders go under one output directory (`embedopt train --output`, the demo).
+SERVING_MODEL_SUBDIR = "serving_model"
+MODEL_RUN_SUBDIR = "model_run"
+
+
+def build_fn_args(*, train_files: list[str], eval_files: list[str], metadata_path: str | None,
+                  serving_model_dir: str, model_run_dir: str, config: TrainerConfig, train_steps: int,
+                  eval_steps: int | None = None) -> FnArgs:
+    """Our `FnArgs`, with `config` as `custom_config`.
+
+    `metadata_path` (None: beside the train files) becomes `schema_path` and
+    `custom_config["metadata_path"]`. `eval_steps` None covers the eval split
+    once: ceil(eval rows / batch size), at least 1.
+    """
+    if metadata_path:
+        config = dataclasses.replace(config, metadata_path=metadata_path)
+    custom_config = config.to_json()
+    if config.metadata_path is None:
+        del custom_config[METADATA_PATH]
+    if eval_steps is None:
+        found = metadata_path or ExamplesLayout.of_split_pattern(train_files[0]).metadata_path
+        eval_steps = max(1, math.ceil(load_metadata(found).row_counts["eval"] / config.batch_size))
+    return FnArgs(train_files=list(train_files), eval_files=list(eval_files), train_steps=train_steps,
+                  eval_steps=eval_steps, serving_model_dir=serving_model_dir, model_run_dir=model_run_dir,
+                  schema_path=metadata_path, custom_config=custom_config)
+
+
+def fn_args_for(layout: ExamplesLayout, output: str, config: TrainerConfig, train_steps: int,
+                eval_steps: int | None = None) -> FnArgs:
+    """FnArgs training on every shard of `layout`, writing OUTPUT/serving_model and OUTPUT/model_run."""
+    return build_fn_args(train_files=[layout.train_pattern], eval_files=[layout.eval_pattern],
+                         metadata_path=layout.metadata_path,
+                         serving_model_dir=os.path.join(output, SERVING_MODEL_SUBDIR),
+                         model_run_dir=os.path.join(output, MODEL_RUN_SUBDIR),
+                         config=config, train_steps=train_steps, eval_steps=eval_steps)
+
+
+def example_pattern(split: str) -> str:
+    """How error messages show the preprocess output of `split`: DIR/Split-<split>/*.tfrecord.gz."""
+    return ExamplesLayout("DIR").split_pattern(split) + ".tfrecord.gz"
+
+
 def check_fn_args(fn_args) -> None:
     """Raises ValueError for steps < 1 or missing directories/file lists."""
     if not fn_args.train_files:
-        raise ValueError("train_files is empty; pass the preprocess output, e.g. DIR/Split-train/*.tfrecord.gz")
+        raise ValueError(f"train_files is empty; pass the preprocess output, e.g. {example_pattern('train')}")
     if not fn_args.eval_files:
-        raise ValueError("eval_files is empty; pass the preprocess output, e.g. DIR/Split-eval/*.tfrecord.gz")
+        raise ValueError(f"eval_files is empty; pass the preprocess output, e.g. {example_pattern('eval')}")
     if not isinstance(fn_args.train_steps, int) or fn_args.train_steps < 1:
         raise ValueError(f"train_steps must be an integer >= 1, got {fn_args.train_steps!r}")
     if not isinstance(fn_args.eval_steps, int) or fn_args.eval_steps < 1:
@@ -166,11 +213,11 @@ def _file_on_the_way(path: str) -> str | None:
 
 
 def metadata_location(fn_args, config: TrainerConfig) -> str:
-    """Where metadata.json is: schema_path if it is one, else custom_config, else beside Split-train."""
+    """Where metadata.json is: schema_path if it is one, else custom_config, else in the train files' layout."""
     schema = getattr(fn_args, "schema_path", None)
     if schema and (os.path.isdir(schema) or schema.endswith(".json")):
         return schema
     if config.metadata_path:
         return config.metadata_path
     files = [fn_args.train_files] if isinstance(fn_args.train_files, str) else list(fn_args.train_files)
-    return os.path.join(os.path.dirname(os.path.dirname(files[0])), "metadata.json")
+    return ExamplesLayout.of_split_pattern(files[0]).metadata_path

@@ -8,6 +8,7 @@ import os
 import pytest
 
 from components.preprocess import pipeline
+from components.preprocess.plan import default_num_shards
 from components.preprocess.progress import ProgressMonitor, ProgressWriter, read_progress
 from tests.components.preprocess.helpers import FIXTURE, fixture_lines, good_rows, read_examples
 
@@ -30,7 +31,7 @@ def test_num_shards_sets_the_files_per_split_and_keeps_every_row(tmp_path, shard
 
 @pytest.mark.parametrize("size, shards", [(0, 1), (500_000, 1), (5 << 20, 5), (100 << 20, 8), (10 << 30, 160)])
 def test_default_num_shards(size, shards):
-    assert pipeline.default_num_shards(size) == shards
+    assert default_num_shards(size) == shards
 
 
 def test_num_shards_must_be_positive(tmp_path, capsys):

@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
-import json
 import os
 
 import pytest
+
+from components.preprocess.metadata import ExamplesLayout
 
 ROWS = 12_000
 VOCAB = 40
@@ -13,8 +14,9 @@ VOCAB = 40
 
 @pytest.fixture(scope="session")
 def planted_data(tmp_path_factory) -> str:
-    """Preprocess output dir (Split-train, Split-eval, metadata.json) of 12k synthetic rows."""
+    """Preprocess output dir (an `ExamplesLayout` root) of 12k synthetic rows."""
     from components.preprocess import pipeline, synth
+    from components.preprocess.spec import PreprocessSpec
     from components.preprocess.synth_truth import SynthConfig
 
     root = tmp_path_factory.mktemp("planted")
@@ -23,10 +25,9 @@ def planted_data(tmp_path_factory) -> str:
                          calibration_rows=20_000)
     synth.generate(config, ROWS, raw, progress=False)
     out = os.path.join(root, "data")
-    pipeline.run(["--input", raw, "--output", out, "--eval-fraction", "0.2"])
+    pipeline.execute(PreprocessSpec(input=raw, output=out, eval_fraction=0.2))
     return out
 
 
 def bayes_auc(data_dir: str) -> float:
-    with open(os.path.join(data_dir, "metadata.json"), encoding="utf-8") as f:
-        return json.load(f)["synth_metadata"]["bayes_auc"]
+    return ExamplesLayout(data_dir).metadata().synth_metadata["bayes_auc"]

@@ -8,6 +8,7 @@ import shutil
 
 import pytest
 
+from components.preprocess.metadata import METADATA_FILE, ExamplesLayout
 from components.trainer import cli
 from components.trainer.fn_args import TrainerConfig
 from components.trainer.run import run_fn
@@ -30,17 +31,17 @@ def test_missing_train_files(planted_data, tmp_path):
 
 def test_missing_metadata(planted_data, tmp_path):
     fn_args = make_fn_args(planted_data, str(tmp_path), steps=2)
-    fn_args.schema_path = str(tmp_path / "metadata.json")
+    fn_args.schema_path = str(tmp_path / METADATA_FILE)
     with pytest.raises(ValueError, match="no metadata file"):
         run_fn(fn_args)
 
 
 def fn_args_with_metadata(planted_data, tmp_path, change):
     """FnArgs on the planted data whose schema_path is a copy of its metadata.json edited by `change`."""
-    with open(os.path.join(planted_data, "metadata.json"), encoding="utf-8") as f:
+    with open(ExamplesLayout(planted_data).metadata_path, encoding="utf-8") as f:
         meta = json.load(f)
     change(meta)
-    wrong = tmp_path / "metadata.json"
+    wrong = tmp_path / METADATA_FILE
     wrong.write_text(json.dumps(meta))
     fn_args = make_fn_args(planted_data, str(tmp_path), steps=2)
     fn_args.schema_path = str(wrong)
@@ -94,8 +95,8 @@ def test_cli_builds_the_fn_args_run_fn_gets(planted_data, tmp_path):
                                           "--optimizer", "ftrl", "--dense-optimizer", "sgd", "--table-layout", "per_feature",
                                           "--bottom-mlp", "8,4", "--batch-size", "100"])
     fn_args = cli.fn_args_from_args(args)
-    assert fn_args.train_files == [os.path.join(planted_data, "Split-train", "*")]
-    assert fn_args.schema_path == os.path.join(planted_data, "metadata.json")
+    assert fn_args.train_files == [ExamplesLayout(planted_data).train_pattern]
+    assert fn_args.schema_path == ExamplesLayout(planted_data).metadata_path
     assert fn_args.serving_model_dir == os.path.join(str(tmp_path), "serving_model")
     with open(fn_args.schema_path, encoding="utf-8") as f:
         eval_rows = json.load(f)["row_counts"]["eval"]

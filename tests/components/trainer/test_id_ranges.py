@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
+from components.preprocess.metadata import ExamplesLayout
 from components.trainer.fn_args import TrainerConfig
 from components.trainer.model import build_model
 from components.trainer.run import run_fn
@@ -56,7 +57,7 @@ def test_training_data_past_one_features_size_is_an_error_naming_it(planted_data
     ids = np.concatenate([
         [tf.train.Example.FromString(r.numpy()).features.feature["cat_3"].int64_list.value[0]
          for r in tf.data.TFRecordDataset(path, compression_type="GZIP")]
-        for path in glob.glob(f"{planted_data}/Split-train/*")])
+        for path in glob.glob(ExamplesLayout(planted_data).train_pattern)])
     assert ids.max() >= 2  # the data really has ids the shrunk metadata does not allow
 
     def shrink_cat_3(meta):

@@ -10,6 +10,7 @@ import os
 import pytest
 import tensorflow as tf
 
+from components.preprocess.metadata import ExamplesLayout
 from components.trainer.fn_args import FnArgs
 from components.trainer.run import run_fn
 from tests.components.trainer.test_run_fn import make_fn_args
@@ -33,8 +34,9 @@ def tiny_raw(tmp_path_factory) -> str:
 
 def preprocessed(raw: str, out: str, eval_fraction: float) -> str:
     from components.preprocess import pipeline
+    from components.preprocess.spec import PreprocessSpec
 
-    pipeline.run(["--input", raw, "--output", out, "--eval-fraction", str(eval_fraction)])
+    pipeline.execute(PreprocessSpec(input=raw, output=out, eval_fraction=eval_fraction))
     return out
 
 
@@ -46,10 +48,11 @@ def write_empty_shard(split_dir: str) -> None:
 
 
 def tiny_fn_args(data: str, out: str, steps: int = 3) -> FnArgs:
+    layout = ExamplesLayout(data)
     return FnArgs(
-        train_files=[os.path.join(data, "Split-train", "*")], eval_files=[os.path.join(data, "Split-eval", "*")],
+        train_files=[layout.train_pattern], eval_files=[layout.eval_pattern],
         train_steps=steps, eval_steps=1, serving_model_dir=os.path.join(out, "serving"),
-        model_run_dir=os.path.join(out, "run"), schema_path=os.path.join(data, "metadata.json"),
+        model_run_dir=os.path.join(out, "run"), schema_path=layout.metadata_path,
         custom_config=dict(SMALL),
     )
 
@@ -59,7 +62,7 @@ def with_an_empty_split(raw: str, tmp_path, split: str, how: str) -> FnArgs:
     holding no record."""
     data = preprocessed(raw, str(tmp_path / "data"), eval_fraction=0.0 if split == "eval" else 1.0)
     if how == "empty_shard":
-        write_empty_shard(os.path.join(data, f"Split-{split}"))
+        write_empty_shard(ExamplesLayout(data).split_dir(split))
     return tiny_fn_args(data, str(tmp_path / "out"))
 
 
@@ -97,7 +100,7 @@ def test_stale_checkpoint_temp_folder_is_removed_and_the_run_resumes(planted_dat
     # Resumed from step 2, the run saves only its final step 4: nothing of its own replaces ckpt-3_temp.
     fn_args.train_steps = 4
     fn_args.custom_config["checkpoint_every"] = 10
-    with caplog.at_level(logging.INFO, logger="components.trainer.run"):
+    with caplog.at_level(logging.INFO, logger="components.trainer"):
         metrics = run_fn(fn_args)
     assert not os.path.exists(stale)
     assert any("ckpt-3_temp" in r.getMessage() and "removed" in r.getMessage() for r in caplog.records)

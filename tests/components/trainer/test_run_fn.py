@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
+from components.preprocess.metadata import ExamplesLayout
 from components.trainer.fn_args import FnArgs
 from components.trainer.run import run_fn
 from tests.components.trainer.conftest import bayes_auc
@@ -21,19 +22,20 @@ STEPS = 80
 
 
 def make_fn_args(data_dir, out_dir, steps=STEPS, **config) -> FnArgs:
-    with open(os.path.join(data_dir, "metadata.json"), encoding="utf-8") as f:
-        eval_rows = json.load(f)["row_counts"]["eval"]
+    """FnArgs as TFX would hand them over (custom_config holding only what differs from the defaults)."""
+    layout = ExamplesLayout(data_dir)
+    eval_rows = layout.row_counts["eval"]
     custom = dict(batch_size=BATCH, learning_rate=0.003, dense_learning_rate=0.003, checkpoint_every=30,
                   log_every=20, progress=False)
     custom.update(config)
     return FnArgs(
-        train_files=[os.path.join(data_dir, "Split-train", "*")],
-        eval_files=[os.path.join(data_dir, "Split-eval", "*")],
+        train_files=[layout.train_pattern],
+        eval_files=[layout.eval_pattern],
         train_steps=steps,
         eval_steps=math.ceil(eval_rows / BATCH),
         serving_model_dir=os.path.join(out_dir, "serving"),
         model_run_dir=os.path.join(out_dir, "run"),
-        schema_path=os.path.join(data_dir, "metadata.json"),
+        schema_path=layout.metadata_path,
         custom_config=custom,
     )
 
@@ -48,7 +50,7 @@ def trained(planted_data, tmp_path_factory):
 
 def test_saved_model_scores_preprocessed_examples(trained, planted_data):
     fn_args, metrics = trained
-    records, labels = serialized_examples(os.path.join(planted_data, "Split-eval", "*"))
+    records, labels = serialized_examples(ExamplesLayout(planted_data).eval_pattern)
     loaded = tf.saved_model.load(fn_args.serving_model_dir)
     serve = loaded.signatures["serve_transformed"]
     probs = serve(examples=tf.constant(records))["probabilities"].numpy()
@@ -63,13 +65,12 @@ def test_saved_model_scores_preprocessed_examples(trained, planted_data):
 
 def test_saved_model_scores_the_raw_logs_as_the_preprocess_encoded_them(trained, planted_data):
     fn_args, _ = trained
-    with open(os.path.join(planted_data, "metadata.json"), encoding="utf-8") as f:
-        assert json.load(f)["dead_letter_count"] == 0
+    layout = ExamplesLayout(planted_data)
+    assert layout.metadata().dead_letter_count == 0
     # conftest's layout: the synthetic TSV in ROOT/raw, the preprocess output in ROOT/data.
     with open(os.path.join(os.path.dirname(planted_data), "raw", "data.tsv"), "rb") as f:
         lines = f.read().splitlines()
-    records = [r for split in ("Split-train", "Split-eval")
-               for r in serialized_examples(os.path.join(planted_data, split, "*"))[0]]
+    records = [r for pattern in (layout.train_pattern, layout.eval_pattern) for r in serialized_examples(pattern)[0]]
     signatures = tf.saved_model.load(fn_args.serving_model_dir).signatures
     raw = signatures["serve_tsv"](lines=tf.constant(lines))["probabilities"].numpy()[:, 0]
     transformed = signatures["serve_transformed"](examples=tf.constant(records))["probabilities"].numpy()[:, 0]
@@ -97,11 +98,12 @@ def test_metrics_json_and_artifacts_written(trained):
 
 def test_learned_model_beats_trivial_baseline(trained, planted_data):
     fn_args, _ = trained
-    records, labels = serialized_examples(os.path.join(planted_data, "Split-eval", "*"))
+    layout = ExamplesLayout(planted_data)
+    records, labels = serialized_examples(layout.eval_pattern)
     probs = tf.saved_model.load(fn_args.serving_model_dir).signatures["serve_transformed"](
         examples=tf.constant(records))["probabilities"].numpy()[:, 0]
     # Trivial baseline: predict the training positive rate for everyone (AUC 0.5).
-    train_labels = serialized_examples(os.path.join(planted_data, "Split-train", "*"))[1]
+    train_labels = serialized_examples(layout.train_pattern)[1]
     base_rate = train_labels.mean()
     baseline_loss = log_loss(labels, np.full_like(labels, base_rate))
     best = bayes_auc(planted_data)
@@ -127,8 +129,7 @@ def test_layouts_and_mixed_precision_train(planted_data, tmp_path, layout, inter
     try:
         assert metrics["steps"] == 30
         assert np.isfinite(metrics["eval_log_loss"]) and metrics["eval_auc"] > 0.55
-        with open(os.path.join(planted_data, "metadata.json"), encoding="utf-8") as f:
-            sizes = list(json.load(f)["vocab_sizes"].values())
+        sizes = list(ExamplesLayout(planted_data).metadata().vocab_sizes.values())
         assert metrics["table_rows"] == ([sum(sizes)] if layout == "shared" else metrics["table_rows"])
         assert len(metrics["table_rows"]) == (1 if layout == "shared" else 26)
     finally:

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from components.preprocess.metadata import load_metadata
+from components.preprocess.metadata import ExamplesLayout, load_metadata
 from components.preprocess.reader import make_dataset
 from components.trainer.fn_args import TrainerConfig
 from components.trainer.loop import TrainState, build_optimizers, make_train_step
@@ -78,7 +78,7 @@ def _train_three_steps(strategy, data_dir, global_batch=64):
         state = TrainState(model, emb_opt, dense_opt, tf.Variable(0, dtype=tf.int64))
 
     def dataset_fn(context):
-        return make_dataset(f"{data_dir}/Split-train/*", metadata, context.get_per_replica_batch_size(global_batch),
+        return make_dataset(ExamplesLayout(data_dir).train_pattern, metadata, context.get_per_replica_batch_size(global_batch),
                             shuffle=False, input_context=context, drop_remainder=True)
 
     # Every replica set reads the same global batches: record order without shuffling.

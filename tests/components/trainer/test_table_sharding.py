@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from components.preprocess.metadata import load_metadata
+from components.preprocess.metadata import ExamplesLayout, load_metadata
 from components.trainer.fn_args import TrainerConfig
 from components.trainer.model import build_model
 from components.trainer.run import run_fn
@@ -70,7 +70,7 @@ def test_row_and_mirrored_train_alike_with_two_workers(two_layouts, planted_data
         np.testing.assert_allclose(got[key], want[key], rtol=RTOL, atol=ATOL, err_msg=key)
     # Both workers agree (collective checksums), and each holds half the rows.
     assert row_workers["[worker 0]"]["weights_checksum"] == row_workers["[worker 1]"]["weights_checksum"]
-    rows = sum(load_metadata(os.path.join(planted_data, "metadata.json")).vocab_sizes.values())
+    rows = sum(load_metadata(ExamplesLayout(planted_data).metadata_path).vocab_sizes.values())
     assert mirrored["embedding_rows_per_replica"] == [rows, rows]
     assert row["embedding_rows_per_replica"] == [math.ceil(rows / 2)] * 2
 
@@ -179,7 +179,7 @@ def test_row_sharding_refuses_several_local_replicas(planted_data, tmp_path):
 
 
 def test_export_refuses_tables_larger_than_the_chiefs_memory(planted_data):
-    metadata = load_metadata(os.path.join(planted_data, "metadata.json"))
+    metadata = load_metadata(ExamplesLayout(planted_data).metadata_path)
     config = TrainerConfig(table_sharding="row", embedding_dim=4, bottom_mlp=(8,), top_mlp=(8,))
     model = build_model(metadata, config)
     strategy = tf.distribute.get_strategy()

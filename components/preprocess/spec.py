@@ -1,0 +1,143 @@
+"""`PreprocessSpec`: the preprocess component's inputs, output and parameters, validated once.
+
+The CLI (`pipeline.run(argv)`) only turns flags into a spec; the demo, the
+benchmarks and tests build one directly and call `pipeline.execute(spec)`.
+A bad value raises `SpecError` naming the field (`eval_fraction`); the CLI
+repeats it under the flag's name (`--eval-fraction`).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+from components.preprocess import metadata as md
+from components.preprocess.sink import DEFAULT_COMPRESSION_LEVEL
+
+FORMATS = ("tsv", "csv", "tfds")
+DEFAULT_MIN_FREQUENCY = 2
+COMPRESSION_LEVELS = range(1, 10)
+VOCAB_MODES = ("top_n", "min_frequency", "hash")
+
+
+class UsageError(ValueError):
+    """A problem with the arguments or inputs, found before any work starts."""
+
+
+class SpecError(UsageError):
+    """One bad `PreprocessSpec` field: `field` names it, `problem` says what is wrong and what would do."""
+
+    def __init__(self, field: str, problem: str):
+        self.field, self.problem = field, problem
+        super().__init__(f"{field} {problem}")
+
+    @property
+    def flag_message(self) -> str:
+        """The same message, naming the command-line flag of the field."""
+        return f"--{self.field.replace('_', '-')} {self.problem}"
+
+
+def _sizes_text(sizes) -> str:
+    return repr(",".join(map(str, sizes)))
+
+
+@dataclasses.dataclass(frozen=True)
+class PreprocessSpec:
+    """What one preprocess run reads, writes and how.
+
+    input: file pattern of the logs; with `format="tfds"` the TFDS dataset name unless `tfds_name` is given.
+    output: the directory that becomes an `ExamplesLayout`.
+    vocab_size / min_frequency / hash_buckets: at most one; 1 or 26 values for the per-feature ones, kept as 26.
+        With none, `min_frequency` is `DEFAULT_MIN_FREQUENCY`.
+    num_shards: output files per split; None sizes them from the input.
+    beam_args: Beam pipeline options, passed through untouched (DirectRunner when no `--runner`).
+    """
+
+    input: str
+    output: str
+    format: str = "tsv"
+    vocab_size: tuple[int, ...] | None = None
+    min_frequency: int | None = None
+    hash_buckets: tuple[int, ...] | None = None
+    eval_fraction: float = 0.1
+    tfds_name: str | None = None
+    tfds_data_dir: str | None = None
+    tfds_split: str = "train"
+    num_shards: int | None = None
+    compression_level: int = DEFAULT_COMPRESSION_LEVEL
+    overwrite: bool = False
+    progress: bool = True
+    beam_args: tuple[str, ...] = ()
+
+    def __post_init__(self):
+        for name in ("input", "output"):
+            if not isinstance(getattr(self, name), str) or not getattr(self, name):
+                raise SpecError(name, f"must be a non-empty path, got {getattr(self, name)!r}")
+        if self.format not in FORMATS:
+            raise SpecError("format", f"must be one of {', '.join(FORMATS)}, got {self.format!r}")
+        if not isinstance(self.eval_fraction, (int, float)) or not 0.0 <= self.eval_fraction <= 1.0:
+            raise SpecError("eval_fraction", f"must be in [0, 1], got {self.eval_fraction}")
+        modes = [name for name in ("vocab_size", "min_frequency", "hash_buckets") if getattr(self, name) is not None]
+        if len(modes) > 1:
+            raise SpecError(modes[1], f"cannot be combined with {modes[0]}; give at most one of vocab_size, "
+                            "min_frequency, hash_buckets")
+        self._set("hash_buckets", self._per_feature("hash_buckets", 2))
+        self._set("vocab_size", self._per_feature("vocab_size", 1))
+        if not modes:
+            self._set("min_frequency", DEFAULT_MIN_FREQUENCY)
+        if self.min_frequency is not None and (not _is_int(self.min_frequency) or self.min_frequency < 1):
+            raise SpecError("min_frequency", f"must be >= 1, got {self.min_frequency}")
+        if self.format == "tfds" and not self.tfds_name:
+            self._set("tfds_name", self.input)
+        if self.num_shards is not None and (not _is_int(self.num_shards) or self.num_shards < 1):
+            raise SpecError("num_shards", f"must be >= 1, got {self.num_shards}")
+        if self.compression_level not in COMPRESSION_LEVELS or not _is_int(self.compression_level):
+            raise SpecError("compression_level", f"must be an integer in 1..9, got {self.compression_level!r}")
+        self._set("beam_args", tuple(self.beam_args))
+        if not all(isinstance(arg, str) for arg in self.beam_args):
+            raise SpecError("beam_args", f"must be strings, got {self.beam_args!r}")
+
+    def _set(self, name: str, value) -> None:
+        object.__setattr__(self, name, value)
+
+    def _per_feature(self, name: str, minimum: int) -> tuple[int, ...] | None:
+        """One value or one per categorical feature -> one per feature, each >= minimum."""
+        value = getattr(self, name)
+        if value is None:
+            return None
+        sizes = (value,) if _is_int(value) else tuple(value)
+        if len(sizes) == 1:
+            sizes *= md.NUM_CATEGORICAL
+        if (len(sizes) != md.NUM_CATEGORICAL or not all(_is_int(size) for size in sizes)
+                or min(sizes) < minimum):
+            raise SpecError(name, f"takes one value or {md.NUM_CATEGORICAL} comma-separated values, each >= {minimum}; "
+                            f"got {_sizes_text(value if not _is_int(value) else (value,))}")
+        return sizes
+
+    @property
+    def vocab_mode(self) -> str:
+        """One of VOCAB_MODES."""
+        return "hash" if self.hash_buckets else ("top_n" if self.vocab_size else "min_frequency")
+
+    @property
+    def passes(self) -> int:
+        """Reads of the input: hash mode encodes in one, the vocabulary modes count first."""
+        return 1 if self.hash_buckets else 2
+
+    @property
+    def layout(self) -> md.ExamplesLayout:
+        return md.ExamplesLayout(self.output)
+
+    def options_record(self, num_shards: int) -> dict:
+        """The `options` of metadata.json: the parameters that shaped the output (`num_shards` as planned)."""
+        return {
+            "vocab_mode": self.vocab_mode,
+            "vocab_size": list(self.vocab_size) if self.vocab_size else None, "min_frequency": self.min_frequency,
+            "hash_buckets": list(self.hash_buckets) if self.hash_buckets else None,
+            "eval_fraction": self.eval_fraction, "num_shards": num_shards, "compression_level": self.compression_level,
+            "tfds_name": self.tfds_name, "tfds_data_dir": self.tfds_data_dir, "tfds_split": self.tfds_split,
+            "beam_args": list(self.beam_args),
+        }
+
+
+def _is_int(value) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)

@@ -1,0 +1,81 @@
+"""Build the model and optimizers in the strategy's scope and restore the latest checkpoint, if any.
+
+With `table_sharding="row"` every worker saves and restores its own shard
+(and reshards a checkpoint written by another number of workers, see
+sharding.py); mirrored: the chief's checkpoint serves all. The chief (and
+with row sharding every worker) first deletes the temp folders of
+checkpoint saves that a kill interrupted.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import os
+
+import tensorflow as tf
+
+from components.trainer import artifacts
+from components.trainer.fn_args import TrainerConfig
+from components.trainer.loop import TrainState, build_optimizers
+from components.trainer.loss_scale import DynamicLossScale
+from components.trainer.model import build_model
+from components.trainer.sharding import CheckpointPlace, barrier, place_for, reshard
+
+log = logging.getLogger(__name__)
+
+
+@dataclasses.dataclass
+class Restored:
+    """The training state, ready to train: `resumed_from` is its step (0 for a fresh run)."""
+
+    state: TrainState
+    checkpoint: tf.train.Checkpoint
+    place: CheckpointPlace  # where this worker's checkpoints go
+    resumed_from: int
+
+    @property
+    def model(self):
+        return self.state.model
+
+    @property
+    def step(self) -> tf.Variable:
+        return self.state.step
+
+
+def build_state(strategy, metadata, config: TrainerConfig) -> TrainState:
+    with strategy.scope():
+        model = build_model(metadata, config)
+        embedding_optimizer, dense_optimizer = build_optimizers(model, config, config.mixed_precision)
+        step = tf.Variable(0, dtype=tf.int64, trainable=False, name="global_step")
+        return TrainState(model, embedding_optimizer, dense_optimizer, step,
+                          DynamicLossScale() if config.mixed_precision else None)
+
+
+def build_and_restore(strategy, metadata, config: TrainerConfig, model_run_dir: str, train_steps: int,
+                      is_chief: bool) -> Restored:
+    """Raises ValueError when the checkpoint is past `train_steps`."""
+    state = build_state(strategy, metadata, config)
+    checkpoint = state.checkpoint()
+    row_sharded = config.table_sharding == "row"
+    # Row sharding: every worker saves and restores its own shard; mirrored: the chief's checkpoint serves all.
+    place = place_for(os.path.join(model_run_dir, artifacts.CHECKPOINT_DIR), config.table_sharding, state.model)
+    if is_chief or row_sharded:
+        for path, size in artifacts.remove_checkpoint_temps(place.directory):
+            log.info("removed %s (%.1f MB), left by a checkpoint save that was interrupted", path, size / 1e6)
+    point = place.resume_point()
+    latest = point.path if point else None
+    if row_sharded and point and point.reshard_from:
+        barrier(strategy)  # every worker has chosen its resume point before any writes a resharded one
+        log.info("resharding the checkpoint of step %d from %d worker(s) onto %d", point.step, point.reshard_from,
+                 place.num_shards)
+        reshard(place, checkpoint, point)
+    if latest:
+        checkpoint.restore(latest).assert_existing_objects_matched()
+    resumed_from = int(state.step.numpy())
+    if resumed_from > train_steps:
+        raise ValueError(f"checkpoint {latest} is at step {resumed_from}, past train_steps={train_steps}; "
+                         "use a new model_run_dir or more steps")
+    if resumed_from:
+        log.info("resumed from checkpoint %s at step %d", latest, resumed_from)
+    return Restored(state, checkpoint, place, resumed_from)
