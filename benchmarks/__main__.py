@@ -20,7 +20,7 @@ import tempfile
 import time
 
 from benchmarks import findings, results
-from components.cli import positive_int
+from components.cli import HelpFormatter, positive_int
 
 PROG = "embedopt bench"
 BENCHMARKS = ("step_time", "apply_bandwidth", "dense_parity", "preprocess_scaling", "input_pipeline", "memory",
@@ -37,17 +37,19 @@ def _names(text: str) -> list[str]:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog=PROG, description=__doc__.split("\n\n")[0].split(": ", 1)[1])
+    parser = argparse.ArgumentParser(formatter_class=HelpFormatter, prog=PROG, description=__doc__.split("\n\n")[0].split(": ", 1)[1])
     parser.add_argument("--quick", action="store_true",
                         help="reduced sizes and repeats (under 2 minutes); goals meant for the full run's sizes are "
                         "not judged")
     parser.add_argument("--output", default="bench-results", help="directory for results.json and the PNGs "
-                        "(default ./bench-results)")
+                        "(default: ./bench-results)")
     parser.add_argument("--only", type=_names, default=list(BENCHMARKS),
                         help=f"comma-separated subset of: {', '.join(BENCHMARKS)}")
     parser.add_argument("--repeats", type=positive_int, help="timed repeats per measurement (default: per benchmark)")
     parser.add_argument("--workdir", help="scratch directory for generated data (default: a temporary one, removed)")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar on stderr")
+    parser.add_argument("--verbose", "-v", action="store_true",
+                   help="also print TensorFlow's start-up lines and the INFO logs of TensorFlow and Beam")
     return parser
 
 
@@ -107,7 +109,11 @@ def run(args) -> dict:
 
 
 def main(argv: list[str] | None = None) -> int:
+    from components.quiet import configure_logging, import_tensorflow
+
     args = build_parser().parse_args(argv)
+    configure_logging(args.verbose)
+    import_tensorflow(args.verbose)
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     document = run(args)
     machine = document["machine"]

@@ -13,6 +13,7 @@ import argparse
 import importlib
 import os
 import sys
+import textwrap
 
 # name -> (module, one-line help). Order is the order shown by --help.
 COMMANDS: dict[str, tuple[str, str]] = {
@@ -26,6 +27,30 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "pipeline": ("components.pipeline.cli", "compile the Kubeflow (KFP v2) pipeline"),
     "bench": ("benchmarks.__main__", "run the benchmarks, write results.json and plots"),
 }
+
+
+class HelpFormatter(argparse.HelpFormatter):
+    """Help in one style for every command: each option ends with `(default: X)`, unless its help already says.
+
+    Lines never break inside a flag (`--no-progress`), so examples can be copied.
+    """
+
+    def _split_lines(self, text: str, width: int) -> list[str]:
+        return textwrap.wrap(" ".join(text.split()), width, break_on_hyphens=False, break_long_words=False)
+
+    def _fill_text(self, text: str, width: int, indent: str) -> str:
+        return textwrap.fill(" ".join(text.split()), width, initial_indent=indent, subsequent_indent=indent,
+                             break_on_hyphens=False, break_long_words=False)
+
+    def _get_help_string(self, action: argparse.Action) -> str:
+        text = action.help or ""
+        if ("(default" in text or action.default is argparse.SUPPRESS or not action.option_strings
+                or action.required):
+            return text
+        default = action.default
+        shown = ("off" if default is False else "on" if default is True
+                 else "none" if default in (None, []) else "%(default)s")
+        return f"{text} (default: {shown})"
 
 
 def positive_int(text: str) -> int:

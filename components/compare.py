@@ -17,6 +17,8 @@ import time
 
 import numpy as np
 
+from components.cli import HelpFormatter
+
 DEFAULT_LEARNING_RATES = {
     "sgd": 0.5, "momentum": 0.1, "decaying_sgd": 0.5, "adam": 0.01, "lazy_adam": 0.01, "adamw": 0.01,
     "adagrad": 0.2, "rowwise_adagrad": 0.2, "ftrl": 0.2,
@@ -113,9 +115,9 @@ def train_one(name, ids, labels, vocab, dim, batch_size, steps, lr):
 
 
 def build_parser():
-    from optimizers import OPTIMIZERS
+    from components.trainer.fn_args import OPTIMIZER_NAMES as OPTIMIZERS  # the names without TensorFlow, for --help
 
-    parser = argparse.ArgumentParser(
+    parser = argparse.ArgumentParser(formatter_class=HelpFormatter,
         prog="embedopt compare",
         description="Train the same SparseEmbedding model with each optimizer on generated data and "
         "print final loss, eval AUC and median step time, beside the Bayes-optimal AUC of the eval rows "
@@ -130,11 +132,17 @@ def build_parser():
     parser.add_argument("--batch-size", type=int, default=512, help="batch size (default: 512)")
     parser.add_argument("--steps", type=int, default=300, help="training steps per optimizer (default: 300)")
     parser.add_argument("--seed", type=int, default=0, help="data seed (default: 0)")
+    parser.add_argument("--verbose", "-v", action="store_true",
+                   help="also print TensorFlow's start-up lines and the INFO logs of TensorFlow and Beam")
     return parser
 
 
 def main(argv: list[str]) -> int:
+    from components.quiet import configure_logging, import_tensorflow
+
     args = build_parser().parse_args(argv)
+    configure_logging(args.verbose)
+    import_tensorflow(args.verbose)
     from optimizers import OPTIMIZERS
 
     names = [n.strip() for n in args.optimizers.split(",") if n.strip()]

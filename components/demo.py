@@ -1,7 +1,7 @@
 """`embedopt demo`: the whole job on an embedded default, then a report.
 
 synth (planted logistic truth, Bayes-optimal AUC recorded) -> preprocess
-(Beam DirectRunner, hashed ids; the largest feature gets 2^20 rows) -> train
+(Beam, local FnApiRunner, hashed ids; the largest feature gets 2^20 rows) -> train
 (Adagrad on the embedding tables, Adam on the MLPs, one pass over the
 training split by default) -> SavedModel export -> a printed report: eval
 AUC against the Bayes-optimal AUC of the same eval rows, step time, where
@@ -19,6 +19,8 @@ import sys
 import time
 
 from components.trainer import artifacts
+
+from components.cli import HelpFormatter
 
 PROG = "embedopt demo"
 DEFAULT_ROWS = 300_000
@@ -78,16 +80,18 @@ def _stage(number: int, text: str) -> None:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog=PROG, description=__doc__.split("\n\n")[0].split(": ", 1)[1])
-    p.add_argument("--output", default="embedopt-demo", help="directory for data, model and report (default ./embedopt-demo)")
-    p.add_argument("--rows", type=int, default=DEFAULT_ROWS, help=f"synthetic rows to generate (default {DEFAULT_ROWS})")
+    p = argparse.ArgumentParser(formatter_class=HelpFormatter, prog=PROG, description=__doc__.split("\n\n")[0].split(": ", 1)[1])
+    p.add_argument("--output", default="embedopt-demo", help="directory for data, model and report (default: ./embedopt-demo)")
+    p.add_argument("--rows", type=int, default=DEFAULT_ROWS, help=f"synthetic rows to generate (default: {DEFAULT_ROWS})")
     p.add_argument("--steps", type=int, help=f"training steps of batch {BATCH_SIZE} (default: one pass over the training split)")
-    p.add_argument("--optimizer", default=DEFAULT_OPTIMIZER, help=f"embedding optimizer (default {DEFAULT_OPTIMIZER})")
+    p.add_argument("--optimizer", default=DEFAULT_OPTIMIZER, help=f"embedding optimizer (default: {DEFAULT_OPTIMIZER})")
     p.add_argument("--learning-rate", type=float,
                    help="embedding learning rate (default: " + ", ".join(f"{k} {v:g}" for k, v in LEARNING_RATES.items())
                    + "; other optimizers their own default)")
-    p.add_argument("--seed", type=int, default=0, help="seed of the generator and the model (default 0)")
+    p.add_argument("--seed", type=int, default=0, help="seed of the generator and the model (default: 0)")
     p.add_argument("--overwrite", action="store_true", help="replace an earlier demo in --output")
+    p.add_argument("--verbose", "-v", action="store_true",
+                   help="also print TensorFlow's start-up lines and the INFO logs of TensorFlow and Beam")
     return p
 
 
@@ -119,7 +123,7 @@ def run(args: argparse.Namespace) -> dict:
     start = time.monotonic()
     spec = PreprocessSpec(input=raw, output=os.path.join(out, "data"),
                           hash_buckets=tuple(hash_buckets(config.vocab_sizes)), eval_fraction=EVAL_FRACTION)
-    _stage(2, "preprocess: Beam DirectRunner, hashed ids, GZIP TFRecord shards")
+    _stage(2, "preprocess: Beam (local FnApiRunner), hashed ids, GZIP TFRecord shards")
     metadata = pipeline.execute(spec)
     timings["preprocess_seconds"] = time.monotonic() - start
     start = time.monotonic()
@@ -190,8 +194,11 @@ def format_report(r: dict) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
+    from components.quiet import configure_logging, import_tensorflow
+
     args = build_parser().parse_args(sys.argv[1:] if argv is None else argv)
-    logging.basicConfig(level=logging.INFO, format="%(message)s")
+    configure_logging(args.verbose)
+    import_tensorflow(args.verbose)
     if args.rows < 1000:
         print(f"{PROG}: --rows must be >= 1000, got {args.rows}", file=sys.stderr)
         return 2

@@ -29,6 +29,8 @@ import tempfile
 import time
 from typing import Callable, Iterator, Sequence
 
+from components.cli import HelpFormatter
+
 PROG = "embedopt predict"
 DEFAULT_BATCH_SIZE = 4096
 SKIPPED_SUFFIX = ".skipped.txt"
@@ -60,7 +62,7 @@ class Summary:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(
+    p = argparse.ArgumentParser(formatter_class=HelpFormatter,
         prog=PROG,
         description="Score raw Criteo TSV logs (40 tab-separated fields with the label first, or 39 without it) "
         f"with a SavedModel from `embedopt train` (its {SIGNATURE} signature) and write one click probability per "
@@ -73,13 +75,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--output", required=True, help="file to write, one probability per line formatted "
                    f"{OUTPUT_FORMAT.replace('%', '%%')}; gzip when the name ends in .gz. Written only when the run succeeds")
     p.add_argument("--batch-size", type=int, default=DEFAULT_BATCH_SIZE,
-                   help=f"lines per call of the model (default {DEFAULT_BATCH_SIZE})")
+                   help="lines per call of the model")
     p.add_argument("--skip-bad-lines", action="store_true",
                    help="skip malformed lines (no output line) instead of stopping with exit code 2; their file, "
                    f"line number and reason go to OUTPUT{SKIPPED_SUFFIX} (default: off)")
     p.add_argument("--no-progress", action="store_true",
                    help=f"no progress bar; log lines every {LOG_INTERVAL_SECONDS:.0f} s instead. Off a terminal this "
                    "is what happens anyway (default: bar on a terminal)")
+    p.add_argument("--verbose", "-v", action="store_true",
+                   help="also print TensorFlow's start-up lines and the INFO logs of TensorFlow and Beam")
     return p
 
 
@@ -226,8 +230,11 @@ def predict(model_dir: str, files: Sequence[str], output: str, *, batch_size: in
 
 
 def main(argv: list[str] | None = None) -> int:
+    from components.quiet import configure_logging, import_tensorflow
+
     args = build_parser().parse_args(sys.argv[1:] if argv is None else argv)
-    logging.basicConfig(level=logging.INFO, format="%(message)s")
+    configure_logging(args.verbose)
+    import_tensorflow(args.verbose)
     if args.batch_size < 1:
         print(f"{PROG}: --batch-size must be >= 1, got {args.batch_size}", file=sys.stderr)
         return 2

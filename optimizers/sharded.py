@@ -87,8 +87,11 @@ def replica_layout(strategy: tf.distribute.Strategy | None = None) -> tuple[int,
     n = strategy.num_replicas_in_sync
     if n == 1:
         return 1, 0
-    ids = strategy.run(lambda: tf.constant(tf.distribute.get_replica_context().replica_id_in_sync_group))
-    return n, int(strategy.experimental_local_results(ids)[0])
+    @tf.function  # eagerly, MultiWorkerMirroredStrategy.run warns of its overhead
+    def replica_id():
+        return strategy.run(lambda: tf.identity(tf.distribute.get_replica_context().replica_id_in_sync_group))
+
+    return n, int(strategy.experimental_local_results(replica_id())[0])
 
 
 @contextlib.contextmanager

@@ -6,10 +6,10 @@ runs in the image, which has no kubernetes client.
 
 from __future__ import annotations
 
-import argparse
-import textwrap
+from components.cli import HelpFormatter
 
 TRAINER_FLAGS_USAGE = "[-- TRAINER_FLAGS ...]"
+__all__ = ["HelpFormatter", "PassthroughHelpFormatter", "TRAINER_FLAGS_USAGE", "trainer_flags_epilog"]
 
 
 def trainer_flags_epilog() -> str:
@@ -20,28 +20,6 @@ def trainer_flags_epilog() -> str:
         f"({' '.join(DEFAULT_TRAINER_ARGS)}); they go into the <name>-trainer-args ConfigMap, e.g. "
         "`-- --data /data/prepared --output /data/models --train-steps 20000 --table-sharding row`."
     )
-
-
-class HelpFormatter(argparse.HelpFormatter):
-    """Appends each option's default to its help, unless the help already states it.
-
-    Lines never break inside a flag (`--no-progress`), so examples can be copied.
-    """
-
-    def _split_lines(self, text: str, width: int) -> list[str]:
-        return textwrap.wrap(" ".join(text.split()), width, break_on_hyphens=False, break_long_words=False)
-
-    def _fill_text(self, text: str, width: int, indent: str) -> str:
-        return textwrap.fill(" ".join(text.split()), width, initial_indent=indent, subsequent_indent=indent,
-                             break_on_hyphens=False, break_long_words=False)
-
-    def _get_help_string(self, action: argparse.Action) -> str:
-        text = action.help or ""
-        if "default" in text or action.default is argparse.SUPPRESS or not action.option_strings:
-            return text
-        default = action.default
-        shown = "off" if default is False else "on" if default is True else "none" if default in (None, []) else "%(default)s"
-        return f"{text} (default: {shown})"
 
 
 class PassthroughHelpFormatter(HelpFormatter):

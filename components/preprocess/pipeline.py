@@ -53,6 +53,8 @@ from components.preprocess.spec import DEFAULT_MIN_FREQUENCY, PreprocessSpec, Sp
 from components.preprocess.tfds_source import ReadTfdsRows
 from components.preprocess.vocab import ComputeVocabularies, WriteVocabFn, vocab_path
 
+from components.cli import HelpFormatter
+
 PROG = "embedopt preprocess"
 _COUNTS_DIR = "_counts"
 _PROGRESS_DIR = "_progress"
@@ -71,13 +73,13 @@ def _per_feature_ints(text: str | None, flag: str) -> tuple[int, ...] | None:
 
 def build_parser() -> argparse.ArgumentParser:
     example = md.ExamplesLayout("DIR")
-    parser = argparse.ArgumentParser(
+    parser = argparse.ArgumentParser(formatter_class=HelpFormatter,
         prog=PROG,
         description="Beam pipeline: Criteo-style logs -> GZIP TFRecords of tf.Examples in TFX layout "
         f"({example.split_dir('train')}, {example.split_dir('eval')}, {example.vocab_dir}, {example.dead_letter_dir}, "
         f"{example.metadata_path}).",
         epilog="Any other flag is a Beam pipeline option and passes through untouched, e.g. --runner "
-        "DataflowRunner, --direct_num_workers 2 --direct_running_mode multi_processing. Default runner: DirectRunner.",
+        "DataflowRunner, --direct_num_workers 2 --direct_running_mode multi_processing. Default runner: Beam's FnApiRunner (what the DirectRunner runs a batch pipeline on, without its first try, the Prism runner, which it downloads).",
     )
     parser.add_argument("--input", required=True, help="file pattern of the logs (local, gs://, ...; .gz is read as gzip); "
                         "with --format tfds, the TFDS dataset name (or use --tfds-name)")
@@ -88,24 +90,25 @@ def build_parser() -> argparse.ArgumentParser:
     vocab = parser.add_mutually_exclusive_group()
     vocab.add_argument("--vocab-size", help="keep the N most frequent values per feature (ids 1..N; size N+1); "
                        "one N or 26 comma-separated values")
-    vocab.add_argument("--min-frequency", type=int, help="keep values seen at least K times "
-                       f"(default mode, K={DEFAULT_MIN_FREQUENCY})")
+    vocab.add_argument("--min-frequency", type=int, help="keep values seen at least K times; the mode used when none of the three is given "
+                       f"(default: K={DEFAULT_MIN_FREQUENCY})")
     vocab.add_argument("--hash-buckets", help="no vocabulary: id = 1 + hash(value) %% (N-1), 0 for missing; "
                        "one N or 26 comma-separated values (size N)")
     parser.add_argument("--eval-fraction", type=float, default=0.1,
-                        help=f"fraction of rows sent to {md.EVAL_DIR}, chosen by a hash of the raw row (default 0.1)")
-    parser.add_argument("--tfds-name", help="TFDS dataset name for --format tfds (default: --input)")
+                        help=f"fraction of rows sent to {md.EVAL_DIR}, chosen by a hash of the raw row")
+    parser.add_argument("--tfds-name", help="TFDS dataset name for --format tfds (default: the --input value)")
     parser.add_argument("--tfds-data-dir", help="TFDS data_dir holding the prepared dataset")
-    parser.add_argument("--tfds-split", default="train", help="TFDS split to read, e.g. train or train+test (default train)")
+    parser.add_argument("--tfds-split", default="train", help="TFDS split to read, e.g. train or train+test")
     parser.add_argument("--num-shards", type=int,
                         help="output files per split; the input is cut into this many line-aligned ranges, read in "
-                        "parallel (a .gz file cannot be cut: it gets a shard per 1/N of the input's size). Default: one "
-                        f"per {SHARD_BYTES >> 20} MB of input, at least 8 (fewer for inputs under 8 MB, one per MB)")
+                        "parallel (a .gz file cannot be cut: it gets a shard per 1/N of the input's size) (default: one "
+                        f"per {SHARD_BYTES >> 20} MB of input, at least 8; fewer for inputs under 8 MB, one per MB)")
     parser.add_argument("--compression-level", type=int, default=DEFAULT_COMPRESSION_LEVEL, choices=range(1, 10),
                         metavar="{1..9}", help="zlib level of the GZIP shards: 1 writes fastest, 9 smallest "
-                        f"(default {DEFAULT_COMPRESSION_LEVEL}: 2.5x faster than zlib's usual 6 for 16%% more bytes)")
+                        f"(default: {DEFAULT_COMPRESSION_LEVEL}, 2.5x faster than zlib's usual 6 for 16%% more bytes)")
     parser.add_argument("--overwrite", action="store_true", help="replace the outputs of an earlier run in --output")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar or progress log lines")
+    parser.add_argument("--verbose", "-v", action="store_true", help="also print Beam's and TensorFlow's INFO logs")
     return parser
 
 
@@ -208,10 +211,28 @@ def _synth_metadata(files) -> dict | None:
 
 
 def _pipeline_options(spec: PreprocessSpec) -> PipelineOptions:
-    options = PipelineOptions(list(spec.beam_args))
-    if options.view_as(StandardOptions).runner is None:
-        options.view_as(StandardOptions).runner = "DirectRunner"
-    return options
+    return PipelineOptions(list(spec.beam_args))
+
+
+def _runner(options: PipelineOptions):
+    """The runner object when no --runner is named, else None (Beam makes the named one).
+
+    Beam 2.77's DirectRunner first tries the Prism runner, downloading its
+    binary from GitHub: offline that prints a failed download and falls back,
+    online it silently changes the runner. This is what it falls back to for
+    a batch pipeline like ours: the FnApiRunner, given the options as the
+    DirectRunner gives them (`--direct_num_workers`, `--direct_running_mode`
+    apply as before).
+    """
+    if options.view_as(StandardOptions).runner is not None:
+        return None
+    from apache_beam.portability.api import beam_provision_api_pb2
+    from apache_beam.runners.portability.fn_api_runner import fn_runner
+    from apache_beam.runners.portability.portable_runner import JobServiceHandle
+
+    encoded = JobServiceHandle.encode_pipeline_options(options.get_all_options())
+    return fn_runner.FnApiRunner(provision_info=fn_runner.ExtendedProvisionInfo(
+        beam_provision_api_pb2.ProvisionInfo(pipeline_options=encoded)))
 
 
 def execute(spec: PreprocessSpec) -> md.Metadata:
@@ -254,7 +275,7 @@ def _run_into(work: str, spec: PreprocessSpec, plan: InputPlan, options: Pipelin
                 else contextlib.nullcontext())
     try:
         with progress:
-            with beam.Pipeline(options=options) as pipeline:
+            with beam.Pipeline(runner=_runner(options), options=options) as pipeline:
                 build_pipeline(pipeline, spec, plan, work, progress_dir)
     except Exception as err:  # the runner wraps our DoFns' errors in its own types
         found = re.search(f"{INPUT_ERROR_MARKER}(.*)", str(err))
@@ -295,7 +316,9 @@ def _check_rows(counts: dict[str, int], pattern: str, work: str) -> None:
 
 
 def main(argv: list[str]) -> int:
-    logging.basicConfig(level=logging.INFO, format="%(message)s")
+    from components.quiet import configure_logging, verbose_requested
+
+    configure_logging(verbose_requested(argv))
     start = time.monotonic()
     try:
         meta = run(argv)

@@ -49,7 +49,7 @@ class PreprocessSpec:
     vocab_size / min_frequency / hash_buckets: at most one; 1 or 26 values for the per-feature ones, kept as 26.
         With none, `min_frequency` is `DEFAULT_MIN_FREQUENCY`.
     num_shards: output files per split; None sizes them from the input.
-    beam_args: Beam pipeline options, passed through untouched (DirectRunner when no `--runner`).
+    beam_args: Beam pipeline options, passed through untouched (the local FnApiRunner when no `--runner`).
     """
 
     input: str

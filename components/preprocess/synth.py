@@ -21,6 +21,8 @@ from tqdm import tqdm
 
 from components.preprocess.synth_truth import DEFAULT_VOCAB_SIZES, GroundTruth, StreamingStats, SynthConfig, hex_ids
 
+from components.cli import HelpFormatter
+
 PROG = "embedopt synth"
 CHUNK_ROWS = 100_000
 _DIGITS = 10  # counts are capped below 10**10
@@ -113,17 +115,17 @@ def _vocab_sizes(text: str) -> tuple[int, ...]:
 
 def build_parser() -> argparse.ArgumentParser:
     defaults = SynthConfig()
-    parser = argparse.ArgumentParser(prog=PROG, description=__doc__.split("\n\n")[0].split(": ", 1)[1])
+    parser = argparse.ArgumentParser(formatter_class=HelpFormatter, prog=PROG, description=__doc__.split("\n\n")[0].split(": ", 1)[1])
     parser.add_argument("--rows", type=int, required=True, help="number of rows to write")
     parser.add_argument("--output", required=True, help="TSV file to write; FILE.meta.json is written beside it")
-    parser.add_argument("--seed", type=int, default=0, help="random seed; same seed gives the same bytes (default 0)")
+    parser.add_argument("--seed", type=int, default=0, help="random seed; same seed gives the same bytes (default: 0)")
     parser.add_argument("--vocab-sizes", type=_vocab_sizes, default=DEFAULT_VOCAB_SIZES,
                         help="possible values per categorical feature: one N or 26 comma-separated values "
                         "(default: Criteo-like, up to 2,000,000)")
     parser.add_argument("--zipf-exponent", type=float, default=defaults.zipf_exponent,
-                        help=f"Zipf exponent of the categorical values (default {defaults.zipf_exponent})")
+                        help="Zipf exponent of the categorical values")
     parser.add_argument("--positive-rate", type=float, default=defaults.target_positive_rate,
-                        help=f"target fraction of label 1 (default {defaults.target_positive_rate})")
+                        help="target fraction of label 1")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar on stderr")
     return parser
 

@@ -14,7 +14,7 @@ import logging
 import os
 import sys
 
-from components.cli import positive_int
+from components.cli import HelpFormatter, positive_int
 
 PROG = "embedopt train"
 
@@ -34,7 +34,7 @@ def build_parser() -> argparse.ArgumentParser:
     from components.trainer import fn_args as keys
 
     defaults = keys.TrainerConfig()
-    p = argparse.ArgumentParser(
+    p = argparse.ArgumentParser(formatter_class=HelpFormatter,
         prog=PROG,
         description="Train the DLRM-style model on the preprocess output, evaluate it and export a SavedModel "
         "that serves raw logs, with the preprocessing inside (signatures serving_default: raw tf.Example with I1..I13, "
@@ -59,46 +59,46 @@ def build_parser() -> argparse.ArgumentParser:
     out.add_argument("--model-run-dir", help="checkpoints, TensorBoard logs, metrics.json, training_curve.png; "
                      "a run restarted with the same dir resumes from its latest checkpoint")
     model = p.add_argument_group("model and optimizers (custom_config)")
-    model.add_argument("--optimizer", default=defaults.optimizer,
-                       help=f"optimizer of the embedding tables (sparse path), an embedopt name (default {defaults.optimizer})")
-    model.add_argument("--dense-optimizer", default=defaults.dense_optimizer,
-                       help=f"optimizer of the MLP weights (default {defaults.dense_optimizer})")
-    model.add_argument("--learning-rate", type=float, default=defaults.learning_rate,
-                       help=f"embedding learning rate (default {defaults.learning_rate})")
+    names = ", ".join(keys.OPTIMIZER_NAMES)
+    model.add_argument("--optimizer", default=defaults.optimizer, choices=keys.OPTIMIZER_NAMES, metavar="NAME",
+                       help=f"optimizer of the embedding tables (sparse path): {names}")
+    model.add_argument("--dense-optimizer", default=defaults.dense_optimizer, choices=keys.OPTIMIZER_NAMES,
+                       metavar="NAME", help="optimizer of the MLP weights, one of the names above")
+    model.add_argument("--learning-rate", type=float, default=defaults.learning_rate, help="embedding learning rate")
     model.add_argument("--dense-learning-rate", type=float, default=defaults.dense_learning_rate,
-                       help=f"dense learning rate (default {defaults.dense_learning_rate})")
+                       help="dense learning rate")
     model.add_argument("--batch-size", type=positive_int, default=defaults.batch_size,
-                       help=f"GLOBAL batch size, split over all replicas of all workers (default {defaults.batch_size})")
+                       help="GLOBAL batch size, split over all replicas of all workers")
     model.add_argument("--embedding-dim", type=positive_int, default=defaults.embedding_dim,
-                       help=f"embedding width, also the bottom MLP's output width; tables have one more column for the "
-                       f"wide term (default {defaults.embedding_dim})")
+                       help="embedding width, also the bottom MLP's output width; tables have one more column for the "
+                       "wide term")
     model.add_argument("--table-layout", choices=keys.TABLE_LAYOUTS, default=defaults.table_layout,
                        help="per_feature: one table per categorical feature, sized by metadata vocab_sizes; "
                        "shared: one table of sum(vocab sizes) rows with per-feature offsets, one lookup and one "
-                       f"gradient all-reduce per step instead of 26 (default {defaults.table_layout})")
+                       "gradient all-reduce per step instead of 26")
     model.add_argument("--table-sharding", choices=keys.TABLE_SHARDINGS, default=defaults.table_sharding,
                        help="mirrored: every worker holds every table and its optimizer slots; row: worker r of N "
                        "holds the rows with id %% N == r (tables N times larger fit; ids and rows are exchanged "
                        "each step). row needs one replica per process: --local-workers N or a multi-worker job "
-                       f"(default {defaults.table_sharding})")
+                       f"(default: {defaults.table_sharding})")
     model.add_argument("--interaction", choices=keys.INTERACTIONS, default=defaults.interaction,
-                       help="dot: pairwise dot products of the feature vectors (DLRM); concat: concatenation (default dot)")
+                       help="dot: pairwise dot products of the feature vectors (DLRM); concat: concatenation")
     model.add_argument("--bottom-mlp", type=_widths, default=list(defaults.bottom_mlp),
-                       help="hidden widths of the MLP on dense features, e.g. 64,32 (default 64,32)")
+                       help="hidden widths of the MLP on dense features, e.g. 64,32 (default: 64,32)")
     model.add_argument("--top-mlp", type=_widths, default=list(defaults.top_mlp),
-                       help="hidden widths of the MLP after the interaction (default 64,32)")
+                       help="hidden widths of the MLP after the interaction (default: 64,32)")
     model.add_argument("--no-wide", action="store_true",
                        help="drop the first-order term (a per-value weight summed into the logit, stored as one "
                        "extra column of each table); default: on")
-    model.add_argument("--seed", type=int, default=defaults.seed, help="initialisation and shuffling seed (default 0)")
+    model.add_argument("--seed", type=int, default=defaults.seed, help="initialisation and shuffling seed (default: 0)")
     run = p.add_argument_group("execution (custom_config)")
     run.add_argument("--checkpoint-every", type=positive_int, default=defaults.checkpoint_every,
-                     help=f"save a checkpoint (model + optimizer slots + step) every K steps (default {defaults.checkpoint_every})")
+                     help="save a checkpoint (model + optimizer slots + step) every K steps")
     run.add_argument("--log-every", type=positive_int, default=defaults.log_every,
-                     help=f"TensorBoard/log interval in steps (default {defaults.log_every})")
+                     help="TensorBoard/log interval in steps")
     run.add_argument("--strategy", choices=keys.STRATEGIES, default=defaults.strategy,
-                     help="auto (default): from TF_CONFIG and the local GPUs; mirrored: MirroredStrategy over local "
-                     "GPUs or the CPU; multi_worker: MultiWorkerMirroredStrategy (TF_CONFIG); default: one device")
+                     help="auto: from TF_CONFIG and the local GPUs; mirrored: MirroredStrategy over local GPUs or the "
+                     "CPU; multi_worker: MultiWorkerMirroredStrategy (TF_CONFIG); default: one device")
     run.add_argument("--mixed-precision", action="store_true",
                      help="mixed_float16 compute with dynamic loss scaling; tables and optimizer state stay float32. "
                      "Meant for GPUs: on CPU it runs, with a warning, and is slower")
@@ -110,6 +110,12 @@ def build_parser() -> argparse.ArgumentParser:
                      "launcher (kill -9) kills them at once (Linux)")
     run.add_argument("--timeout", type=float,
                      help="with --local-workers: stop the workers and exit 124 after this many seconds")
+    shown = p.add_argument_group("output")
+    shown.add_argument("--verbose", "-v", action="store_true",
+                       help="also print TensorFlow's start-up lines and its INFO logs (collectives, SavedModel)")
+    shown.add_argument("--json", action="store_true",
+                       help="end with the run's main metrics as one JSON line (every worker), for scripts; "
+                       "metrics.json always has all of them")
     return p
 
 
@@ -166,12 +172,13 @@ def _without_local_workers(argv: list[str]) -> list[str]:
 
 
 def main(argv: list[str] | None = None) -> int:
+    from components.quiet import configure_logging, import_tensorflow
     from components.trainer.local_workers import follow_launcher
 
     follow_launcher()
     argv = list(sys.argv[1:] if argv is None else argv)
     args = build_parser().parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(message)s")
+    configure_logging(args.verbose)
     if args.local_workers < 0:
         print(f"{PROG}: --local-workers must be >= 0, got {args.local_workers}", file=sys.stderr)
         return 2
@@ -183,18 +190,57 @@ def main(argv: list[str] | None = None) -> int:
 
         return launch(_without_local_workers(argv) + ["--no-progress"], args.local_workers,
                       timeout_seconds=args.timeout)
+    import_tensorflow(args.verbose)
     try:
         from components.trainer.run import run_fn
+        from components.trainer.strategy import cluster_from_env
 
-        metrics = run_fn(fn_args_from_args(args))
+        if not args.verbose and not cluster_from_env().is_chief:
+            # The chief reports progress; the other workers speak only of problems.
+            logging.getLogger("components").setLevel(logging.WARNING)
+
+        fn_args = fn_args_from_args(args)
+        metrics = run_fn(fn_args)
     except ValueError as err:
         print(f"{PROG}: {err}", file=sys.stderr)
         return 2
-    summary = {k: metrics[k] for k in ("steps", "resumed_from_step", "eval_auc", "eval_log_loss",
-                                       "mean_step_seconds", "examples_per_second", "strategy", "num_workers",
-                                       "weights_checksum")}
-    print(f"{PROG}: {json.dumps(summary)}")
+    if args.json:
+        print(f"{PROG}: {json.dumps({k: metrics[k] for k in SUMMARY_KEYS})}")
+    if cluster_from_env().is_chief:
+        print(report(metrics, fn_args.model_run_dir))
     return 0
+
+
+SUMMARY_KEYS = ("steps", "resumed_from_step", "eval_auc", "eval_log_loss", "mean_step_seconds", "examples_per_second",
+                "strategy", "num_workers", "weights_checksum")
+
+
+def report(metrics: dict, run_dir: str) -> str:
+    """The few lines a run ends with: quality, speed, and where its outputs are (all numbers: metrics.json)."""
+    from components.trainer import artifacts
+
+    if metrics.get("eval_auc") is None:
+        quality = f"no evaluation: {metrics.get('eval_note', 'empty eval split')}"
+    else:
+        quality = (f"eval AUC {metrics['eval_auc']:.4f}, log loss {metrics['eval_log_loss']:.4f} on "
+                   f"{metrics['eval_examples']:,} examples (positive rate {metrics['eval_positive_rate']:.3f})")
+    resumed = f", resumed at step {metrics['resumed_from_step']:,}" if metrics["resumed_from_step"] else ""
+    speed = (f"{metrics['steps_this_run']:,} steps in {metrics['train_seconds']:.1f} s, "
+             f"{metrics['mean_step_seconds'] * 1e3:.1f} ms/step, {metrics['examples_per_second']:,.0f} examples/s"
+             if metrics["steps_this_run"] else "no step left to run")
+    strategy = metrics["strategy"]
+    placement = ("one device" if strategy.startswith("_Default")
+                 else f"{strategy}, {metrics['num_workers']} workers" if metrics["num_workers"] > 1
+                 else f"{strategy}, {metrics['num_replicas']} replicas")
+    where = [("SavedModel", metrics["serving_model_dir"]),
+             ("metrics", os.path.join(run_dir, artifacts.METRICS_FILE)),
+             ("curve", metrics.get("training_curve") or "(not drawn: matplotlib is missing)"),
+             ("TensorBoard", f"tensorboard --logdir {os.path.join(run_dir, artifacts.LOGS_DIR)}")]
+    lines = [f"{PROG}: step {metrics['steps']:,} reached ({speed}{resumed}); {placement}; "
+             f"tables {metrics['table_sharding']}",
+             f"  {quality}"]
+    lines += [f"  {name:<12}{path}" for name, path in where]
+    return "\n".join(lines)
 
 
 if __name__ == "__main__":

@@ -17,7 +17,6 @@ import math
 import os
 from typing import Any
 
-import optimizers
 from components.preprocess.metadata import ExamplesLayout, load_metadata
 
 # custom_config keys.
@@ -41,6 +40,10 @@ SEED = "seed"
 PROGRESS = "progress"
 METADATA_PATH = "metadata_path"
 
+# `optimizers.OPTIMIZERS`' names, kept here so that `embedopt train --help` needs no TensorFlow (a test keeps
+# the two equal).
+OPTIMIZER_NAMES = ("sgd", "momentum", "decaying_sgd", "adam", "lazy_adam", "adamw", "adagrad", "rowwise_adagrad",
+                   "ftrl")
 TABLE_LAYOUTS = ("per_feature", "shared")
 TABLE_SHARDINGS = ("mirrored", "row")
 INTERACTIONS = ("dot", "concat")
@@ -98,8 +101,8 @@ class TrainerConfig:
     def __post_init__(self):
         for name in (OPTIMIZER, DENSE_OPTIMIZER):
             value = getattr(self, name)
-            if value not in optimizers.OPTIMIZERS:
-                raise ValueError(f"{name}: unknown optimizer {value!r}; valid names: {', '.join(optimizers.OPTIMIZERS)}")
+            if value not in OPTIMIZER_NAMES:
+                raise ValueError(f"{name}: unknown optimizer {value!r}; valid names: {', '.join(OPTIMIZER_NAMES)}")
         for name in (LEARNING_RATE, DENSE_LEARNING_RATE):
             value = getattr(self, name)
             if value is not None and not value > 0:

@@ -21,6 +21,8 @@ import tensorflow as tf
 from components.trainer import artifacts
 from components.trainer.loss_scale import DynamicLossScale
 
+log = logging.getLogger(__name__)
+
 
 @dataclasses.dataclass
 class TrainState:
@@ -197,7 +199,7 @@ def train(train_step, iterator, state: TrainState, train_steps: int, global_batc
                 artifacts.write_scalar("loss", mean, step=step)
                 artifacts.write_scalar("examples_per_second", rate, step=step)
             if bar is None:
-                logging.info("step %d/%d loss %.4f examples/s %.0f", step, train_steps, mean, rate)
+                log.info("step %d/%d loss %.4f examples/s %.0f", step, train_steps, mean, rate)
         if bar is not None:
             recent = step_seconds[-20:]
             bar.update(step, [("loss", loss), ("examples/s", global_batch_size * len(recent) / max(sum(recent), 1e-9))])

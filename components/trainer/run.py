@@ -25,6 +25,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import logging
+import math
 import os
 import shutil
 import sys
@@ -147,8 +148,22 @@ def _prepare(fn_args, config: TrainerConfig, cluster) -> _Job:
     if config.batch_size % strategy.num_replicas_in_sync:
         raise ValueError(f"batch_size {config.batch_size} must be a multiple of the "
                          f"{strategy.num_replicas_in_sync} replicas")
+    if cluster.is_chief:
+        _warn_on_many_passes(fn_args.train_steps, config.batch_size, metadata.row_counts.get("train", 0))
     scratch = None if cluster.is_chief else tempfile.mkdtemp(prefix=f"embedopt-worker{cluster.task_index}-")
     return _Job(fn_args, config, cluster, strategy, metadata, metadata_path, eval_note, scratch)
+
+
+# More passes than this over the train split earn a warning: on click logs the eval AUC falls after about one.
+MAX_PASSES = 3
+
+
+def _warn_on_many_passes(train_steps: int, batch_size: int, train_rows: int) -> None:
+    passes = train_steps * batch_size / train_rows if train_rows else 0.0
+    if passes > MAX_PASSES:
+        log.warning("--train-steps %d x batch %d is %.1f passes over the %s train rows: the model will likely "
+                    "overfit (on click logs the eval AUC falls after about one pass). One pass is --train-steps %d",
+                    train_steps, batch_size, passes, f"{train_rows:,}", math.ceil(train_rows / batch_size))
 
 
 def _datasets(job: _Job, resumed_from: int):

@@ -22,6 +22,8 @@ OTHER_TYPES = ("evaluator", "ps")
 # Collective group keys each MirroredStrategy may use (it takes a handful per device set).
 COLLECTIVE_KEY_RANGE = 100_000
 
+log = logging.getLogger(__name__)
+
 
 @dataclasses.dataclass(frozen=True)
 class ClusterInfo:
@@ -124,7 +126,7 @@ def choose_strategy(name: str, cluster: ClusterInfo) -> tf.distribute.Strategy:
     if name == "mirrored":
         gpus = tf.config.list_logical_devices("GPU")
         devices = [d.name for d in gpus] or [d.name for d in tf.config.list_logical_devices("CPU")]
-        logging.info("MirroredStrategy over %s", devices)
+        log.info("MirroredStrategy over %s", devices)
         return new_mirrored_strategy(devices)
     if name == "default":
         return tf.distribute.get_strategy()

@@ -115,7 +115,7 @@ def test_help_explains_every_option_without_importing_tensorflow():
     assert imported == "False"
     for option in ("--model", "--input", "--output", "--batch-size", "--skip-bad-lines", "--no-progress"):
         assert option in text
-    assert f"default {DEFAULT_BATCH_SIZE}" in text and ".skipped.txt" in text
+    assert f"(default: {DEFAULT_BATCH_SIZE})" in text and ".skipped.txt" in text
     assert "predict" in cli._usage()
 
 

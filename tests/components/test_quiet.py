@@ -92,3 +92,15 @@ def test_tensorflow_log_lines_are_printed_once_and_info_only_when_verbose():
     verbose = subprocess.run([sys.executable, "-c", code, "--verbose"], cwd=ROOT, capture_output=True, text=True,
                              env={**os.environ, "PYTHONPATH": ROOT}, timeout=120)
     assert verbose.stderr.count("an info line") == 1, verbose.stderr
+
+
+def test_preprocess_prints_no_beam_start_up_lines(tmp_path):
+    fixture = os.path.join(ROOT, "tests", "fixtures", "criteo_small.tsv")
+    proc = subprocess.run([sys.executable, "-m", "components.cli", "preprocess", "--input", fixture, "--output",
+                           str(tmp_path / "out"), "--no-progress"], cwd=ROOT, capture_output=True, text=True,
+                          timeout=300, env={**os.environ, "PYTHONPATH": ROOT})
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    output = proc.stdout + proc.stderr
+    for noise in ("Prism", "prism", "Running pipeline", "Renamed", "WriteImpl", "Creating state cache"):
+        assert noise not in output, output
+    assert "embedopt preprocess: train=" in proc.stdout
