@@ -6,44 +6,21 @@ variables and slots as one replica trained here on the whole global batch.
 
 from __future__ import annotations
 
-import json
-import os
-import subprocess
-import sys
 
 import numpy as np
 import pytest
 import tensorflow as tf
 
 import optimizers
-from components.trainer.local_workers import free_ports
+from tests.optimizers.helpers import run_two_workers
 from tests.optimizers import tiny_model
 
-ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 NAMES = ["lazy_adam", "adagrad", "momentum", "ftrl"]
 
 
 @pytest.mark.slow
 def test_two_workers_match_single_replica(tmp_path):
-    workers = [f"127.0.0.1:{p}" for p in free_ports(2)]
-    procs = []
-    for index in range(2):
-        env = dict(os.environ, PYTHONPATH=ROOT,
-                   TF_CONFIG=json.dumps({"cluster": {"worker": workers}, "task": {"type": "worker", "index": index}}))
-        procs.append(subprocess.Popen(
-            [sys.executable, "-m", "tests.optimizers.mwms_worker", str(tmp_path), *NAMES],
-            cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-        ))
-    outputs = []
-    for proc in procs:
-        try:
-            outputs.append(proc.communicate(timeout=240)[0])
-        except subprocess.TimeoutExpired:
-            for p in procs:
-                p.kill()
-            raise
-    for proc, out in zip(procs, outputs):
-        assert proc.returncode == 0, out[-3000:]
+    run_two_workers("tests.optimizers.mwms_worker", str(tmp_path), *NAMES, timeout=240)
 
     x, y = tiny_model.data()
     for name in NAMES:

@@ -2,11 +2,7 @@
 
 from __future__ import annotations
 
-import json
 import math
-import os
-import subprocess
-import sys
 
 import keras
 import numpy as np
@@ -14,11 +10,10 @@ import pytest
 import tensorflow as tf
 
 import optimizers
-from components.trainer.local_workers import free_ports
+from tests.optimizers.helpers import run_two_workers
 from optimizers.sharded import shard_spec
 from tests.optimizers import sharded_worker
 
-ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 # Each optimizer the issue names, plus clipping that needs the global norm, plus exact (non-lazy) Adam.
 CASES = ["lazy_adam", "lazy_adam:clipnorm=0.02", "adagrad", "adagrad:global_clipnorm=0.02", "rowwise_adagrad",
          "ftrl", "adam"]
@@ -160,29 +155,9 @@ def test_ema_is_refused_for_shards():
 # -- two real workers ----------------------------------------------------------
 
 
-def _run_workers(tmp_path, cases):
-    workers = [f"127.0.0.1:{p}" for p in free_ports(2)]
-    procs = []
-    for index in range(2):
-        env = dict(os.environ, PYTHONPATH=ROOT,
-                   TF_CONFIG=json.dumps({"cluster": {"worker": workers}, "task": {"type": "worker", "index": index}}))
-        procs.append(subprocess.Popen([sys.executable, "-m", "tests.optimizers.sharded_worker", str(tmp_path), *cases],
-                                      cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True))
-    outputs = []
-    for proc in procs:
-        try:
-            outputs.append(proc.communicate(timeout=300)[0])
-        except subprocess.TimeoutExpired:
-            for p in procs:
-                p.kill()
-            raise
-    for proc, out in zip(procs, outputs):
-        assert proc.returncode == 0, out[-3000:]
-
-
 @pytest.mark.slow
 def test_row_sharded_matches_mirrored_with_two_workers(tmp_path):
-    _run_workers(tmp_path, CASES)
+    run_two_workers("tests.optimizers.sharded_worker", str(tmp_path), *CASES, timeout=300)
     for case in CASES:
         row = [np.load(tmp_path / f"{case}-row-worker{i}.npz") for i in range(2)]
         mirrored = [np.load(tmp_path / f"{case}-mirrored-worker{i}.npz") for i in range(2)]

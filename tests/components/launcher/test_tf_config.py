@@ -105,6 +105,27 @@ def _free_port_pair() -> int:
     raise RuntimeError("no two consecutive free ports")
 
 
+def run_entrypoints(envs: list[dict[str, str]]) -> list[tuple[dict, str]]:
+    """`embedopt k8s entrypoint --exec` running `_ALL_REDUCE`, one process per env, together; asserts each
+    succeeded and returns (its JSON result, its stderr)."""
+    procs = [
+        subprocess.Popen(
+            [sys.executable, "-m", "components.cli", "k8s", "entrypoint", "--exec", "--", sys.executable, "-c", _ALL_REDUCE],
+            env=env, cwd=REPO_ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        )
+        for env in envs
+    ]
+    try:
+        outputs = [p.communicate(timeout=120) for p in procs]
+    finally:
+        for p in procs:
+            if p.poll() is None:
+                p.kill()
+    for p, (_, err) in zip(procs, outputs):
+        assert p.returncode == 0, err[-3000:]
+    return [(json.loads(out.strip().splitlines()[-1]), err) for out, err in outputs]
+
+
 @pytest.mark.slow
 def test_two_indexed_workers_form_a_multi_worker_cluster():
     """`embedopt k8s entrypoint` as two processes with JOB_COMPLETION_INDEX=0/1 runs a real all-reduce."""
@@ -115,22 +136,6 @@ def test_two_indexed_workers_form_a_multi_worker_cluster():
         "EMBEDOPT_PORT": str(port), "EMBEDOPT_WORKER_ADDRESS_TEMPLATE": "127.0.0.1:{indexed_port}",
         "CUDA_VISIBLE_DEVICES": "", "TF_CPP_MIN_LOG_LEVEL": "2",
     })
-    procs = [
-        subprocess.Popen(
-            [sys.executable, "-m", "components.cli", "k8s", "entrypoint", "--exec", "--", sys.executable, "-c", _ALL_REDUCE],
-            env={**env, "JOB_COMPLETION_INDEX": str(i)}, cwd=REPO_ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-        )
-        for i in range(2)
-    ]
-    try:
-        outputs = [p.communicate(timeout=120) for p in procs]
-    finally:
-        for p in procs:
-            if p.poll() is None:
-                p.kill()
-    results = []
-    for p, (out, err) in zip(procs, outputs):
-        assert p.returncode == 0, err[-3000:]
-        results.append(json.loads(out.strip().splitlines()[-1]))
+    results = [result for result, _ in run_entrypoints([{**env, "JOB_COMPLETION_INDEX": str(i)} for i in range(2)])]
     assert sorted(r["task"] for r in results) == [0, 1]
     assert all(r["workers"] == 2 and r["sum"] == 3.0 for r in results)

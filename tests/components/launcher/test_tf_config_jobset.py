@@ -23,8 +23,6 @@ Downward API `fieldRef`s alike, the way the kubelet would.
 import json
 import os
 import re
-import subprocess
-import sys
 
 import pytest
 
@@ -32,7 +30,7 @@ from components.launcher.builders import build_objects
 from components.launcher.config import LaunchConfig
 from components.launcher.render import to_dict
 from components.launcher.tf_config import tf_config_from_env
-from tests.components.launcher.test_tf_config import _ALL_REDUCE, REPO_ROOT, _free_port_pair
+from tests.components.launcher.test_tf_config import _free_port_pair, run_entrypoints
 
 _FIELD = re.compile(r"^metadata\.(labels|annotations)\['([^']+)'\]$")
 
@@ -146,23 +144,10 @@ def test_two_jobset_pods_form_a_multi_worker_cluster():
     base.update({"CUDA_VISIBLE_DEVICES": "", "TF_CPP_MIN_LOG_LEVEL": "2", "EMBEDOPT_PORT": str(port),
                  # Both pods on one host: localhost ports instead of the pods' DNS names.
                  "EMBEDOPT_WORKER_ADDRESS_TEMPLATE": "127.0.0.1:{indexed_port}"})
-    procs = []
-    for i in range(2):
-        env = {**container_env(trainjob, node, jobset_pod(trainjob, node, 0, i)), **base}
-        procs.append(subprocess.Popen(
-            [sys.executable, "-m", "components.cli", "k8s", "entrypoint", "--exec", "--", sys.executable, "-c", _ALL_REDUCE],
-            env=env, cwd=REPO_ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-        ))
-    try:
-        outputs = [p.communicate(timeout=120) for p in procs]
-    finally:
-        for p in procs:
-            if p.poll() is None:
-                p.kill()
+    envs = [{**container_env(trainjob, node, jobset_pod(trainjob, node, 0, i)), **base} for i in range(2)]
     results = []
-    for p, (out, err) in zip(procs, outputs):
-        assert p.returncode == 0, err[-3000:]
+    for result, err in run_entrypoints(envs):
         assert "derived TF_CONFIG=" in err, "the entrypoint, not the test, must set TF_CONFIG"
-        results.append(json.loads(out.strip().splitlines()[-1]))
+        results.append(result)
     assert sorted(r["task"] for r in results) == [0, 1]
     assert all(r["workers"] == 2 and r["sum"] == 3.0 for r in results)
