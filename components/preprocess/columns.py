@@ -26,13 +26,17 @@ import pyarrow.compute as pc
 import pyarrow.csv as pcsv
 
 from components.preprocess import metadata as md
-from components.preprocess.rows import RowError, dead_letter_record, parse_fields
+from components.preprocess.rows import (DEFAULT_NEGATIVE_COUNTS, NEGATIVE_COUNT_POLICIES, RowError,
+                                        dead_letter_record, parse_fields)
 
 # The bytes a fast-path line may hold: printable ASCII and the delimiter. Any other byte sends the line to
 # the slow path (str.strip would change a field with whitespace; CSV quoting has its own rules).
 _PLAIN_BYTES = {"tsv": bytes(range(0x21, 0x7F)) + b"\t", "csv": bytes(range(0x21, 0x7F)).replace(b'"', b"")}
 _DELIMITER = {"tsv": b"\t", "csv": b","}
 _MAX_FAST_DIGITS = 18  # fits int64
+# Python's csv module refuses fields over 128 KiB by default; a long but well-formed field is a value like any
+# other (the row's fate is decided by the row rules, not by the parser's buffer).
+csv.field_size_limit(2**31 - 1)
 
 
 @dataclasses.dataclass
@@ -65,10 +69,14 @@ def split_buckets(keys: list[bytes]) -> np.ndarray:
 class BatchParser:
     """Parses LineBatches of one input format. `csv_columns` = (positions of RAW_COLUMNS, header width)."""
 
-    def __init__(self, fmt: str, eval_fraction: float, csv_columns: tuple[tuple[int, ...], int] | None = None):
+    def __init__(self, fmt: str, eval_fraction: float, csv_columns: tuple[tuple[int, ...], int] | None = None,
+                 negative_counts: str = DEFAULT_NEGATIVE_COUNTS):
         if fmt == "csv" and not csv_columns:
             raise ValueError("csv format needs csv_columns from the header")
+        if negative_counts not in NEGATIVE_COUNT_POLICIES:
+            raise ValueError(f"negative_counts must be one of {NEGATIVE_COUNT_POLICIES}, got {negative_counts!r}")
         self._fmt = fmt
+        self._negative_counts = negative_counts
         self._eval_fraction = eval_fraction
         self._columns, self._width = csv_columns if fmt == "csv" else (tuple(range(len(md.RAW_COLUMNS))), len(md.RAW_COLUMNS))
 
@@ -88,7 +96,7 @@ class BatchParser:
         for i in np.flatnonzero(~fast):
             raw = lines[i]
             try:
-                slow_rows.append(parse_fields(self._fields(raw)))
+                slow_rows.append(parse_fields(self._fields(raw), self._negative_counts))
             except RowError as err:
                 dead.append(dead_letter_record(batch.source, batch.first_line + int(i), raw, str(err)))
                 continue
@@ -111,7 +119,10 @@ class BatchParser:
             raise RowError(f"undecodable bytes: {err.reason} at byte {err.start}") from None
         if self._fmt == "tsv":
             return text.split("\t")
-        row = next(csv.reader([text]), [])
+        try:
+            row = next(csv.reader([text]), [])
+        except csv.Error as err:  # e.g. a bare carriage return in an unquoted field
+            raise RowError(f"malformed CSV: {err}") from None
         if len(row) != self._width:
             raise RowError(f"wrong column count: {len(row)} columns, header has {self._width}")
         return [row[i] for i in self._columns]
@@ -134,8 +145,11 @@ class BatchParser:
         label = cols[0]
         ok = pc.is_in(label, value_set=pa.array(["0", "1"]))
         counts = cols[1 : 1 + md.NUM_DENSE]
+        count_pattern = f"^[0-9]{{0,{_MAX_FAST_DIGITS}}}$"
+        if self._negative_counts == "clamp":  # a negative count is read here and becomes 0 below
+            count_pattern += f"|^-[0-9]{{1,{_MAX_FAST_DIGITS}}}$"
         for col in counts:
-            ok = pc.and_(ok, pc.match_substring_regex(col, f"^[0-9]{{0,{_MAX_FAST_DIGITS}}}$"))
+            ok = pc.and_(ok, pc.match_substring_regex(col, count_pattern))
         ok = ok.to_numpy(zero_copy_only=False)
         safe = [pc.if_else(pa.array(ok), col, "0") for col in counts]
         dense = np.stack([_log1p_counts(col) for col in safe], axis=1)
@@ -163,11 +177,13 @@ _LOG1P_TABLE = np.array([math.log1p(v) for v in range(_LOG1P_TABLE_SIZE)], dtype
 
 
 def _log1p_counts(col: pa.Array) -> np.ndarray:
-    """Digit strings ("" = missing = 0) -> float64 log1p, the values of math.log1p like the row parser.
+    """Integer strings ("" = missing = 0) -> float64 log1p, the values of math.log1p like the row parser.
 
-    Counts below 2^16 (nearly all) come from a table of math.log1p; larger ones are computed one by one.
+    A negative count (only let in under the "clamp" policy) is 0. Counts below 2^16 (nearly all) come from a
+    table of math.log1p; larger ones are computed one by one.
     """
     values = pc.cast(pc.if_else(pc.equal(col, ""), "0", col), pa.int64()).to_numpy(zero_copy_only=False)
+    values = np.maximum(values, 0)
     small = values < _LOG1P_TABLE_SIZE
     out = _LOG1P_TABLE[np.where(small, values, 0)]
     large = np.flatnonzero(~small)
@@ -204,10 +220,12 @@ class ParseBatchFn(beam.DoFn):
 class ParseAndValidate(beam.PTransform):
     """LineBatches -> {"rows": ParsedBatches, "dead_letter": records with line number and reason}."""
 
-    def __init__(self, fmt: str, eval_fraction: float, csv_columns: tuple[tuple[int, ...], int] | None = None):
-        """`csv_columns` is `(positions of RAW_COLUMNS in the header, header width)`."""
+    def __init__(self, fmt: str, eval_fraction: float, csv_columns: tuple[tuple[int, ...], int] | None = None,
+                 negative_counts: str = DEFAULT_NEGATIVE_COUNTS):
+        """`csv_columns` is `(positions of RAW_COLUMNS in the header, header width)`; `negative_counts` the
+        policy for negative counts ("clamp" or "reject", see rows.py)."""
         super().__init__()
-        self._fn = ParseBatchFn(BatchParser(fmt, eval_fraction, csv_columns))
+        self._fn = ParseBatchFn(BatchParser(fmt, eval_fraction, csv_columns, negative_counts))
 
     def expand(self, batches):
         results = batches | "Parse" >> beam.ParDo(self._fn).with_outputs(DEAD_LETTER_TAG, main="rows")

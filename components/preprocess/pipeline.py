@@ -47,6 +47,7 @@ from components.preprocess.columns import ParseAndValidate
 from components.preprocess.encode import EncodeExamples
 from components.preprocess.plan import SHARD_BYTES, InputPlan, plan_input
 from components.preprocess.progress import ProgressMonitor
+from components.preprocess.rows import DEFAULT_NEGATIVE_COUNTS, NEGATIVE_COUNT_POLICIES
 from components.preprocess.sink import DEFAULT_COMPRESSION_LEVEL, WriteShards
 from components.preprocess.sources import INPUT_ERROR_MARKER, PlanRanges, ReadLineBatches
 from components.preprocess.spec import DEFAULT_MIN_FREQUENCY, PreprocessSpec, SpecError, UsageError
@@ -96,6 +97,11 @@ def build_parser() -> argparse.ArgumentParser:
                        "one N or 26 comma-separated values (size N)")
     parser.add_argument("--eval-fraction", type=float, default=0.1,
                         help=f"fraction of rows sent to {md.EVAL_DIR}, chosen by a hash of the raw row")
+    parser.add_argument("--negative-counts", choices=NEGATIVE_COUNT_POLICIES, default=DEFAULT_NEGATIVE_COUNTS,
+                        help="what a negative integer count (real Criteo logs have I2 down to -3) becomes: clamp: 0, "
+                        "as the DLRM reference preprocessing does; reject: its row goes to the dead letter. Stored in "
+                        f"{md.METADATA_FILE}, so the exported model's serving signatures and `embedopt predict` apply "
+                        "the same policy")
     parser.add_argument("--tfds-name", help="TFDS dataset name for --format tfds (default: the --input value)")
     parser.add_argument("--tfds-data-dir", help="TFDS data_dir holding the prepared dataset")
     parser.add_argument("--tfds-split", default="train", help="TFDS split to read, e.g. train or train+test")
@@ -120,6 +126,7 @@ def spec_from_argv(argv: list[str]) -> PreprocessSpec:
             input=args.input, output=args.output, format=args.format,
             vocab_size=_per_feature_ints(args.vocab_size, "--vocab-size"), min_frequency=args.min_frequency,
             hash_buckets=_per_feature_ints(args.hash_buckets, "--hash-buckets"), eval_fraction=args.eval_fraction,
+            negative_counts=args.negative_counts,
             tfds_name=args.tfds_name, tfds_data_dir=args.tfds_data_dir, tfds_split=args.tfds_split,
             num_shards=args.num_shards, compression_level=args.compression_level, overwrite=args.overwrite,
             progress=not args.no_progress, beam_args=tuple(beam_args),
@@ -154,7 +161,8 @@ def build_pipeline(pipeline: beam.Pipeline, spec: PreprocessSpec, plan: InputPla
         after, encode = (), EncodeExamples(hash_buckets=list(spec.hash_buckets))
     else:
         first = start | "ReadRowsForVocab" >> _read_source(spec, plan, progress_dir, "count")
-        counted = first | "ParseForVocab" >> ParseAndValidate(spec.format, spec.eval_fraction, plan.csv_columns)
+        counted = first | "ParseForVocab" >> ParseAndValidate(spec.format, spec.eval_fraction, plan.csv_columns,
+                                                               spec.negative_counts)
         top_n = list(spec.vocab_size) if spec.vocab_size else None
         vocab = ComputeVocabularies(top_n=top_n, min_frequency=spec.min_frequency)
         vocabularies = counted["rows"] | "Vocabularies" >> vocab
@@ -163,7 +171,8 @@ def build_pipeline(pipeline: beam.Pipeline, spec: PreprocessSpec, plan: InputPla
         # holding the first pass's rows until they are done.
         after, encode = [beam.pvalue.AsDict(vocabularies)], EncodeExamples(vocabularies=vocabularies)
     batches = start | "ReadRows" >> _read_source(spec, plan, progress_dir, "encode", after=after)
-    parsed = batches | "ParseAndValidate" >> ParseAndValidate(spec.format, spec.eval_fraction, plan.csv_columns)
+    parsed = batches | "ParseAndValidate" >> ParseAndValidate(spec.format, spec.eval_fraction, plan.csv_columns,
+                                                                      spec.negative_counts)
     examples = parsed["rows"] | "EncodeExamples" >> encode
     split_counts = examples | "WriteExamples" >> WriteShards(out, spec.compression_level)
     dead = parsed["dead_letter"]

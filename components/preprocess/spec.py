@@ -11,6 +11,7 @@ from __future__ import annotations
 import dataclasses
 
 from components.preprocess import metadata as md
+from components.preprocess.rows import DEFAULT_NEGATIVE_COUNTS, NEGATIVE_COUNT_POLICIES
 from components.preprocess.sink import DEFAULT_COMPRESSION_LEVEL
 
 FORMATS = ("tsv", "csv", "tfds")
@@ -49,6 +50,8 @@ class PreprocessSpec:
     vocab_size / min_frequency / hash_buckets: at most one; 1 or 26 values for the per-feature ones, kept as 26.
         With none, `min_frequency` is `DEFAULT_MIN_FREQUENCY`.
     num_shards: output files per split; None sizes them from the input.
+    negative_counts: "clamp" (a negative count becomes 0) or "reject" (its row goes to the dead letter); recorded
+        in metadata.json, so serving and `embedopt predict` apply the same policy.
     beam_args: Beam pipeline options, passed through untouched (the local FnApiRunner when no `--runner`).
     """
 
@@ -59,6 +62,7 @@ class PreprocessSpec:
     min_frequency: int | None = None
     hash_buckets: tuple[int, ...] | None = None
     eval_fraction: float = 0.1
+    negative_counts: str = DEFAULT_NEGATIVE_COUNTS
     tfds_name: str | None = None
     tfds_data_dir: str | None = None
     tfds_split: str = "train"
@@ -76,6 +80,9 @@ class PreprocessSpec:
             raise SpecError("format", f"must be one of {', '.join(FORMATS)}, got {self.format!r}")
         if not isinstance(self.eval_fraction, (int, float)) or not 0.0 <= self.eval_fraction <= 1.0:
             raise SpecError("eval_fraction", f"must be in [0, 1], got {self.eval_fraction}")
+        if self.negative_counts not in NEGATIVE_COUNT_POLICIES:
+            raise SpecError("negative_counts", f"must be one of {', '.join(NEGATIVE_COUNT_POLICIES)}, "
+                            f"got {self.negative_counts!r}")
         modes = [name for name in ("vocab_size", "min_frequency", "hash_buckets") if getattr(self, name) is not None]
         if len(modes) > 1:
             raise SpecError(modes[1], f"cannot be combined with {modes[0]}; give at most one of vocab_size, "
@@ -133,7 +140,7 @@ class PreprocessSpec:
             "vocab_mode": self.vocab_mode,
             "vocab_size": list(self.vocab_size) if self.vocab_size else None, "min_frequency": self.min_frequency,
             "hash_buckets": list(self.hash_buckets) if self.hash_buckets else None,
-            "eval_fraction": self.eval_fraction, "num_shards": num_shards, "compression_level": self.compression_level,
+            "eval_fraction": self.eval_fraction, "negative_counts": self.negative_counts, "num_shards": num_shards, "compression_level": self.compression_level,
             "tfds_name": self.tfds_name, "tfds_data_dir": self.tfds_data_dir, "tfds_split": self.tfds_split,
             "beam_args": list(self.beam_args),
         }

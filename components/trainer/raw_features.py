@@ -3,10 +3,14 @@
 The serving signatures use this so that clients send raw logs. The rules are
 the preprocess contract (DESIGN.md 4.1), field by field:
 
-  I1..I13  stripped; "" -> 0.0; else Python's int() of the text, which must
-           be >= 0, -> float32(log1p(float64(n))). int() accepts a sign, any
-           Unicode decimal digits and single underscores between digits, so
-           "+5", "1_000", "٣" and "-0" are counts; "1.5", "0x10", "-4" are not.
+  I1..I13  stripped; "" -> 0.0; else Python's int() of the text, n,
+           -> float32(log1p(float64(n))). int() accepts a sign, any Unicode
+           decimal digits and single underscores between digits, so "+5",
+           "1_000", "٣", "-0" and "-4" are integers; "1.5", "0x10" are not.
+           A negative n follows the metadata's `negative_counts` policy:
+           "clamp" -> 0 (the default of preprocess), "reject" -> refused
+           (metadata written before the policy existed: "reject", what that
+           preprocess did).
   C1..C26  stripped; "" -> id 0; else, in hash mode with N buckets,
            1 + to_hash_bucket_fast(value, N - 1) (FarmHash64), and in the
            vocabulary modes the line number k of DIR/vocab/cat_i.txt holding
@@ -26,6 +30,10 @@ import unicodedata
 import tensorflow as tf
 
 from components.preprocess.metadata import RAW_CATEGORICAL, RAW_DENSE, VOCAB_DIR, Metadata, vocab_file
+from components.preprocess.rows import NEGATIVE_COUNT_POLICIES
+
+# The policy of metadata written before preprocess had --negative-counts: it rejected negative counts.
+LEGACY_NEGATIVE_COUNTS = "reject"
 
 HASH_MODE = "hash"
 VOCABULARY_MODES = ("top_n", "min_frequency")
@@ -91,8 +99,8 @@ def _ascii_digits(text: tf.Tensor) -> tf.Tensor:
     return tf.reshape(ascii, tf.shape(text))
 
 
-def dense_from_text(text: tf.Tensor) -> tf.Tensor:
-    """[B, 13] count texts (I1..I13) -> [B, 13] float32 log1p(count), 0 for missing."""
+def dense_from_text(text: tf.Tensor, clamp_negative: bool = False) -> tf.Tensor:
+    """[B, 13] count texts (I1..I13) -> [B, 13] float32 log1p(count), 0 for missing (and clamped negatives)."""
     text = strip(text)
     missing = tf.equal(text, "")
     integer = tf.logical_or(missing, tf.strings.regex_full_match(text, _count_pattern()))
@@ -101,16 +109,19 @@ def dense_from_text(text: tf.Tensor) -> tf.Tensor:
         digits = tf.where(missing | ~integer, "0", tf.strings.regex_replace(text, "[+_-]", ""))
         counts = tf.strings.to_number(_ascii_digits(digits), tf.float64)
     negative = tf.strings.substr(text, 0, 1) == "-"
-    checks = [
-        check(~(negative & (counts > 0)), text, RAW_DENSE, "negative count"),
-        check(tf.math.is_finite(counts), text, RAW_DENSE, "count too large"),
-    ]
+    checks = [check(tf.math.is_finite(counts), text, RAW_DENSE, "count too large")]
+    if clamp_negative:
+        counts = tf.where(negative, tf.zeros_like(counts), counts)
+    else:
+        checks.insert(0, check(~(negative & (counts > 0)), text, RAW_DENSE, "negative count"))
     with tf.control_dependencies(checks):
         return tf.cast(tf.math.log1p(counts), tf.float32)
 
 
-def dense_from_counts(counts: tf.Tensor, present: tf.Tensor) -> tf.Tensor:
-    """[B, 13] int64 counts and presence -> [B, 13] float32 log1p(count), 0 where absent."""
+def dense_from_counts(counts: tf.Tensor, present: tf.Tensor, clamp_negative: bool = False) -> tf.Tensor:
+    """[B, 13] int64 counts and presence -> [B, 13] float32 log1p(count), 0 where absent (and clamped negatives)."""
+    if clamp_negative:
+        counts = tf.maximum(counts, 0)
     checks = [check(~present | (counts >= 0), counts, RAW_DENSE, "negative count", tf.strings.as_string)]
     with tf.control_dependencies(checks):
         return tf.where(present, tf.cast(tf.math.log1p(tf.cast(counts, tf.float64)), tf.float32), 0.0)
@@ -151,6 +162,11 @@ class RawFeatureTransform(tf.Module):
         self._dense_key = metadata.dense_key
         self._keys = tuple(metadata.categorical_keys)
         mode = metadata.options.get("vocab_mode")
+        policy = metadata.options.get("negative_counts", LEGACY_NEGATIVE_COUNTS)
+        if policy not in NEGATIVE_COUNT_POLICIES:
+            raise ValueError(f"metadata options['negative_counts'] is {policy!r}; expected one of "
+                             f"{NEGATIVE_COUNT_POLICIES}")
+        self._clamp_negative = policy == "clamp"
         self._hash_buckets = None
         self.tables = {}
         if mode == HASH_MODE:
@@ -179,7 +195,7 @@ class RawFeatureTransform(tf.Module):
                             lambda n: tf.strings.join([tf.strings.as_string(n), expected]))
         with tf.control_dependencies([wrong_count]):
             fields = fields[:, -TSV_FIELDS[1]:].to_tensor("", shape=[None, TSV_FIELDS[1]])
-        return self._features(dense_from_text(fields[:, : len(RAW_DENSE)]), strip(fields[:, len(RAW_DENSE):]))
+        return self._features(dense_from_text(fields[:, : len(RAW_DENSE)], self._clamp_negative), strip(fields[:, len(RAW_DENSE):]))
 
     def from_examples(self, serialized) -> dict[str, tf.Tensor]:
         """[B] serialized tf.Examples with I1..I13 int64 and C1..C26 bytes, 0 or 1 values each."""
@@ -190,7 +206,7 @@ class RawFeatureTransform(tf.Module):
         values, _, more = _single_values(parsed, RAW_CATEGORICAL, "")
         checks += more + [check(is_utf8(values), values, RAW_CATEGORICAL, "invalid UTF-8")]
         with tf.control_dependencies(checks):
-            return self._features(dense_from_counts(counts, present), strip(values))
+            return self._features(dense_from_counts(counts, present, self._clamp_negative), strip(values))
 
     def _features(self, dense: tf.Tensor, values: tf.Tensor) -> dict[str, tf.Tensor]:
         features = {self._dense_key: dense}

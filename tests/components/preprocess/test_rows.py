@@ -30,7 +30,7 @@ def test_parse_fields_log1p_and_missing():
 )
 def test_parse_fields_rejects(fields, reason):
     with pytest.raises(RowError, match=reason):
-        parse_fields(fields)
+        parse_fields(fields, "reject")
 
 
 def test_parse_and_validate_tags_dead_letter():
