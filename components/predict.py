@@ -2,15 +2,18 @@
 
 Reads the files matching --input (plain or .gz, in sorted name order), sends
 them in batches to the SavedModel's `serve_tsv` signature and writes one
-probability per input line, in input order, to --output (gzip when it ends
-in .gz). The output appears only when the whole run succeeded.
+line per input line, in input order, to --output (gzip when it ends in .gz):
+the click probability, or an empty line for a line the model refuses (wrong
+field count, a non-integer count, a negative count when the preprocess
+rejected those, bytes that are not UTF-8). Output line k is always input line
+k. The refused lines' file, line number and reason go to OUTPUT.refused.tsv
+(a header and one row each; written on every run, empty but for the header
+when nothing was refused). With --strict the first refused line stops the run
+with exit code 2 instead. Both files appear only when the whole run succeeded.
 
-A malformed line (wrong field count, a non-integer or negative count, bytes
-that are not UTF-8) stops the run with exit code 2 and names the file and
-line; with --skip-bad-lines it gets no output line instead and is listed in
-OUTPUT.skipped.txt. The model itself finds the bad lines: a batch it rejects
-is split in halves until the offending lines are isolated, so the checks are
-exactly those of serving.
+The model itself finds the bad lines: a batch it rejects is split in halves
+until the offending lines are isolated, so the checks are exactly those of
+serving (and the negative-count policy is the one the preprocess stored).
 
 TensorFlow is imported only once the arguments are parsed, so --help is fast.
 """
@@ -33,7 +36,8 @@ from components.cli import HelpFormatter
 
 PROG = "embedopt predict"
 DEFAULT_BATCH_SIZE = 4096
-SKIPPED_SUFFIX = ".skipped.txt"
+REFUSED_SUFFIX = ".refused.tsv"
+REFUSED_HEADER = "file\tline\treason\n"
 LOG_INTERVAL_SECONDS = 10.0
 SIGNATURE = "serve_tsv"  # components.trainer.export.SERVE_TSV, not imported to keep TensorFlow out of --help
 OUTPUT_FORMAT = "%.6g"
@@ -42,7 +46,7 @@ log = logging.getLogger(__name__)
 
 
 class BadLineError(ValueError):
-    """A malformed input line, when bad lines are not skipped."""
+    """A malformed input line under --strict."""
 
 
 @dataclasses.dataclass(frozen=True)
@@ -57,7 +61,7 @@ class Summary:
     files: int = 0
     lines: int = 0
     scored: int = 0
-    skipped: int = 0
+    refused: int = 0
     seconds: float = 0.0
 
 
@@ -65,8 +69,10 @@ def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(formatter_class=HelpFormatter,
         prog=PROG,
         description="Score raw Criteo TSV logs (40 tab-separated fields with the label first, or 39 without it) "
-        f"with a SavedModel from `embedopt train` (its {SIGNATURE} signature) and write one click probability per "
-        "input line, in input order.",
+        f"with a SavedModel from `embedopt train` (its {SIGNATURE} signature) and write one line per input line, in "
+        "input order: the click probability, or an empty line where the model refuses the input line (its reason "
+        f"goes to OUTPUT{REFUSED_SUFFIX}). Read it with pandas.read_csv(OUTPUT, header=None, names=['probability'], "
+        "skip_blank_lines=False): refused lines become NaN.",
     )
     p.add_argument("--model", required=True, help="the SavedModel directory (train's --serving-model-dir, "
                    "OUTPUT/serving_model with train's --output)")
@@ -76,9 +82,10 @@ def build_parser() -> argparse.ArgumentParser:
                    f"{OUTPUT_FORMAT.replace('%', '%%')}; gzip when the name ends in .gz. Written only when the run succeeds")
     p.add_argument("--batch-size", type=int, default=DEFAULT_BATCH_SIZE,
                    help="lines per call of the model")
-    p.add_argument("--skip-bad-lines", action="store_true",
-                   help="skip malformed lines (no output line) instead of stopping with exit code 2; their file, "
-                   f"line number and reason go to OUTPUT{SKIPPED_SUFFIX} (default: off)")
+    p.add_argument("--strict", action="store_true",
+                   help="stop with exit code 2 at the first line the model refuses, naming its file and line, and "
+                   f"write nothing (default: off: an empty output line, and the reason in OUTPUT{REFUSED_SUFFIX})")
+    p.add_argument("--skip-bad-lines", action="store_true", help=argparse.SUPPRESS)  # its behaviour is now the default
     p.add_argument("--no-progress", action="store_true",
                    help=f"no progress bar; log lines every {LOG_INTERVAL_SECONDS:.0f} s instead. Off a terminal this "
                    "is what happens anyway (default: bar on a terminal)")
@@ -175,12 +182,30 @@ def _open_output(path: str):
     return tmp, (gzip.GzipFile(fileobj=raw, mode="wb") if path.endswith(".gz") else raw), raw
 
 
-def predict(model_dir: str, files: Sequence[str], output: str, *, batch_size: int = DEFAULT_BATCH_SIZE,
-            skip_bad_lines: bool = False, progress_bar: bool = False) -> Summary:
-    """Scores every line of `files` into `output`; see the module docstring.
+def _one_line(text: str) -> str:
+    return re.sub(r"[\t\r\n]+", " ", text)
 
-    Raises BadLineError for a malformed line unless `skip_bad_lines`, and
-    ValueError when the model has no serve_tsv signature.
+
+def _write_refused(path: str, refused: list) -> None:
+    tmp, out, raw = _open_output(path)
+    try:
+        out.write((REFUSED_HEADER + "".join(f"{_one_line(line.path)}\t{line.number}\t{_one_line(reason)}\n"
+                                            for line, reason in refused)).encode("utf-8"))
+        out.close()
+        os.replace(tmp, path)
+    except BaseException:
+        out.close()
+        os.remove(tmp)
+        raise
+
+
+def predict(model_dir: str, files: Sequence[str], output: str, *, batch_size: int = DEFAULT_BATCH_SIZE,
+            strict: bool = False, progress_bar: bool = False) -> Summary:
+    """Scores every line of `files` into `output` (refused lines: an empty line, listed in
+    OUTPUT.refused.tsv); see the module docstring.
+
+    Raises BadLineError for a refused line under `strict`, and ValueError when
+    the model has no serve_tsv signature.
     """
     import tensorflow as tf
 
@@ -196,23 +221,25 @@ def predict(model_dir: str, files: Sequence[str], output: str, *, batch_size: in
     summary = Summary(files=len(files))
     start = time.perf_counter()
     tmp, out, raw = _open_output(output)
-    skipped = []
+    refused = []
     bar = _Progress(progress_bar)
     try:
         for batch in batches(read_lines(files), batch_size):
             probabilities, bad = score_isolating_bad_lines(score, [line.text for line in batch],
-                                                           tf.errors.InvalidArgumentError, not skip_bad_lines)
-            if bad and not skip_bad_lines:
+                                                           tf.errors.InvalidArgumentError, strict)
+            if bad and strict:
                 index, reason = bad[0]
                 raise BadLineError(f"{batch[index].path}:{batch[index].number}: malformed line: {reason}; "
-                                   "fix it, or pass --skip-bad-lines to leave such lines out")
-            skipped += [(batch[index], reason) for index, reason in bad]
-            out.write("".join(OUTPUT_FORMAT % p + "\n" for p in probabilities if p is not None).encode("ascii"))
+                                   "fix it, or leave out --strict to score the other lines (a refused line gets an "
+                                   f"empty output line and its reason in OUTPUT{REFUSED_SUFFIX})")
+            refused += [(batch[index], reason) for index, reason in bad]
+            out.write("".join("\n" if p is None else OUTPUT_FORMAT % p + "\n" for p in probabilities).encode("ascii"))
             summary.lines += len(batch)
-            summary.skipped += len(bad)
+            summary.refused += len(bad)
             bar.update(len(batch))
         out.close()
         raw.close()
+        _write_refused(output + REFUSED_SUFFIX, refused)
         os.replace(tmp, output)
     except BaseException:
         out.close()
@@ -221,10 +248,7 @@ def predict(model_dir: str, files: Sequence[str], output: str, *, batch_size: in
         raise
     finally:
         bar.close()
-    if skip_bad_lines:
-        with open(output + SKIPPED_SUFFIX, "w", encoding="utf-8") as f:
-            f.writelines(f"{line.path}:{line.number}\t{reason}\n" for line, reason in skipped)
-    summary.scored = summary.lines - summary.skipped
+    summary.scored = summary.lines - summary.refused
     summary.seconds = time.perf_counter() - start
     return summary
 
@@ -242,18 +266,19 @@ def main(argv: list[str] | None = None) -> int:
     if not files:
         print(f"{PROG}: no files match --input {args.input!r}", file=sys.stderr)
         return 2
+    if args.skip_bad_lines:
+        print(f"{PROG}: --skip-bad-lines is no longer needed: refused lines now get an empty output line (and their "
+              f"reason in OUTPUT{REFUSED_SUFFIX}) by default; --strict stops at the first one", file=sys.stderr)
     try:
-        summary = predict(args.model, files, args.output, batch_size=args.batch_size,
-                          skip_bad_lines=args.skip_bad_lines, progress_bar=not args.no_progress and sys.stderr.isatty())
+        summary = predict(args.model, files, args.output, batch_size=args.batch_size, strict=args.strict,
+                          progress_bar=not args.no_progress and sys.stderr.isatty())
     except (BadLineError, ValueError, OSError) as err:
         print(f"{PROG}: {err}", file=sys.stderr)
         return 2
     rate = summary.lines / summary.seconds if summary.seconds > 0 else float("inf")
-    print(f"{PROG}: scored {summary.scored} of {summary.lines} lines from {summary.files} file(s) in "
-          f"{summary.seconds:.1f} s ({rate:.0f} lines/s) -> {args.output}")
-    if args.skip_bad_lines:
-        where = f"; their file:line and reason are in {args.output + SKIPPED_SUFFIX}" if summary.skipped else ""
-        print(f"{PROG}: skipped {summary.skipped} malformed line(s){where}")
+    print(f"{PROG}: read {summary.lines} lines from {summary.files} file(s), scored {summary.scored}, refused "
+          f"{summary.refused} in {summary.seconds:.1f} s ({rate:.0f} lines/s) -> {args.output} (one line per input "
+          f"line; refused lines are empty, their reasons in {args.output + REFUSED_SUFFIX})")
     return 0
 
 

@@ -1,4 +1,5 @@
-"""`embedopt predict` end to end: plain and gzip files, bad lines with and without --skip-bad-lines."""
+"""`embedopt predict` end to end: plain and gzip files; refused lines keep their place (an empty output line and a
+reason in OUTPUT.refused.tsv) or, with --strict, stop the run."""
 
 from __future__ import annotations
 
@@ -38,8 +39,16 @@ def _write(path, lines, crlf=False):
 
 
 def _read(path) -> list[float]:
+    """One value per output line; an empty line (a refused input line) is NaN."""
     with (gzip.open if str(path).endswith(".gz") else open)(path, "rt", encoding="ascii") as f:
-        return [float(x) for x in f.read().splitlines()]
+        return [float(x) if x else float("nan") for x in f.read().split("\n")[:-1]]
+
+
+def _refused(output) -> list[list[str]]:
+    with open(f"{output}.refused.tsv", encoding="utf-8") as f:
+        rows = [line.split("\t") for line in f.read().splitlines()]
+    assert rows[0] == ["file", "line", "reason"]
+    return rows[1:]
 
 
 @pytest.mark.parametrize("output_name", ["scores.txt", "scores.txt.gz"])
@@ -51,8 +60,9 @@ def test_scores_plain_and_gzip_files_in_input_order(served, lines, tmp_path, cap
                      "--output", str(output), "--batch-size", "7", "--no-progress"])
     assert code == 0
     np.testing.assert_allclose(_read(output), served.expected(lines)[:, 0], rtol=RTOL, atol=ATOL)
-    assert f"scored {len(lines)} of {len(lines)} lines from 2 file(s)" in capsys.readouterr().out
-    assert sorted(os.listdir(output.parent)) == [output_name]  # no temporary left behind
+    assert f"read {len(lines)} lines from 2 file(s), scored {len(lines)}, refused 0" in capsys.readouterr().out
+    assert sorted(os.listdir(output.parent)) == sorted([output_name, f"{output_name}.refused.tsv"])  # no temporary
+    assert _refused(output) == []
 
 
 def _with_bad_lines(lines, tmp_path):
@@ -63,32 +73,51 @@ def _with_bad_lines(lines, tmp_path):
     return str(tmp_path / "logs.tsv"), content
 
 
-def test_bad_line_stops_the_run_naming_file_and_line(served, lines, tmp_path, capsys):
+def test_strict_stops_at_the_first_bad_line_naming_file_and_line(served, lines, tmp_path, capsys):
     path, _ = _with_bad_lines(lines, tmp_path)
     output = tmp_path / "scores.txt"
-    code = main(["--model", served.export_dir, "--input", path, "--output", str(output), "--no-progress"])
+    code = main(["--model", served.export_dir, "--input", path, "--output", str(output), "--no-progress", "--strict"])
     assert code == 2
     err = capsys.readouterr().err
     assert f"{path}:4: malformed line: non-integer count in I1: abc" in err
-    assert "--skip-bad-lines" in err
+    assert "leave out --strict" in err
     assert not output.exists() and os.listdir(tmp_path) == ["logs.tsv"]
 
 
 @pytest.mark.parametrize("batch_size", [4, DEFAULT_BATCH_SIZE])
-def test_skip_bad_lines_scores_the_rest_and_lists_the_skipped(served, lines, tmp_path, capsys, batch_size):
-    path, _ = _with_bad_lines(lines, tmp_path)
-    output = tmp_path / "scores.txt"
-    code = main(["--model", served.export_dir, "--input", path, "--output", str(output), "--skip-bad-lines",
+@pytest.mark.parametrize("output_name", ["scores.txt", "scores.txt.gz"])
+def test_every_input_line_gets_one_output_line(served, lines, tmp_path, capsys, batch_size, output_name):
+    """A refused line gets an empty output line, so output line k is input line k, and its reason a row of
+    OUTPUT.refused.tsv; pandas reads the output with the refused lines as NaN."""
+    import pandas as pd
+
+    path, content = _with_bad_lines(lines, tmp_path)
+    output = tmp_path / output_name
+    code = main(["--model", served.export_dir, "--input", path, "--output", str(output),
                  "--batch-size", str(batch_size), "--no-progress"])
     assert code == 0
-    np.testing.assert_allclose(_read(output), served.expected(lines)[:, 0], rtol=RTOL, atol=ATOL)
+    got = _read(output)
+    assert len(got) == len(content)
+    want = served.expected(lines)[:, 0].tolist()
+    want = want[:3] + [float("nan")] + want[3:9] + [float("nan")] + want[9:]
+    np.testing.assert_allclose(got, want, rtol=RTOL, atol=ATOL)  # NaN where NaN
+    frame = pd.read_csv(output, header=None, names=["probability"], skip_blank_lines=False)
+    np.testing.assert_allclose(frame["probability"].to_numpy(), want, rtol=RTOL, atol=ATOL)
     out = capsys.readouterr().out
-    assert f"skipped 2 malformed line(s); their file:line and reason are in {output}.skipped.txt" in out
-    with open(f"{output}.skipped.txt", encoding="utf-8") as f:
-        skipped = f.read().splitlines()
-    assert skipped == [f"{path}:4\tnon-integer count in I1: abc",
-                       f"{path}:11\twrong field count in line: 3 tab-separated fields, expected 40 (label first) "
-                       "or 39 (no label)"]
+    assert f"read {len(content)} lines from 1 file(s), scored {len(content) - 2}, refused 2" in out
+    assert f"{output}.refused.tsv" in out
+    assert _refused(output) == [
+        [path, "4", "non-integer count in I1: abc"],
+        [path, "11", "wrong field count in line: 3 tab-separated fields, expected 40 (label first) or 39 (no label)"]]
+
+
+def test_the_old_skip_flag_still_runs_and_says_it_is_not_needed(served, lines, tmp_path, capsys):
+    path, content = _with_bad_lines(lines, tmp_path)
+    output = tmp_path / "scores.txt"
+    code = main(["--model", served.export_dir, "--input", path, "--output", str(output), "--skip-bad-lines",
+                 "--no-progress"])
+    assert code == 0 and len(_read(output)) == len(content)
+    assert "--skip-bad-lines is no longer needed" in capsys.readouterr().err
 
 
 @pytest.mark.parametrize("argv,message", [
@@ -113,9 +142,9 @@ def test_help_explains_every_option_without_importing_tensorflow():
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=REPO, check=True)
     text, imported = result.stdout.rsplit("\n", 2)[0], result.stdout.rsplit("\n", 2)[1]
     assert imported == "False"
-    for option in ("--model", "--input", "--output", "--batch-size", "--skip-bad-lines", "--no-progress"):
+    for option in ("--model", "--input", "--output", "--batch-size", "--strict", "--no-progress"):
         assert option in text
-    assert f"(default: {DEFAULT_BATCH_SIZE})" in text and ".skipped.txt" in text
+    assert f"(default: {DEFAULT_BATCH_SIZE})" in text and ".refused.tsv" in text and "--skip-bad-lines" not in text
     assert "predict" in cli._usage()
 
 

@@ -73,8 +73,11 @@ def canonical(output_dir: str) -> dict:
     }
 
 
-def run_case(main, fixture: str, flags: list[str], output_dir: str) -> dict:
-    code = main(["--input", os.path.join(FIXTURES, fixture), "--output", output_dir, "--eval-fraction", "0.3", *flags])
+def run_case(main, fixture: str, flags: list[str], output_dir: str, negative_counts: str = "reject") -> dict:
+    """Runs preprocess on a fixture; `negative_counts` defaults to "reject", the only behaviour when the
+    captures were made."""
+    code = main(["--input", os.path.join(FIXTURES, fixture), "--output", output_dir, "--eval-fraction", "0.3",
+                 "--negative-counts", negative_counts, *flags])
     assert code == 0, f"preprocess exited {code} on {fixture} {flags}"
     return canonical(output_dir)
 

@@ -6,6 +6,7 @@ import glob
 import json
 import math
 import os
+import re
 
 import tensorflow as tf
 
@@ -19,23 +20,32 @@ def fixture_lines(path=FIXTURE) -> list[bytes]:
     return lines[:-1] if data.endswith(b"\n") else lines
 
 
-def is_good(raw: bytes) -> bool:
+def _count_ok(text: str, negative_counts: str) -> bool:
+    pattern = r"-?[0-9]+" if negative_counts == "clamp" else r"[0-9]+"
+    return text == "" or re.fullmatch(pattern, text) is not None
+
+
+def is_good(raw: bytes, negative_counts: str = "clamp") -> bool:
+    """Whether a fixture line is a valid row (the fixtures spell counts in plain ASCII digits)."""
     try:
         fields = raw.decode("utf-8").split("\t")
     except UnicodeDecodeError:
         return False
     if len(fields) != 40 or fields[0] not in ("0", "1"):
         return False
-    return all(f == "" or (f.isdigit()) for f in fields[1:14])
+    return all(_count_ok(f, negative_counts) for f in fields[1:14])
 
 
-def good_rows(lines: list[bytes]) -> list[tuple]:
-    """(label, counts with None for missing, categorical strings) of the valid lines."""
+def good_rows(lines: list[bytes], negative_counts: str = "clamp") -> list[tuple]:
+    """(label, counts with None for missing, categorical strings) of the valid lines.
+
+    `negative_counts` is the preprocess policy: "clamp" keeps a row with a negative count, as 0; "reject" drops it.
+    """
     rows = []
     for raw in lines:
-        if is_good(raw):
+        if is_good(raw, negative_counts):
             fields = raw.decode().split("\t")
-            rows.append((int(fields[0]), tuple(int(f) if f else None for f in fields[1:14]), tuple(fields[14:])))
+            rows.append((int(fields[0]), tuple(max(0, int(f)) if f else None for f in fields[1:14]), tuple(fields[14:])))
     return rows
 
 

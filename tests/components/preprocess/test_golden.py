@@ -83,3 +83,24 @@ def test_hash_ids_are_farmhash_buckets(tmp_path):
     got = sorted(tuple(ex[f"cat_{i}"][0] for i in range(26)) for ex in read_examples(f"{out}/Split-train/*"))
     assert got == want
     assert np.unique(np.array(got)).size > 2
+
+
+@pytest.mark.parametrize("fixture", ["criteo_small.tsv", "criteo_tricky.tsv"])
+def test_clamp_keeps_the_rows_reject_dead_letters(tmp_path, fixture):
+    """Under --negative-counts clamp (the default) the capture's negative-count dead letters become rows whose
+    negative counts are 0 (log1p(0) = 0.0); every other row, value and dead letter stays as captured."""
+    import math
+
+    got = run_case(main, fixture, ["--hash-buckets", "7"], str(tmp_path / "out"), negative_counts="clamp")
+    want = GOLDEN[f"{fixture}:hash_7"]
+    negative = [d for d in want["dead_letter"] if d["reason"].startswith("negative count")]
+    assert negative, "the fixture should hold a negative count"
+    assert got["dead_letter"] == [d for d in want["dead_letter"] if d not in negative]
+    added = []
+    for record in negative:
+        fields = record["raw"].split("\t")
+        dense = [0.0 if not f.strip() else math.log1p(max(0, int(f))) for f in fields[1:14]]
+        added.append([[int(fields[0])], [float(np.float32(x)) for x in dense]])
+    rows = lambda split_rows: sorted(([r[0], r[1]] for r in split_rows), key=json.dumps)
+    assert rows(got["train"] + got["eval"]) == rows(want["train"] + want["eval"] + added)
+    assert sum(got["row_counts"].values()) == sum(want["row_counts"].values()) + len(negative)

@@ -33,6 +33,7 @@ def spec(**changes) -> PreprocessSpec:
     ("compression_level", 0, "compression_level must be an integer in 1..9, got 0"),
     ("compression_level", 10, "compression_level must be an integer in 1..9, got 10"),
     ("beam_args", (1,), "beam_args must be strings"),
+    ("negative_counts", "drop", "negative_counts must be one of clamp, reject, got 'drop'"),
 ])
 def test_each_bad_field_is_named(field, value, message):
     with pytest.raises(SpecError) as err:
@@ -74,6 +75,9 @@ def test_the_cli_parses_flags_into_the_spec():
     assert pipeline.spec_from_argv(argv) == spec(
         hash_buckets=(7,), eval_fraction=0.3, num_shards=2, compression_level=9, overwrite=True, progress=False,
         beam_args=("--runner", "DirectRunner", "--direct_num_workers", "2"))
+    assert pipeline.spec_from_argv(["--input", "in.tsv", "--output", "out", "--negative-counts", "reject"]) == spec(
+        negative_counts="reject")
+    assert spec().negative_counts == "clamp"
     assert pipeline.spec_from_argv(["--input", "in.tsv", "--output", "out"]) == spec()
 
 
@@ -120,5 +124,5 @@ def test_execute_writes_what_the_layout_describes(tmp_path):
     assert options == {
         "vocab_mode": "hash", "vocab_size": None, "min_frequency": None, "hash_buckets": [11] * 26,
         "eval_fraction": 0.3, "num_shards": 2, "compression_level": the_spec.compression_level,
-        "tfds_name": None, "tfds_data_dir": None, "tfds_split": "train", "beam_args": [],
+        "tfds_name": None, "tfds_data_dir": None, "tfds_split": "train", "beam_args": [], "negative_counts": "clamp",
     }

@@ -60,8 +60,13 @@ def vocabularies(lines: list[bytes], rows: int = 20) -> dict[str, list[str]]:
     return {key: sorted(values) for key, values in vocab.items()}
 
 
-def write_preprocess_dir(root: str, mode: str, vocab: dict[str, list[str]] | None = None) -> Metadata:
-    """metadata.json (and vocab/cat_i.txt in the vocabulary modes) as the preprocess writes them."""
+def write_preprocess_dir(root: str, mode: str, vocab: dict[str, list[str]] | None = None,
+                         negative_counts: str | None = None) -> Metadata:
+    """metadata.json (and vocab/cat_i.txt in the vocabulary modes) as the preprocess writes them.
+
+    `negative_counts` is recorded in the options when given; None writes metadata as a preprocess from before
+    the policy existed did.
+    """
     os.makedirs(root, exist_ok=True)
     if mode == "hash":
         sizes, options = HASH_BUCKETS, {"vocab_mode": "hash", "hash_buckets": list(HASH_BUCKETS)}
@@ -71,6 +76,8 @@ def write_preprocess_dir(root: str, mode: str, vocab: dict[str, list[str]] | Non
         for key in CATEGORICAL_KEYS:
             with open(os.path.join(root, VOCAB_DIR, f"{key}.txt"), "wb") as f:
                 f.write("".join(f"{v}\n" for v in vocab[key]).encode("utf-8"))
+    if negative_counts is not None:
+        options["negative_counts"] = negative_counts
     metadata = Metadata(vocab_sizes=dict(zip(CATEGORICAL_KEYS, sizes)), row_counts={"train": 0, "eval": 0},
                         dead_letter_count=0, input_pattern="test", format="tsv", options=options)
     write_metadata(metadata, root)

@@ -79,6 +79,38 @@ def test_negative_counts_are_rejected(text):
         dense_from_text(tf.constant([[text] + [""] * 12]))
 
 
+@pytest.mark.parametrize("text", ["-1", " -7", "-0_1", "-\u0661", "-12345678901234567890123"])
+def test_negative_counts_are_clamped_to_zero(text):
+    got = dense_from_text(tf.constant([[text, "3"] + [""] * 11]), clamp_negative=True)
+    np.testing.assert_allclose(got.numpy()[0], [0.0, np.float32(math.log1p(3))] + [0.0] * 11, rtol=DENSE_RTOL)
+
+
+@pytest.mark.parametrize("policy", ["clamp", "reject", None])
+def test_the_metadata_policy_rules_both_signatures(tmp_path, policy):
+    """options["negative_counts"] decides; metadata without it (written before the flag existed) rejects."""
+    metadata = raw_logs.write_preprocess_dir(str(tmp_path), "hash", negative_counts=policy)
+    transform = RawFeatureTransform(metadata, str(tmp_path))
+    good = raw_logs.good_lines()[0]
+    fields = good.decode().split("\t")
+    fields[2] = "-2"
+    negative = "\t".join(fields).encode()
+    example = raw_logs.raw_example(good, I2=[-2])
+    if policy == "clamp":
+        fields[2] = "0"
+        want = raw_logs.reference_batch(["\t".join(fields).encode()], "hash")
+        _assert_features_equal(transform.from_tsv([negative]), want)
+        _assert_features_equal(transform.from_examples([example]), want)
+    else:
+        for call, value in ((transform.from_tsv, negative), (transform.from_examples, example)):
+            with pytest.raises(tf.errors.InvalidArgumentError, match="negative count in I2: -2"):
+                call([value])
+
+
+def test_an_unknown_policy_is_rejected(tmp_path):
+    with pytest.raises(ValueError, match="negative_counts'\\] is 'drop'"):
+        RawFeatureTransform(_metadata("hash", hash_buckets=[3] * 26, negative_counts="drop"), str(tmp_path))
+
+
 def test_count_past_float64_is_rejected():
     with pytest.raises(tf.errors.InvalidArgumentError, match="count too large in I2: 9999"):
         dense_from_text(tf.constant([["", "9" * 400] + [""] * 11]))
@@ -142,12 +174,16 @@ def test_preprocess_golden_output_is_reproduced(tmp_path, name):
     _assert_serving_reproduces(RawFeatureTransform(metadata, str(tmp_path)), name.split(":")[0], case)
 
 
+@pytest.mark.parametrize("negative_counts", ["clamp", "reject"])
 @pytest.mark.parametrize("flags", [["--hash-buckets", "7"], ["--vocab-size", "2"], []])
-def test_preprocess_output_is_reproduced(tmp_path, flags):
+def test_preprocess_output_is_reproduced(tmp_path, flags, negative_counts):
+    """Serving reads the policy from the metadata: under clamp it keeps the fixture's negative-count row as
+    preprocess did, under reject it refuses it as preprocess dead-lettered it."""
     from components.preprocess.pipeline import main
     from tests.components.preprocess.golden import run_case
 
-    output = run_case(main, "criteo_tricky.tsv", flags, str(tmp_path))
+    output = run_case(main, "criteo_tricky.tsv", flags, str(tmp_path), negative_counts=negative_counts)
+    assert any(r["reason"].startswith("negative count") for r in output["dead_letter"]) == (negative_counts == "reject")
     _assert_serving_reproduces(RawFeatureTransform(load_metadata(str(tmp_path)), str(tmp_path)),
                                "criteo_tricky.tsv", output)
 
