@@ -286,7 +286,7 @@ def test_pip_check_finds_an_install_by_package_name():
 @pytest.mark.parametrize("command, expected", [
     ("embedopt trian --data x", "not a command"),
     ("embedopt train --data /tmp/pre1m --train-step 10", "--train-step is not an option of `embedopt train`"),
-    ("embedopt train --data /tmp/pre1m --output /tmp/run1", "required"),
+    ("embedopt predict --model /tmp/run1/serving_model --input 'day_0*'", "required"),
     ("embedopt synth --rows many --output x.tsv", "invalid int value"),
     ("embedopt preprocess --input x --output y --runnr DirectRunner", "--runnr is not an option"),
     ("embedopt k8s submit --kind indexed --workers 2 -- --trian-steps 5",

@@ -26,6 +26,7 @@ import pyarrow.compute as pc
 import pyarrow.csv as pcsv
 
 from components.preprocess import metadata as md
+from components.preprocess import reasons
 from components.preprocess.rows import (DEFAULT_NEGATIVE_COUNTS, NEGATIVE_COUNT_POLICIES, RowError,
                                         dead_letter_record, parse_fields)
 
@@ -116,15 +117,15 @@ class BatchParser:
         try:
             text = raw.decode("utf-8")
         except UnicodeDecodeError as err:
-            raise RowError(f"undecodable bytes: {err.reason} at byte {err.start}") from None
+            raise RowError(f"{reasons.INVALID_UTF8}: {err.reason} at byte {err.start}") from None
         if self._fmt == "tsv":
             return text.split("\t")
         try:
             row = next(csv.reader([text]), [])
         except csv.Error as err:  # e.g. a bare carriage return in an unquoted field
-            raise RowError(f"malformed CSV: {err}") from None
+            raise RowError(f"{reasons.MALFORMED_CSV}: {err}") from None
         if len(row) != self._width:
-            raise RowError(f"wrong column count: {len(row)} columns, header has {self._width}")
+            raise RowError(f"{reasons.WRONG_FIELD_COUNT}: {len(row)} comma-separated fields, the header has {self._width}")
         return [row[i] for i in self._columns]
 
     def _fast_columns(self, lines: list[bytes]):

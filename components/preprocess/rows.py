@@ -16,9 +16,12 @@ from __future__ import annotations
 import base64
 import hashlib
 import math
+import re
+import unicodedata
 from typing import Any, Sequence
 
 from components.preprocess import metadata as md
+from components.preprocess import reasons
 
 NUM_FIELDS = 1 + md.NUM_DENSE + md.NUM_CATEGORICAL
 # What a negative count becomes: "clamp" -> 0 before log1p, as the DLRM reference preprocessing and TorchRec's
@@ -37,34 +40,45 @@ def split_bucket(raw: bytes) -> float:
     return int.from_bytes(digest, "big") / 2.0**64
 
 
-def parse_fields(fields: Sequence[str], negative_counts: str = DEFAULT_NEGATIVE_COUNTS
+# What Python's int() reads once stripped: a sign, then Unicode decimal digits with single underscores between.
+_INTEGER = re.compile(r"[+-]?\d(?:_?\d)*")
+
+
+def parse_count(text: str, field: str, negative_counts: str = DEFAULT_NEGATIVE_COUNTS) -> float:
+    """One stripped, non-empty count text -> log1p(count) as a float64; RowError names the fault and `field`.
+
+    Integers are what Python's int() reads; a negative one is 0 under "clamp"; a count past float64's range is
+    too large. The value is math.log1p of the correctly rounded float64 of the count, as TensorFlow's
+    tf.strings.to_number computes it, with no limit on the number of digits.
+    """
+    if not _INTEGER.fullmatch(text):
+        raise RowError(f"{reasons.in_field(reasons.NON_INTEGER, field)}: {reasons.shown(text)}")
+    digits = "".join(str(unicodedata.decimal(c)) for c in text if c not in "+-_")
+    if text[0] == "-" and digits.strip("0"):
+        if negative_counts != "clamp":
+            raise RowError(f"{reasons.in_field(reasons.NEGATIVE, field)}: {reasons.shown(text)}")
+        return 0.0
+    value = float(digits)
+    if math.isinf(value):
+        raise RowError(f"{reasons.in_field(reasons.TOO_LARGE, field)}: {len(text)} digits")
+    return math.log1p(value)
+
+
+def parse_fields(fields: Sequence[str], negative_counts: str = DEFAULT_NEGATIVE_COUNTS, separator: str = "tab"
                  ) -> tuple[int, tuple[float, ...], tuple[str, ...]]:
-    """Validates 40 Criteo fields (label, 13 counts, 26 categoricals); `negative_counts` is "clamp" or "reject"."""
+    """Validates 40 Criteo fields (label, 13 counts, 26 categoricals); `negative_counts` is "clamp" or "reject".
+
+    Faults are reported in the order of `reasons`: field count, label, then each count in turn.
+    """
     if len(fields) != NUM_FIELDS:
-        raise RowError(f"wrong column count: {len(fields)} columns, expected {NUM_FIELDS}")
+        raise RowError(f"{reasons.WRONG_FIELD_COUNT}: {len(fields)} {separator}-separated fields, expected {NUM_FIELDS}")
     label_text = fields[0].strip()
     if label_text not in ("0", "1"):
-        raise RowError(f"label not 0/1: {label_text[:20]!r}")
+        raise RowError(f"{reasons.BAD_LABEL}: {reasons.shown(label_text)}")
     dense = []
     for i, text in enumerate(fields[1 : 1 + md.NUM_DENSE]):
         text = text.strip()
-        if not text:
-            dense.append(0.0)
-            continue
-        try:
-            count = int(text)
-        except ValueError:
-            if text.isdigit():  # past Python's int() digit limit
-                raise RowError(f"count too large in {md.RAW_DENSE[i]}: {len(text)} digits") from None
-            raise RowError(f"non-integer count in {md.RAW_DENSE[i]}: {text[:20]!r}") from None
-        if count < 0 and negative_counts == "clamp":
-            count = 0
-        elif count < 0:
-            raise RowError(f"negative count in {md.RAW_DENSE[i]}: {count}")
-        try:
-            dense.append(math.log1p(count))
-        except OverflowError:
-            raise RowError(f"count too large in {md.RAW_DENSE[i]}: {len(text)} digits") from None
+        dense.append(parse_count(text, md.RAW_DENSE[i], negative_counts) if text else 0.0)
     categorical = tuple(text.strip() for text in fields[1 + md.NUM_DENSE :])
     return int(label_text), tuple(dense), categorical
 

@@ -31,6 +31,7 @@ def _widths(text: str) -> list[int]:
 
 def build_parser() -> argparse.ArgumentParser:
     from components.preprocess.metadata import METADATA_FILE, TRAIN_DIR, ExamplesLayout
+    from components.trainer import early_stopping as stopping
     from components.trainer import fn_args as keys
 
     defaults = keys.TrainerConfig()
@@ -50,7 +51,11 @@ def build_parser() -> argparse.ArgumentParser:
     data.add_argument("--eval-files", nargs="+", help="evaluation file patterns")
     data.add_argument("--metadata", help=f"the preprocess {METADATA_FILE} (FnArgs.schema_path); "
                       f"default: beside {TRAIN_DIR}")
-    data.add_argument("--train-steps", type=positive_int, required=True, help="total training steps; a resumed run stops at exactly this step")
+    data.add_argument("--train-steps", type=positive_int,
+                      help="total training steps; a resumed run stops at exactly this step (default: early stopping: "
+                      "passes over the train split, the eval split evaluated after each, until the eval AUC has not "
+                      "improved for --patience passes or --max-epochs are done; the SavedModel holds the best pass's "
+                      "weights. Without an eval split: one pass)")
     data.add_argument("--eval-steps", type=positive_int, help="evaluation batches (default: enough to cover the eval split once; the rows the last batch "
                       "wraps around to are not counted twice)")
     out = p.add_argument_group("outputs (FnArgs)")
@@ -67,8 +72,11 @@ def build_parser() -> argparse.ArgumentParser:
     model.add_argument("--learning-rate", type=float, default=defaults.learning_rate, help="embedding learning rate")
     model.add_argument("--dense-learning-rate", type=float, default=defaults.dense_learning_rate,
                        help="dense learning rate")
-    model.add_argument("--batch-size", type=positive_int, default=defaults.batch_size,
-                       help="GLOBAL batch size, split over all replicas of all workers")
+    model.add_argument("--batch-size", type=positive_int,
+                       help=f"GLOBAL batch size, split over all replicas of all workers (default: {defaults.batch_size} "
+                       f"with --train-steps; without it the largest power of two from {stopping.AUTO_BATCH_MIN} to "
+                       f"{stopping.AUTO_BATCH_MAX} that makes one pass over the train split at least "
+                       f"{stopping.MIN_STEPS_PER_EPOCH} steps)")
     model.add_argument("--embedding-dim", type=positive_int, default=defaults.embedding_dim,
                        help="embedding width, also the bottom MLP's output width; tables have one more column for the "
                        "wide term")
@@ -92,6 +100,14 @@ def build_parser() -> argparse.ArgumentParser:
                        "extra column of each table); default: on")
     model.add_argument("--seed", type=int, default=defaults.seed, help="initialisation and shuffling seed (default: 0)")
     run = p.add_argument_group("execution (custom_config)")
+    run.add_argument("--patience", type=positive_int, default=defaults.patience,
+                     help="without --train-steps: stop once this many evaluations in a row (one after each pass) "
+                     "have not improved on the best eval AUC")
+    run.add_argument("--max-epochs", type=positive_int, default=defaults.max_epochs,
+                     help="without --train-steps: stop after this many passes over the train split at most")
+    run.add_argument("--no-baseline", action="store_true",
+                     help="skip the baseline, a hashed logistic regression fitted on the train split and evaluated on "
+                     "the eval split, whose AUC the report compares with the model's (default: off, the baseline runs)")
     run.add_argument("--checkpoint-every", type=positive_int, default=defaults.checkpoint_every,
                      help="save a checkpoint (model + optimizer slots + step) every K steps")
     run.add_argument("--log-every", type=positive_int, default=defaults.log_every,
@@ -119,23 +135,34 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
-def config_from_args(args: argparse.Namespace):
-    """The `custom_config` flags -> a validated `TrainerConfig` (ValueError naming a bad value)."""
+def config_from_args(args: argparse.Namespace, batch_size: int | None = None):
+    """The `custom_config` flags -> a validated `TrainerConfig` (ValueError naming a bad value).
+
+    The batch size is --batch-size, else `batch_size`, else TrainerConfig's default.
+    """
     from components.trainer.fn_args import TrainerConfig
 
+    batch_size = args.batch_size or batch_size or TrainerConfig.batch_size
     return TrainerConfig(
         optimizer=args.optimizer, dense_optimizer=args.dense_optimizer, learning_rate=args.learning_rate,
-        dense_learning_rate=args.dense_learning_rate, batch_size=args.batch_size, embedding_dim=args.embedding_dim,
+        dense_learning_rate=args.dense_learning_rate, batch_size=batch_size, embedding_dim=args.embedding_dim,
         table_layout=args.table_layout, table_sharding=args.table_sharding, interaction=args.interaction,
         bottom_mlp=tuple(args.bottom_mlp), top_mlp=tuple(args.top_mlp), wide=not args.no_wide,
         checkpoint_every=args.checkpoint_every, log_every=args.log_every, strategy=args.strategy,
         mixed_precision=args.mixed_precision, seed=args.seed, progress=not args.no_progress,
+        patience=args.patience, max_epochs=args.max_epochs, baseline=not args.no_baseline,
     )
+
+
+def uses_auto_batch(args: argparse.Namespace) -> bool:
+    """Early stopping (no --train-steps) without --batch-size picks the batch size from the train rows."""
+    return args.batch_size is None and args.train_steps is None
 
 
 def fn_args_from_args(args: argparse.Namespace):
     """The flags -> `FnArgs`: --data names an `ExamplesLayout`, --output the two output folders."""
-    from components.preprocess.metadata import ExamplesLayout
+    from components.preprocess.metadata import ExamplesLayout, load_metadata
+    from components.trainer.early_stopping import auto_batch_size
     from components.trainer.fn_args import MODEL_RUN_SUBDIR, SERVING_MODEL_SUBDIR, build_fn_args
 
     train_files, eval_files, metadata = args.train_files, args.eval_files, args.metadata
@@ -150,8 +177,13 @@ def fn_args_from_args(args: argparse.Namespace):
     run_dir = args.model_run_dir or (args.output and os.path.join(args.output, MODEL_RUN_SUBDIR))
     if not serving or not run_dir:
         raise ValueError("give --output DIR, or both --serving-model-dir and --model-run-dir")
+    batch_size = None
+    if uses_auto_batch(args):
+        found = metadata or ExamplesLayout.of_split_pattern(train_files[0]).metadata_path
+        batch_size = auto_batch_size(load_metadata(found).row_counts["train"])
     return build_fn_args(train_files=train_files, eval_files=eval_files, metadata_path=metadata,
-                         serving_model_dir=serving, model_run_dir=run_dir, config=config_from_args(args),
+                         serving_model_dir=serving, model_run_dir=run_dir,
+                         config=config_from_args(args, batch_size),
                          train_steps=args.train_steps, eval_steps=args.eval_steps)
 
 
@@ -207,7 +239,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.json:
         print(f"{PROG}: {json.dumps({k: metrics[k] for k in SUMMARY_KEYS})}")
     if cluster_from_env().is_chief:
-        print(report(metrics, fn_args.model_run_dir))
+        print(report(metrics, fn_args.model_run_dir, auto_batch=uses_auto_batch(args)))
     return 0
 
 
@@ -215,8 +247,33 @@ SUMMARY_KEYS = ("steps", "resumed_from_step", "eval_auc", "eval_log_loss", "mean
                 "strategy", "num_workers", "weights_checksum")
 
 
-def report(metrics: dict, run_dir: str) -> str:
-    """The few lines a run ends with: quality, speed, and where its outputs are (all numbers: metrics.json)."""
+def _stopping_line(metrics: dict, auto_batch: bool) -> str:
+    stopping = metrics.get("stopping", {})
+    batch = f"batch {metrics['global_batch_size']:,}" + (" (auto, from the train rows)" if auto_batch else "")
+    if stopping.get("mode") != "early_stopping":
+        return f"{batch}; " + ("fixed --train-steps" if stopping.get("mode") == "train_steps"
+                               else f"one pass ({stopping.get('reason', 'no eval split')})")
+    why = (f"no gain in {stopping['patience']} evaluations" if stopping["reason"] == "patience"
+           else f"--max-epochs {stopping['max_epochs']} reached")
+    return (f"{batch}, {stopping['steps_per_epoch']:,} steps per pass; early stopping after epoch "
+            f"{stopping['evaluations'][-1]['epoch']} ({why}); exported the best, epoch {stopping['best_epoch']} "
+            f"(step {stopping['best_step']:,})")
+
+
+def _baseline_lines(metrics: dict) -> list[str]:
+    if metrics.get("baseline_auc") is None:
+        return []
+    rates = metrics["positive_rate"]
+    lines = [f"  baseline: hashed logistic regression, eval AUC {metrics['baseline_auc']:.4f}, log loss "
+             f"{metrics['baseline_log_loss']:.4f} (positive rate train {rates['train']:.3f}, eval {rates['eval']:.3f})"]
+    if metrics.get("baseline_warning"):
+        lines.append(f"  WARNING: {metrics['baseline_warning']}")
+    return lines
+
+
+def report(metrics: dict, run_dir: str, auto_batch: bool = False) -> str:
+    """The few lines a run ends with: quality against the baseline, how it stopped, speed, and where its outputs
+    are (all numbers: metrics.json)."""
     from components.trainer import artifacts
 
     if metrics.get("eval_auc") is None:
@@ -238,7 +295,7 @@ def report(metrics: dict, run_dir: str) -> str:
              ("TensorBoard", f"tensorboard --logdir {os.path.join(run_dir, artifacts.LOGS_DIR)}")]
     lines = [f"{PROG}: step {metrics['steps']:,} reached ({speed}{resumed}); {placement}; "
              f"tables {metrics['table_sharding']}",
-             f"  {quality}"]
+             f"  {quality}", *_baseline_lines(metrics), f"  {_stopping_line(metrics, auto_batch)}"]
     lines += [f"  {name:<12}{path}" for name, path in where]
     return "\n".join(lines)
 

@@ -18,6 +18,7 @@ import os
 from typing import Any
 
 from components.preprocess.metadata import ExamplesLayout, load_metadata
+from components.trainer.early_stopping import DEFAULT_MAX_EPOCHS, DEFAULT_PATIENCE
 
 # custom_config keys.
 OPTIMIZER = "optimizer"
@@ -38,6 +39,9 @@ WIDE = "wide"
 MIXED_PRECISION = "mixed_precision"
 SEED = "seed"
 PROGRESS = "progress"
+PATIENCE = "patience"
+MAX_EPOCHS = "max_epochs"
+BASELINE = "baseline"
 METADATA_PATH = "metadata_path"
 
 # `optimizers.OPTIMIZERS`' names, kept here so that `embedopt train --help` needs no TensorFlow (a test keeps
@@ -62,7 +66,7 @@ class FnArgs:
 
     train_files: list[str]
     eval_files: list[str]
-    train_steps: int
+    train_steps: int | None  # None: early stopping (components/trainer/early_stopping.py)
     eval_steps: int
     serving_model_dir: str
     model_run_dir: str
@@ -96,6 +100,11 @@ class TrainerConfig:
     mixed_precision: bool = False
     seed: int = 0
     progress: bool = True
+    # Without train_steps: stop once the eval AUC has not improved for `patience` epochs, at most `max_epochs`.
+    patience: int = DEFAULT_PATIENCE
+    max_epochs: int = DEFAULT_MAX_EPOCHS
+    # Fit and evaluate the hashed logistic regression baseline (components/trainer/baseline.py).
+    baseline: bool = True
     metadata_path: str | None = None
 
     def __post_init__(self):
@@ -107,15 +116,16 @@ class TrainerConfig:
             value = getattr(self, name)
             if value is not None and not value > 0:
                 raise ValueError(f"{name} must be > 0, got {value!r}")
-        for name in (BATCH_SIZE, EMBEDDING_DIM, CHECKPOINT_EVERY, LOG_EVERY):
+        for name in (BATCH_SIZE, EMBEDDING_DIM, CHECKPOINT_EVERY, LOG_EVERY, PATIENCE, MAX_EPOCHS):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
                 raise ValueError(f"{name} must be an integer >= 1, got {value!r}")
         for name, valid in ((TABLE_LAYOUT, TABLE_LAYOUTS), (TABLE_SHARDING, TABLE_SHARDINGS), (INTERACTION, INTERACTIONS), (STRATEGY, STRATEGIES)):
             if getattr(self, name) not in valid:
                 raise ValueError(f"{name} must be one of {valid}, got {getattr(self, name)!r}")
-        if not isinstance(self.wide, bool):
-            raise ValueError(f"{WIDE} must be true or false, got {self.wide!r}")
+        for name in (WIDE, BASELINE):
+            if not isinstance(getattr(self, name), bool):
+                raise ValueError(f"{name} must be true or false, got {getattr(self, name)!r}")
         for name in (BOTTOM_MLP, TOP_MLP):
             value = getattr(self, name)
             if not all(isinstance(u, int) and u >= 1 for u in value):
@@ -146,13 +156,13 @@ MODEL_RUN_SUBDIR = "model_run"
 
 
 def build_fn_args(*, train_files: list[str], eval_files: list[str], metadata_path: str | None,
-                  serving_model_dir: str, model_run_dir: str, config: TrainerConfig, train_steps: int,
+                  serving_model_dir: str, model_run_dir: str, config: TrainerConfig, train_steps: int | None,
                   eval_steps: int | None = None) -> FnArgs:
     """Our `FnArgs`, with `config` as `custom_config`.
 
     `metadata_path` (None: beside the train files) becomes `schema_path` and
     `custom_config["metadata_path"]`. `eval_steps` None covers the eval split
-    once: ceil(eval rows / batch size), at least 1.
+    once: ceil(eval rows / batch size), at least 1. `train_steps` None trains with early stopping.
     """
     if metadata_path:
         config = dataclasses.replace(config, metadata_path=metadata_path)
@@ -167,7 +177,7 @@ def build_fn_args(*, train_files: list[str], eval_files: list[str], metadata_pat
                   schema_path=metadata_path, custom_config=custom_config)
 
 
-def fn_args_for(layout: ExamplesLayout, output: str, config: TrainerConfig, train_steps: int,
+def fn_args_for(layout: ExamplesLayout, output: str, config: TrainerConfig, train_steps: int | None,
                 eval_steps: int | None = None) -> FnArgs:
     """FnArgs training on every shard of `layout`, writing OUTPUT/serving_model and OUTPUT/model_run."""
     return build_fn_args(train_files=[layout.train_pattern], eval_files=[layout.eval_pattern],
@@ -183,13 +193,14 @@ def example_pattern(split: str) -> str:
 
 
 def check_fn_args(fn_args) -> None:
-    """Raises ValueError for steps < 1 or missing directories/file lists."""
+    """Raises ValueError for steps < 1 (train_steps None is early stopping) or missing directories/file lists."""
     if not fn_args.train_files:
         raise ValueError(f"train_files is empty; pass the preprocess output, e.g. {example_pattern('train')}")
     if not fn_args.eval_files:
         raise ValueError(f"eval_files is empty; pass the preprocess output, e.g. {example_pattern('eval')}")
-    if not isinstance(fn_args.train_steps, int) or fn_args.train_steps < 1:
-        raise ValueError(f"train_steps must be an integer >= 1, got {fn_args.train_steps!r}")
+    steps = fn_args.train_steps
+    if steps is not None and (isinstance(steps, bool) or not isinstance(steps, int) or steps < 1):
+        raise ValueError(f"train_steps must be an integer >= 1, or None for early stopping, got {steps!r}")
     if not isinstance(fn_args.eval_steps, int) or fn_args.eval_steps < 1:
         raise ValueError(f"eval_steps must be an integer >= 1, got {fn_args.eval_steps!r}")
     for name in ("serving_model_dir", "model_run_dir"):

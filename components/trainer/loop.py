@@ -140,15 +140,17 @@ def make_predict_step(strategy: tf.distribute.Strategy, model: keras.Model):
     return predict_step
 
 
-def evaluate(strategy, model, eval_iterator, eval_steps: int, max_examples: int | None = None) -> dict[str, float]:
+def evaluate(strategy, model, eval_iterator, eval_steps: int, max_examples: int | None = None,
+             predict_step=None) -> dict[str, float]:
     """AUC and log loss over `eval_steps` global batches (identical on every worker).
 
     The eval dataset repeats, so enough steps to cover the split end with a
     batch that wraps around to its first rows; `max_examples` (the split's
     row count) cuts those off. With one input pipeline, reading in file
-    order, the result is then exactly the split, each row once.
+    order, the result is then exactly the split, each row once. Pass the
+    `make_predict_step` of an earlier call to evaluate again without tracing.
     """
-    predict_step = make_predict_step(strategy, model)
+    predict_step = predict_step or make_predict_step(strategy, model)
     auc = keras.metrics.AUC(num_thresholds=10_001)
     log_loss = keras.metrics.BinaryCrossentropy()
     probs, labels = [], []

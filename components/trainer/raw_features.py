@@ -19,6 +19,9 @@ the preprocess contract (DESIGN.md 4.1), field by field:
 "Stripped" means Python's str.strip(): Unicode whitespace, not only ASCII.
 A malformed input raises tf.errors.InvalidArgumentError whose message names
 the problem, the field and the row of the batch; it never yields features.
+The problems are those of components/preprocess/reasons.py, worded as the
+preprocess words its dead letters, and the first one is reported in the
+same order (bytes, field count, then each count I1..I13 in turn).
 Everything runs eagerly as well as inside a tf.function.
 """
 
@@ -29,6 +32,8 @@ import unicodedata
 
 import tensorflow as tf
 
+from components.preprocess import reasons
+from components.preprocess.reasons import SHOWN_CHARS
 from components.preprocess.metadata import RAW_CATEGORICAL, RAW_DENSE, VOCAB_DIR, Metadata, vocab_file
 from components.preprocess.rows import NEGATIVE_COUNT_POLICIES
 
@@ -43,7 +48,6 @@ TSV_FIELDS = (1 + len(RAW_DENSE) + len(RAW_CATEGORICAL), len(RAW_DENSE) + len(RA
 # The characters for which str.isspace() is true, as an RE2 class.
 _WHITESPACE = r"[\t-\r\x{1c}-\x{20}\x{85}\x{a0}\x{1680}\x{2000}-\x{200a}\x{2028}\x{2029}\x{202f}\x{205f}\x{3000}]"
 _STRIP = f"^{_WHITESPACE}+|{_WHITESPACE}+$"
-_SHOWN_CHARS = 40
 
 
 @functools.cache
@@ -78,12 +82,7 @@ def check(ok: tf.Tensor, values: tf.Tensor, names, reason: str, describe=None):
     width = tf.cast(len(names), tf.int64)
     flat = tf.reshape(values, [-1])
     value = tf.gather(tf.concat([flat, tf.zeros([1], flat.dtype)], 0), index)
-    if describe is None:
-        # Valid UTF-8 only: TensorFlow decodes the message as UTF-8 before raising it.
-        shown = tf.strings.unicode_transcode(value, "UTF-8", "UTF-8", errors="replace")
-        detail = tf.strings.substr(shown, 0, _SHOWN_CHARS, unit="UTF8_CHAR")
-    else:
-        detail = describe(value)
+    detail = _shown(value) if describe is None else describe(value)
     message = tf.strings.join([reason, " in ", tf.gather(tf.constant(names), index % width), ": ", detail,
                                " (row ", tf.strings.as_string(index // width), " of the batch)"])
     return tf.debugging.Assert(tf.reduce_all(ok), [message])
@@ -99,22 +98,56 @@ def _ascii_digits(text: tf.Tensor) -> tf.Tensor:
     return tf.reshape(ascii, tf.shape(text))
 
 
+def first_fault(codes: tf.Tensor, values: tf.Tensor, names, faults):
+    """Raises InvalidArgumentError for the first non-zero of `codes` in row-major order (row by row, field by
+    field within a row, as the Python rules look for faults), with "{reason} in {name}: {detail} (row r of the
+    batch)"; `faults` maps each code k >= 1 to (reason, describe) as in `check`, describe=None showing the value.
+    """
+    ok = tf.equal(codes, 0)
+    flat_codes = tf.reshape(codes, [-1])
+    index = tf.argmax(tf.concat([tf.not_equal(flat_codes, 0), [True]], 0), output_type=tf.int64)
+    code = tf.gather(tf.concat([flat_codes, [0]], 0), index)
+    flat = tf.reshape(values, [-1])
+    value = tf.gather(tf.concat([flat, tf.zeros([1], flat.dtype)], 0), index)
+    reason, detail = tf.constant(""), tf.constant("")
+    for k, (text, describe) in faults.items():
+        this = tf.equal(code, k)
+        reason = tf.where(this, text, reason)
+        detail = tf.where(this, _shown(value) if describe is None else describe(value), detail)
+    width = tf.cast(len(names), tf.int64)
+    message = tf.strings.join([reason, " in ", tf.gather(tf.constant(names), index % width), ": ", detail,
+                               " (row ", tf.strings.as_string(index // width), " of the batch)"])
+    return tf.debugging.Assert(tf.reduce_all(ok), [message])
+
+
+def _shown(value: tf.Tensor) -> tf.Tensor:
+    # Valid UTF-8 only: TensorFlow decodes the message as UTF-8 before raising it.
+    text = tf.strings.unicode_transcode(value, "UTF-8", "UTF-8", errors="replace")
+    return tf.strings.substr(text, 0, SHOWN_CHARS, unit="UTF8_CHAR")
+
+
+def _digits(value: tf.Tensor) -> tf.Tensor:
+    return tf.strings.join([tf.strings.as_string(tf.strings.length(value, unit="UTF8_CHAR")), " digits"])
+
+
 def dense_from_text(text: tf.Tensor, clamp_negative: bool = False) -> tf.Tensor:
-    """[B, 13] count texts (I1..I13) -> [B, 13] float32 log1p(count), 0 for missing (and clamped negatives)."""
+    """[B, 13] count texts (I1..I13) -> [B, 13] float32 log1p(count), 0 for missing (and clamped negatives).
+
+    The first fault, row by row and field by field, is reported: non-integer, then negative (unless clamped),
+    then too large for float64.
+    """
     text = strip(text)
     missing = tf.equal(text, "")
     integer = tf.logical_or(missing, tf.strings.regex_full_match(text, _count_pattern()))
-    checks = [check(integer, text, RAW_DENSE, "non-integer count")]
-    with tf.control_dependencies(checks):
-        digits = tf.where(missing | ~integer, "0", tf.strings.regex_replace(text, "[+_-]", ""))
-        counts = tf.strings.to_number(_ascii_digits(digits), tf.float64)
-    negative = tf.strings.substr(text, 0, 1) == "-"
-    checks = [check(tf.math.is_finite(counts), text, RAW_DENSE, "count too large")]
+    digits = tf.where(missing | ~integer, "0", tf.strings.regex_replace(text, "[+_-]", ""))
+    counts = tf.strings.to_number(_ascii_digits(digits), tf.float64)
+    negative = (tf.strings.substr(text, 0, 1) == "-") & (counts > 0) & integer
     if clamp_negative:
         counts = tf.where(negative, tf.zeros_like(counts), counts)
-    else:
-        checks.insert(0, check(~(negative & (counts > 0)), text, RAW_DENSE, "negative count"))
-    with tf.control_dependencies(checks):
+        negative = tf.zeros_like(negative)
+    codes = tf.where(~integer, 1, tf.where(negative, 2, tf.where(tf.math.is_finite(counts), 0, 3)))
+    faults = {1: (reasons.NON_INTEGER, None), 2: (reasons.NEGATIVE, None), 3: (reasons.TOO_LARGE, _digits)}
+    with tf.control_dependencies([first_fault(codes, text, RAW_DENSE, faults)]):
         return tf.cast(tf.math.log1p(counts), tf.float32)
 
 
@@ -122,7 +155,7 @@ def dense_from_counts(counts: tf.Tensor, present: tf.Tensor, clamp_negative: boo
     """[B, 13] int64 counts and presence -> [B, 13] float32 log1p(count), 0 where absent (and clamped negatives)."""
     if clamp_negative:
         counts = tf.maximum(counts, 0)
-    checks = [check(~present | (counts >= 0), counts, RAW_DENSE, "negative count", tf.strings.as_string)]
+    checks = [check(~present | (counts >= 0), counts, RAW_DENSE, reasons.NEGATIVE, tf.strings.as_string)]
     with tf.control_dependencies(checks):
         return tf.where(present, tf.cast(tf.math.log1p(tf.cast(counts, tf.float64)), tf.float32), 0.0)
 
@@ -186,12 +219,12 @@ class RawFeatureTransform(tf.Module):
         """[B] TSV lines: 40 fields (label first, ignored) or 39 (no label)."""
         lines = tf.convert_to_tensor(lines, tf.string)
         column = lines[:, None]
-        with tf.control_dependencies([check(is_utf8(column), column, ("line",), "invalid UTF-8")]):
+        with tf.control_dependencies([check(is_utf8(column), column, ("line",), reasons.INVALID_UTF8.removesuffix(" in line"))]):
             fields = tf.strings.split(lines, "\t")
         count = fields.row_lengths()[:, None]
         ok = tf.reduce_any(tf.stack([count == n for n in TSV_FIELDS]), axis=0)
         expected = f" tab-separated fields, expected {TSV_FIELDS[0]} (label first) or {TSV_FIELDS[1]} (no label)"
-        wrong_count = check(ok, count, ("line",), "wrong field count",
+        wrong_count = check(ok, count, ("line",), reasons.WRONG_FIELD_COUNT.removesuffix(" in line"),
                             lambda n: tf.strings.join([tf.strings.as_string(n), expected]))
         with tf.control_dependencies([wrong_count]):
             fields = fields[:, -TSV_FIELDS[1]:].to_tensor("", shape=[None, TSV_FIELDS[1]])
@@ -202,11 +235,15 @@ class RawFeatureTransform(tf.Module):
         spec = {name: tf.io.RaggedFeature(tf.int64) for name in RAW_DENSE}
         spec.update({name: tf.io.RaggedFeature(tf.string) for name in RAW_CATEGORICAL})
         parsed = tf.io.parse_example(serialized, spec)
-        counts, present, checks = _single_values(parsed, RAW_DENSE, tf.constant(0, tf.int64))
-        values, _, more = _single_values(parsed, RAW_CATEGORICAL, "")
-        checks += more + [check(is_utf8(values), values, RAW_CATEGORICAL, "invalid UTF-8")]
-        with tf.control_dependencies(checks):
-            return self._features(dense_from_counts(counts, present, self._clamp_negative), strip(values))
+        # One check after the other, in the order of components/preprocess/reasons.py: the bytes, then the
+        # structure (like a line's field count), then the counts.
+        raw_values = tf.stack([parsed[name].to_tensor("", shape=[None, 1])[:, 0] for name in RAW_CATEGORICAL], axis=1)
+        with tf.control_dependencies([check(is_utf8(raw_values), raw_values, RAW_CATEGORICAL, "invalid UTF-8")]):
+            counts, present, checks = _single_values(parsed, RAW_DENSE, tf.constant(0, tf.int64))
+            values, _, more = _single_values(parsed, RAW_CATEGORICAL, "")
+        with tf.control_dependencies(checks + more):
+            dense = dense_from_counts(counts, present, self._clamp_negative)
+        return self._features(dense, strip(values))
 
     def _features(self, dense: tf.Tensor, values: tf.Tensor) -> dict[str, tf.Tensor]:
         features = {self._dense_key: dense}

@@ -52,9 +52,9 @@ def build_state(strategy, metadata, config: TrainerConfig) -> TrainState:
                           DynamicLossScale() if config.mixed_precision else None)
 
 
-def build_and_restore(strategy, metadata, config: TrainerConfig, model_run_dir: str, train_steps: int,
+def build_and_restore(strategy, metadata, config: TrainerConfig, model_run_dir: str, train_steps: int | None,
                       is_chief: bool) -> Restored:
-    """Raises ValueError when the checkpoint is past `train_steps`."""
+    """Raises ValueError when the checkpoint is past `train_steps` (None: early stopping, no fixed end)."""
     state = build_state(strategy, metadata, config)
     checkpoint = state.checkpoint()
     row_sharded = config.table_sharding == "row"
@@ -73,7 +73,7 @@ def build_and_restore(strategy, metadata, config: TrainerConfig, model_run_dir: 
     if latest:
         checkpoint.restore(latest).assert_existing_objects_matched()
     resumed_from = int(state.step.numpy())
-    if resumed_from > train_steps:
+    if train_steps is not None and resumed_from > train_steps:
         raise ValueError(f"checkpoint {latest} is at step {resumed_from}, past train_steps={train_steps}; "
                          "use a new model_run_dir or more steps")
     if resumed_from:

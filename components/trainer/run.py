@@ -4,10 +4,14 @@ Steps: validate the arguments and metadata -> choose the strategy from
 TF_CONFIG -> build model and both optimizers in `strategy.scope()` -> restore
 the latest checkpoint, if any -> train the remaining `train_steps - step`
 steps with checkpoints every `checkpoint_every` steps -> evaluate
-`eval_steps` global batches -> export the SavedModel and write metrics,
-curve and TensorBoard logs. An empty train split is refused before anything
-is built; an empty eval split skips the evaluation (metrics.json then has
-`eval_auc` null and an `eval_note`) and the model is still exported. The
+`eval_steps` global batches -> export the SavedModel -> fit the baseline
+(chief; baseline_run.py) and write metrics, curve and TensorBoard logs.
+With `train_steps` None the train and evaluate steps are epochs with early
+stopping instead, and the best epoch's weights are exported (epochs.py).
+An empty train split is refused before anything is built; an empty eval
+split skips the evaluation (metrics.json then has `eval_auc` null and an
+`eval_note`; without `train_steps` the run trains one pass) and the model
+is still exported. The
 chief deletes the temp folders of checkpoint saves that a kill interrupted.
 Every worker runs every step (collectives need all of them); only the chief
 writes to the real directories, the others write to temporary ones that are
@@ -38,10 +42,13 @@ import tensorflow as tf
 
 from components.lockfile import LockedError, lock_inside
 from components.trainer import artifacts
+from components.trainer.baseline_run import baseline_metrics
+from components.trainer.early_stopping import steps_per_epoch
+from components.trainer.epochs import train_with_early_stopping
 from components.trainer.export import export_saved_model
 from components.trainer.fn_args import TrainerConfig, check_fn_args
 from components.trainer.inputs import check_train_split, distributed_dataset, empty_eval_note, load_run_metadata
-from components.trainer.loop import evaluate, make_train_step, train
+from components.trainer.loop import evaluate, make_predict_step, make_train_step, train
 from components.trainer.restore import Restored, build_and_restore
 from components.trainer.sharding import rows_per_replica, weights_checksum, whole_table_model
 from components.trainer.strategy import choose_strategy, cluster_from_env
@@ -96,6 +103,12 @@ class _Job:
     metadata_path: str
     eval_note: str | None  # why evaluation is skipped; None when it runs
     scratch: str | None  # a non-chief worker's temporary directory
+    epoch_steps: int  # steps of one pass over the train split
+    target_steps: int | None  # where training ends; None: early stopping
+
+    @property
+    def early_stopping(self) -> bool:
+        return self.target_steps is None
 
     @property
     def is_chief(self) -> bool:
@@ -119,20 +132,40 @@ def _run(fn_args, config: TrainerConfig, cluster) -> dict:
     keras.utils.set_random_seed(config.seed)
     phases = {}
     phase_start = time.perf_counter()
-    restored = build_and_restore(job.strategy, job.metadata, config, fn_args.model_run_dir, fn_args.train_steps,
+    restored = build_and_restore(job.strategy, job.metadata, config, fn_args.model_run_dir, job.target_steps,
                                  job.is_chief)
     phases["build_and_restore"] = time.perf_counter() - phase_start
     ckpt_dir = (restored.place.directory if job.is_chief or job.row_sharded
                 else os.path.join(job.scratch, artifacts.CHECKPOINT_DIR))
     manager = tf.train.CheckpointManager(restored.checkpoint, ckpt_dir, max_to_keep=3)
     train_ds, eval_ds = _datasets(job, restored.resumed_from)
-    result = _train(job, restored, train_ds, manager, phases)
-    with _timed(phases, "final_checkpoint"):
-        manager.save(checkpoint_number=int(restored.step.numpy()))
-    metrics = _evaluate(job, restored.model, eval_ds, phases)
+    # One step function and one iterator for the whole run: epochs read on where the previous one stopped.
+    train_step, train_iterator = make_train_step(job.strategy, restored.state, config.batch_size), iter(train_ds)
+    phases["train"] = 0.0
+
+    def train_to(target: int):
+        return _train(job, restored, train_step, train_iterator, manager, phases, target)
+
+    if job.early_stopping:
+        predict_step = make_predict_step(job.strategy, restored.model)
+        stopped = train_with_early_stopping(job, restored, manager, train_to,
+                                            lambda: _evaluate(job, restored.model, eval_ds, phases, predict_step))
+        result, metrics = stopped.result, stopped.eval_metrics
+        metrics["stopping"] = stopped.stopping
+    else:
+        result = train_to(job.target_steps)
+        with _timed(phases, "final_checkpoint"):
+            manager.save(checkpoint_number=int(restored.step.numpy()))
+        metrics = _evaluate(job, restored.model, eval_ds, phases)
+        metrics["stopping"] = ({"mode": "train_steps"} if fn_args.train_steps is not None else
+                               {"mode": "one_pass", "reason": "no eval split to stop on"})
     with _timed(phases, "export"):
         _export(job, restored.model)
     metrics.update(_run_metrics(job, restored, result, phases))
+    if job.is_chief and config.baseline and not job.eval_note:
+        metrics.update(baseline_metrics(fn_args.train_files, fn_args.eval_files, job.metadata, metrics["eval_auc"],
+                                        early_stopping=job.early_stopping))
+        metrics["phase_seconds"]["baseline"] = metrics["baseline_seconds"]
     _write_outputs(job, metrics, result)
     return metrics
 
@@ -148,10 +181,17 @@ def _prepare(fn_args, config: TrainerConfig, cluster) -> _Job:
     if config.batch_size % strategy.num_replicas_in_sync:
         raise ValueError(f"batch_size {config.batch_size} must be a multiple of the "
                          f"{strategy.num_replicas_in_sync} replicas")
-    if cluster.is_chief:
-        _warn_on_many_passes(fn_args.train_steps, config.batch_size, metadata.row_counts.get("train", 0))
+    train_rows = metadata.row_counts.get("train", 0)
+    epoch_steps = steps_per_epoch(train_rows, config.batch_size)
+    target = fn_args.train_steps
+    if target is not None and cluster.is_chief:
+        _warn_on_many_passes(target, config.batch_size, train_rows)
+    if target is None and eval_note:
+        target = epoch_steps
+        log.warning("no train_steps and an empty eval split, so nothing to stop early on: training one pass over "
+                    "the train split (%d steps)", epoch_steps)
     scratch = None if cluster.is_chief else tempfile.mkdtemp(prefix=f"embedopt-worker{cluster.task_index}-")
-    return _Job(fn_args, config, cluster, strategy, metadata, metadata_path, eval_note, scratch)
+    return _Job(fn_args, config, cluster, strategy, metadata, metadata_path, eval_note, scratch, epoch_steps, target)
 
 
 # More passes than this over the train split earn a warning: on click logs the eval AUC falls after about one.
@@ -177,17 +217,16 @@ def _datasets(job: _Job, resumed_from: int):
     return train_ds, eval_ds
 
 
-def _train(job: _Job, restored: Restored, train_ds, manager: tf.train.CheckpointManager,
-           phases: dict[str, float]):
-    """Trains the steps left to `train_steps`, saving every `checkpoint_every`; the loop's result."""
+def _train(job: _Job, restored: Restored, train_step, iterator, manager: tf.train.CheckpointManager,
+           phases: dict[str, float], target: int):
+    """Trains the steps left to `target`, saving every `checkpoint_every`; the loop's result."""
     config, global_batch = job.config, job.config.batch_size
-    train_step = make_train_step(job.strategy, restored.state, global_batch)
     writer = (tf.summary.create_file_writer(os.path.join(job.run_dir, artifacts.LOGS_DIR, "train"))
               if job.is_chief else tf.summary.create_noop_writer())
     start = time.perf_counter()
     try:
         result = train(
-            train_step, iter(train_ds), restored.state, job.fn_args.train_steps, global_batch,
+            train_step, iterator, restored.state, target, global_batch,
             checkpoint_every=config.checkpoint_every,
             save_checkpoint=lambda s: manager.save(checkpoint_number=s),
             # Off a terminal the bar's carriage returns would flood the log: log lines instead.
@@ -196,19 +235,21 @@ def _train(job: _Job, restored: Restored, train_ds, manager: tf.train.Checkpoint
         )
     except tf.errors.InvalidArgumentError as err:
         raise ValueError(training_error(err.message, job.metadata_path)) from None
-    phases["train"] = time.perf_counter() - start
+    phases["train"] += time.perf_counter() - start
     return result
 
 
-def _evaluate(job: _Job, model, eval_ds, phases: dict[str, float]) -> dict:
+def _evaluate(job: _Job, model, eval_ds, phases: dict[str, float], predict_step=None) -> dict:
     """Eval metrics over `eval_steps` global batches, or the empty-split note when there is nothing to evaluate."""
     if job.eval_note:
         log.warning("%s", job.eval_note)
         return dict(eval_auc=None, eval_log_loss=None, eval_examples=0, eval_positive_rate=None,
                     eval_note=job.eval_note)
-    with _timed(phases, "eval"):
-        return evaluate(job.strategy, model, iter(eval_ds), job.fn_args.eval_steps,
-                        max_examples=job.metadata.row_counts.get("eval"))
+    start = time.perf_counter()
+    metrics = evaluate(job.strategy, model, iter(eval_ds), job.fn_args.eval_steps,
+                       max_examples=job.metadata.row_counts.get("eval"), predict_step=predict_step)
+    phases["eval"] = phases.get("eval", 0.0) + time.perf_counter() - start
+    return metrics
 
 
 def _export(job: _Job, model) -> None:
@@ -260,9 +301,12 @@ def _write_outputs(job: _Job, metrics: dict, result) -> None:
         shutil.rmtree(job.scratch, ignore_errors=True)
         return
     if not job.eval_note:
+        # Early stopping: every epoch's evaluation; else the one at the end.
+        evaluations = metrics["stopping"].get("evaluations") or [dict(metrics, step=metrics["steps"])]
         with tf.summary.create_file_writer(os.path.join(job.run_dir, artifacts.LOGS_DIR, "eval")).as_default():
-            artifacts.write_scalar("auc", metrics["eval_auc"], step=metrics["steps"])
-            artifacts.write_scalar("log_loss", metrics["eval_log_loss"], step=metrics["steps"])
+            for evaluation in evaluations:
+                artifacts.write_scalar("auc", evaluation["eval_auc"], step=evaluation["step"])
+                artifacts.write_scalar("log_loss", evaluation["eval_log_loss"], step=evaluation["step"])
     points = artifacts.merged_losses(job.run_dir, result.losses)
     metrics["training_curve"] = artifacts.plot_curve(
         os.path.join(job.run_dir, artifacts.CURVE_FILE), points,

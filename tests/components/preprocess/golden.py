@@ -10,6 +10,7 @@ there, before the batched rewrite).
 
 from __future__ import annotations
 
+import ast
 import glob
 import json
 import os
@@ -97,3 +98,17 @@ if __name__ == "__main__":
         json.dump(golden, f, indent=1, sort_keys=True, ensure_ascii=False)
         f.write("\n")
     print(GOLDEN_FILE, file=sys.stderr)
+
+
+def renamed(record: dict) -> dict:
+    """A captured dead letter with its reason in today's words (components/preprocess/reasons.py, shared with
+    serving): "wrong column count: N columns" -> "wrong field count in line: N tab-separated fields",
+    "undecodable bytes" -> "invalid UTF-8 in line", and values shown as text instead of a Python repr."""
+    kind, _, detail = record["reason"].partition(": ")
+    if kind == "wrong column count":
+        kind, detail = "wrong field count in line", detail.replace(" columns,", " tab-separated fields,")
+    elif kind == "undecodable bytes":
+        kind = "invalid UTF-8 in line"
+    elif detail.startswith("'"):
+        detail = ast.literal_eval(detail)
+    return {**record, "reason": f"{kind}: {detail}"}

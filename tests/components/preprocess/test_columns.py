@@ -30,7 +30,7 @@ def reference_verdict(raw: bytes, fmt: str, negative_counts: str):
     try:
         text = raw.decode("utf-8")
     except UnicodeDecodeError:
-        return ("dead", "undecodable bytes")
+        return ("dead", "invalid UTF-8 in line")
     if fmt == "tsv":
         fields = text.split("\t")
     else:
@@ -39,7 +39,7 @@ def reference_verdict(raw: bytes, fmt: str, negative_counts: str):
         except csv.Error:
             return ("dead", "malformed CSV")
     if len(fields) != 40:
-        return ("dead", "wrong column count")
+        return ("dead", "wrong field count in line")
     if fields[0].strip() not in ("0", "1"):
         return ("dead", "label not 0/1")
     dense = []

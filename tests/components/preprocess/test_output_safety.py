@@ -99,7 +99,7 @@ def test_input_without_a_valid_row_is_an_error_with_reasons(tmp_path, capsys):
     (tmp_path / "bad.tsv").write_bytes(b"1\t2\t3\nx\n")
     assert _run(tmp_path / "out", input_path=tmp_path / "bad.tsv") == 2
     err = capsys.readouterr().err
-    assert "no valid row" in err and "all 2 rows are malformed" in err and "line 1: wrong column count" in err
+    assert "no valid row" in err and "all 2 rows are malformed" in err and "line 1: wrong field count in line" in err
 
 
 def test_input_error_marker_is_what_the_pipeline_looks_for():

@@ -20,7 +20,7 @@ def test_parse_fields_log1p_and_missing():
 @pytest.mark.parametrize(
     "fields, reason",
     [
-        (GOOD[:39], "wrong column count"),
+        (GOOD[:39], "wrong field count in line: 39 tab-separated fields, expected 40"),
         (["x"] + GOOD[1:], "label not 0/1"),
         (GOOD[:1] + ["1.5"] + GOOD[2:], "non-integer count in I1"),
         (GOOD[:2] + ["-3"] + GOOD[3:], "negative count in I2"),
@@ -42,7 +42,7 @@ def test_parse_and_validate_tags_dead_letter():
         assert_that(rows, equal_to([(1, "a1", False)]), label="rows")
         assert_that(
             out["dead_letter"] | beam.Map(lambda d: (d["line_number"], d["raw_encoding"], d["reason"].split(":")[0])),
-            equal_to([(2, "text", "wrong column count"), (3, "base64", "undecodable bytes")]),
+            equal_to([(2, "text", "wrong field count in line"), (3, "base64", "invalid UTF-8 in line")]),
             label="dead",
         )
 

@@ -20,6 +20,8 @@ DEFAULT_CONFIG = {
     "batch_size": 1024, "embedding_dim": 16, "table_layout": "shared", "table_sharding": "mirrored",
     "interaction": "dot", "bottom_mlp": [64, 32], "top_mlp": [64, 32], "wide": True, "checkpoint_every": 1000,
     "log_every": 100, "strategy": "auto", "mixed_precision": False, "seed": 0, "progress": True,
+    # Added with early stopping (issue 18): new keys at the end, the old ones unchanged.
+    "patience": 2, "max_epochs": 20, "baseline": True,
 }
 FLAGS = ["--optimizer", "ftrl", "--dense-optimizer", "sgd", "--table-layout", "per_feature", "--bottom-mlp", "8,4",
          "--batch-size", "100", "--no-wide", "--no-progress", "--mixed-precision", "--seed", "3",
