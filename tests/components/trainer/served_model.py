@@ -32,13 +32,14 @@ class ServedModel:
         return tf.sigmoid(tf.cast(logits, tf.float32)).numpy()[:, None]
 
 
-def export_random_model(root: str, mode: str) -> ServedModel:
+def export_random_model(root: str, mode: str, negative_counts: str | None = None) -> ServedModel:
     """A small DLRM with N(0, 0.5) table rows (the trained init is near 0, so every id would score alike), exported
-    from a preprocess dir written by hand, which is then deleted: the SavedModel must stand alone."""
+    from a preprocess dir written by hand, which is then deleted: the SavedModel must stand alone.
+    `negative_counts` is the policy recorded in its metadata (None: metadata from before the policy, "reject")."""
     lines = raw_logs.good_lines()
     vocab = None if mode == "hash" else raw_logs.vocabularies(lines)
     preprocess_dir = os.path.join(root, "preprocess")
-    metadata = raw_logs.write_preprocess_dir(preprocess_dir, mode, vocab)
+    metadata = raw_logs.write_preprocess_dir(preprocess_dir, mode, vocab, negative_counts)
     model = build_model(metadata, TrainerConfig(embedding_dim=4, bottom_mlp=(8,), top_mlp=(8,)))
     rng = np.random.default_rng(0)
     for table in model.tables:
