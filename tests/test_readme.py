@@ -1,4 +1,4 @@
-"""The README's commands are the ones the project runs, and run as written in a fresh shell.
+"""The README's and docs/'s commands are the ones the project runs, and run as written in a fresh shell.
 
 - The two set-up commands come first, then the venv's activation; CI runs
   the test command verbatim.
@@ -12,6 +12,11 @@
   parsed by that parser, so bad values and missing required flags fail too.
 - `pip install` installs extras from the repository (`'.[k8s]'`), never
   `'embedopt[k8s]'`: embedopt is not on a package index.
+- The README is a front page of at most 250 lines; the reference lives in
+  docs/*.md. Each docs page is checked like the README (a page read on its
+  own activates the venv before its first venv command), and every relative
+  link of the README and the docs reaches a file, and a heading of it when
+  the link names one.
 
 Each checker returns a list of problems; the tests at the bottom show that
 they find the mistakes they are for.
@@ -32,6 +37,8 @@ import pytest
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 README = ROOT / "README.md"
+DOCS = sorted((ROOT / "docs").glob("*.md"))
+README_MAX_LINES = 250
 ACTIVATE = "source .venv/bin/activate"
 # Programs that exist only inside the venv (python3 -m venv is the system's, before there is one).
 VENV_PROGRAMS = {"embedopt", "pip", "pip3", "python", "pytest"}
@@ -225,7 +232,31 @@ def check_flag_tables(text: str) -> list[str]:
     return problems
 
 
-# ---------------------------------------------------------------- the README
+def heading_anchor(heading: str) -> str:
+    """GitHub's anchor for a Markdown heading: lower case, punctuation dropped, spaces to hyphens."""
+    text = re.sub(r"[^\w\- ]", "", heading.strip().lower())
+    return text.replace(" ", "-")
+
+
+def check_links(path: pathlib.Path) -> list[str]:
+    """Relative links of a Markdown file that reach no file, or no heading of it."""
+    problems = []
+    text = re.sub(r"```.*?```", "", path.read_text(), flags=re.S)
+    for target in re.findall(r"\]\(([^)\s]+)\)", text):
+        if re.match(r"[a-z]+:", target):
+            continue
+        file_part, _, anchor = target.partition("#")
+        linked = (path.parent / file_part).resolve() if file_part else path
+        if not linked.exists():
+            problems.append(f"{path.name}: link {target!r} reaches no file")
+        elif anchor and linked.suffix == ".md":
+            anchors = {heading_anchor(h) for h in re.findall(r"^#+ (.*)$", linked.read_text(), flags=re.M)}
+            if anchor not in anchors:
+                problems.append(f"{path.name}: link {target!r}: no heading #{anchor} in {linked.name}")
+    return problems
+
+
+# ---------------------------------------------------------------- the README and docs/
 
 
 def test_readme_starts_with_two_setup_commands_then_the_activation():
@@ -253,12 +284,39 @@ def test_readme_installs_extras_from_the_repository():
 
 def test_readme_embedopt_commands_exist_and_use_real_flags():
     found = embedopt_commands(readme_text())
-    assert len(found) > 20 and any(in_block for _, in_block in found)
+    assert len(found) > 10 and any(in_block for _, in_block in found)
     assert check_embedopt_commands(readme_text()) == []
 
 
 def test_readme_flag_tables_name_real_flags():
     assert check_flag_tables(readme_text()) == []
+
+
+def test_readme_is_a_front_page_that_links_every_docs_page():
+    text = readme_text()
+    assert len(text.splitlines()) <= README_MAX_LINES
+    assert len(DOCS) >= 6
+    for page in DOCS:
+        assert f"](docs/{page.name})" in text, f"the README does not link {page.name}"
+
+
+@pytest.mark.parametrize("page", DOCS, ids=lambda p: p.name)
+def test_docs_commands_run_as_written(page):
+    text = page.read_text()
+    assert check_activation(text) == []
+    assert check_pip_installs(text) == []
+    assert check_embedopt_commands(text) == []
+    assert check_flag_tables(text) == []
+
+
+def test_docs_show_many_commands():
+    found = [c for page in DOCS for c in embedopt_commands(page.read_text())]
+    assert len(found) > 30
+
+
+@pytest.mark.parametrize("path", [README, *DOCS], ids=lambda p: p.name)
+def test_relative_links_reach_files_and_headings(path):
+    assert check_links(path) == []
 
 
 def test_cli_install_hints_install_from_the_repository():
@@ -307,6 +365,14 @@ def test_command_check_reads_inline_code_and_continuations():
              "    --runner DirectRunner --direct_num_workers 2\n```")
     assert check_embedopt_commands(block) == []
     assert check_embedopt_commands(block.replace("--direct_num_workers", "--direct-workers")) != []
+
+
+def test_link_check_finds_a_missing_file_and_a_missing_heading(tmp_path):
+    (tmp_path / "a.md").write_text("# Title\n\n## Some `flag` here\n")
+    page = tmp_path / "b.md"
+    page.write_text("[ok](a.md#some-flag-here) [x](c.md) [y](a.md#nope) [web](https://example.com)")
+    problems = check_links(page)
+    assert len(problems) == 2 and "c.md" in problems[0] and "#nope" in problems[1]
 
 
 def test_flag_table_check_finds_an_unknown_flag():

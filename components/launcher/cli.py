@@ -67,7 +67,7 @@ def _add_config(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--cpu-limit", default="8", help="CPU limit per worker")
     parser.add_argument("--memory-request", default="16Gi", help="memory request per worker")
     parser.add_argument("--memory-limit", default="32Gi",
-                        help="memory limit per worker; see the README for what a table needs per optimizer")
+                        help="memory limit per worker; see docs/kubernetes.md for what a table needs per optimizer")
     parser.add_argument("--tmp-size", default="10Gi", help="sizeLimit of the /tmp emptyDir (HOME, caches)")
     parser.add_argument("--shm-size", help="sizeLimit of the memory-backed /dev/shm emptyDir; it counts against "
                         "--memory-limit (default: a quarter of --memory-limit)")

@@ -264,7 +264,8 @@ def _baseline_lines(metrics: dict) -> list[str]:
     if metrics.get("baseline_auc") is None:
         return []
     rates = metrics["positive_rate"]
-    lines = [f"  baseline: hashed logistic regression, eval AUC {metrics['baseline_auc']:.4f}, log loss "
+    l2 = f" (l2 {metrics['baseline_l2']:g}, chosen on a holdout)" if metrics.get("baseline_l2") is not None else ""
+    lines = [f"  baseline: hashed logistic regression{l2}, eval AUC {metrics['baseline_auc']:.4f}, log loss "
              f"{metrics['baseline_log_loss']:.4f} (positive rate train {rates['train']:.3f}, eval {rates['eval']:.3f})"]
     if metrics.get("baseline_warning"):
         lines.append(f"  WARNING: {metrics['baseline_warning']}")

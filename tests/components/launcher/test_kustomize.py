@@ -1,4 +1,4 @@
-"""k8s/ stays equal to what the builders render; the README's image override works with kubectl alone."""
+"""k8s/ stays equal to what the builders render; docs/kubernetes.md's image override works with kubectl alone."""
 
 import os
 import re
@@ -46,11 +46,10 @@ def test_kubectl_kustomize_equals_builders(overlay):
 
 
 def _readme_image_overlay() -> tuple[str, str]:
-    """The README's own-overlay kustomization and the command that applies it."""
-    text = (REPO_ROOT / "README.md").read_text()
-    section = text[text.index("## Run on Kubernetes"):]
+    """docs/kubernetes.md's own-overlay kustomization and the command that applies it."""
+    section = (REPO_ROOT / "docs" / "kubernetes.md").read_text()
     match = re.search(r"cat > (\S+)/kustomization.yaml <<'YAML'\n(.*?)\nYAML\n(.*?)\n", section, re.S)
-    assert match, "README: the kustomize step with your own overlay is gone"
+    assert match, "docs/kubernetes.md: the kustomize step with your own overlay is gone"
     directory, kustomization, next_line = match.groups()
     assert next_line.split("#")[0].split() == ["kubectl", "apply", "-k", directory], "apply the overlay just written"
     return kustomization, directory
@@ -66,7 +65,7 @@ def _images(obj):
 
 @pytest.mark.parametrize("overlay", sorted(OVERLAYS))
 def test_readme_image_override_works_with_kubectl_alone(overlay, tmp_path):
-    """The README's overlay sets the image of every container, CRDs included, with `kubectl kustomize` only."""
+    """The docs' overlay sets the image of every container, CRDs included, with `kubectl kustomize` only."""
     kubectl = shutil.which("kubectl")
     if kubectl is None:
         (pytest.fail if os.environ.get("CI") else pytest.skip)("kubectl is not installed")

@@ -74,6 +74,40 @@ def test_unseen_ids_score_with_weight_zero():
     np.testing.assert_allclose(fitted.logits(unseen, dense[:4]), expected, atol=1e-12)
 
 
+def test_a_warm_start_reaches_the_same_optimum():
+    ids, dense, labels, _ = planted(400, 3, 8, seed=1)
+    cold = baseline.fit(ids, dense, labels, l2=0.3)
+    warm = baseline.fit(ids, dense, labels, l2=0.3, start=baseline.fit(ids, dense, labels, l2=30.0))
+    np.testing.assert_allclose(warm.predict(ids, dense), cold.predict(ids, dense), atol=1e-4)
+
+
+def test_fit_tuned_keeps_the_l2_with_the_best_holdout_auc():
+    # Many values seen a few times: weak l2 overfits them, strong l2 underfits the frequent ones.
+    ids, dense, labels, _ = planted(3000, 4, 300, seed=6)
+    fitted, chosen, aucs = baseline.fit_tuned(ids, dense, labels)
+    holdout = baseline.holdout_rows(ids, dense)
+    assert 0.05 < holdout.mean() < 0.15
+    # Independent of the order the rows come in.
+    order = np.random.default_rng(0).permutation(len(labels))
+    np.testing.assert_array_equal(baseline.holdout_rows(ids[order], dense[order]), holdout[order])
+    expected = {}
+    for l2 in baseline.L2_GRID:
+        alone = baseline.fit(ids[~holdout], dense[~holdout], labels[~holdout], l2=l2)
+        expected[l2] = rank_auc(labels[holdout], alone.predict(ids[holdout], dense[holdout]))
+    assert aucs.keys() == expected.keys()
+    for l2 in expected:  # warm starts reach the same optima: AUCs equal up to round-off reordering ties
+        assert aucs[l2] == pytest.approx(expected[l2], abs=1e-3)
+    assert chosen == max(expected, key=lambda l2: (round(expected[l2], 3), l2)) or \
+        abs(expected[chosen] - max(expected.values())) < 1e-3
+    assert len(set(np.round(list(expected.values()), 3))) > 1  # the grid matters on this data
+
+
+def test_fit_tuned_without_both_classes_in_the_holdout_fits_the_default():
+    ids, dense, labels, _ = planted(12, 2, 3, seed=7)
+    fitted, chosen, aucs = baseline.fit_tuned(ids, dense, np.zeros(12))
+    assert chosen == baseline.L2 and aucs == {}
+
+
 def test_auc_matches_the_rank_reference_with_ties():
     rng = np.random.default_rng(4)
     labels = rng.random(1000) < 0.3
@@ -103,7 +137,8 @@ def test_baseline_metrics_on_the_planted_splits_match_an_independent_computation
         ids = np.array([[e[k].int64_list.value[0] for k in metadata.categorical_keys] for e in examples])
         dense = np.array([list(e[metadata.dense_key].float_list.value) for e in examples])
         arrays[split] = ids, dense, labels
-    fitted = baseline.fit(*arrays["train"])
+    fitted, l2, _ = baseline.fit_tuned(*arrays["train"])
+    assert metrics["baseline_l2"] == l2
     ids, dense, labels = arrays["eval"]
     # The trainer's reader interleaves the shards, so both fits see the rows in another order and their scores
     # differ by round-off, which can reorder near-ties: 1e-4 of AUC is about a hundred of the ~1M
