@@ -45,8 +45,13 @@ class Adagrad(SparseOptimizer):
     def _slot_initializer(self, name):
         return keras.initializers.Constant(self.initial_accumulator_value)
 
+    kernel_rule = "adagrad"
+
     def _rule(self, var, slots, grad, lr):
         return rules.adagrad(var, slots[0], grad, lr, self._hyper("epsilon", var.dtype))
+
+    def _kernel_hypers(self, dtype, lr):
+        return [lr, self._hyper("epsilon", dtype)]
 
     def get_config(self):
         config = super().get_config()
@@ -80,5 +85,10 @@ class RowWiseAdagrad(Adagrad):
     def _slot_shape(self, var) -> tuple:
         return tuple(var.shape[:1])
 
+    kernel_rule = "rowwise_adagrad"
+
     def _rule(self, var, slots, grad, lr):
         return rules.rowwise_adagrad(var, slots[0], grad, lr, self._hyper("epsilon", var.dtype))
+
+    def _kernel_hypers(self, dtype, lr):
+        return [lr, self._hyper("epsilon", dtype)]

@@ -30,6 +30,7 @@ class Adam(SparseOptimizer):
 
     slot_names = ("m", "v")
     lazy = False
+    kernel_rule = "adam"  # LazyAdam's and AdamW's sparse path; Adam's own exact path sweeps the table in TF ops
 
     def __init__(self, learning_rate=0.001, beta_1=0.9, beta_2=0.999, epsilon=1e-7, name="adam", **kwargs):
         super().__init__(learning_rate=learning_rate, name=name, **kwargs)
@@ -46,6 +47,10 @@ class Adam(SparseOptimizer):
             self._hyper("beta_1", dtype), self._hyper("beta_2", dtype), self._hyper("epsilon", dtype),
             self._step(dtype),
         )
+
+    def _kernel_hypers(self, dtype, lr):
+        return [lr, self._hyper("beta_1", dtype), self._hyper("beta_2", dtype), self._hyper("epsilon", dtype),
+                self._step(dtype)]
 
     def get_config(self):
         config = super().get_config()

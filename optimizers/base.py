@@ -12,6 +12,12 @@ changes how a step is carried out, not what the rules are:
    the global batch would see;
 5. decoupled weight decay and the rule touch only the gathered rows.
 
+Steps 2 and 5 run in the fused CPU kernels of `optimizers.kernels` where they
+can (`optimizers.fast_path` decides per variable: CPU, no XLA, a supported
+dtype; the non-lazy `Adam` keeps the TF ops): one deterministic dedup, then
+one pass that gathers each touched row and its slots, applies the rule and
+writes them back. The TF-ops path stays the fallback and the reference.
+
 A row-sharded table (`optimizers.ShardedEmbedding`) is a plain variable
 local to each replica, whose gradient already is this replica's summed
 slice: it skips the all-reduce, its slots are local too, and it is updated
@@ -33,7 +39,7 @@ import keras
 import tensorflow as tf
 from tensorflow.python.ops import control_flow_util  # no public API tells "tracing under XLA"
 
-from optimizers import hyperparams, sparse
+from optimizers import fast_path, hyperparams, sparse
 from optimizers.distributed import local_variable
 from optimizers.rules import decoupled_weight_decay
 from optimizers.sharded import SHARD_ATTRIBUTE, local_variables, shard_spec
@@ -60,6 +66,8 @@ class SparseOptimizer(keras.optimizers.Optimizer):
     """
 
     slot_names: tuple[str, ...] = ()
+    # The fused kernel's rule (`optimizers.kernels.ops.HYPERS`), None for none; `_kernel_hypers` gives its scalars.
+    kernel_rule: str | None = None
     # Lazy: a sparse step leaves the rows it does not touch, and their slots,
     # as they are. Not lazy (Adam): untouched rows also take the step a zero
     # gradient gives them, so the result equals the densified gradient's.
@@ -152,7 +160,8 @@ class SparseOptimizer(keras.optimizers.Optimizer):
         reduced = iter(self._all_reduce_sum_gradients(mirrored))
         # Shard gradients stay local: each replica holds the summed slice of its own rows.
         grads = [g if s else next(reduced)[0] for g, s in zip(grads, sharded)]
-        grads = [sparse.dedup_indexed_slices(g) if isinstance(g, tf.IndexedSlices) else g for g in grads]
+        grads = [fast_path.dedup(g, fast_path.use_kernels(v, g.values.dtype)) if isinstance(g, tf.IndexedSlices) else g
+                 for g, v in zip(grads, variables)]
         flags = sparse.finite_flags(grads)
         if any(sharded):
             flags = self._agreed_flags(flags, sharded)
@@ -301,6 +310,14 @@ class SparseOptimizer(keras.optimizers.Optimizer):
     def _sparse_update(self, variable, slots, grad, lr, decay):
         indices = grad.indices
         values = tf.cast(grad.values, variable.dtype)
+        if self.lazy and self.kernel_rule and fast_path.use_kernels(variable):
+            from optimizers.kernels import ops
+
+            hypers = self._kernel_hypers(variable.dtype, lr) + ([] if decay is None else [decay])
+            # The indices are distinct: `_backend_update_step` deduplicated them.
+            ops.sparse_apply(variable, slots, indices, values, self.kernel_rule, hypers,
+                             weight_decay=decay is not None, assume_unique=True, **self._kernel_options())
+            return
         var_rows = tf.gather(variable, indices)
         slot_rows = [tf.gather(s, indices) for s in slots]
         new_var_rows, *new_slot_rows = self._apply_rule(var_rows, slot_rows, values, lr, decay)
@@ -316,6 +333,20 @@ class SparseOptimizer(keras.optimizers.Optimizer):
     def _rule(self, var, slots, grad, lr):
         """Returns `(new_var, *new_slots)`; implemented by each optimizer."""
         raise NotImplementedError
+
+    def _kernel_hypers(self, dtype, lr) -> list:
+        """The scalars of `kernel_rule`, in `optimizers.kernels.ops.HYPERS` order, for this step."""
+        raise NotImplementedError
+
+    def _kernel_options(self) -> dict:
+        return {}
+
+    def apply_path(self, variable) -> str:
+        """How a sparse step updates `variable` here: "fused kernel", or "TF ops: <why>"."""
+        if not self.kernel_rule or not self.lazy:
+            return f"TF ops: {type(self).__name__} has no fused kernel (it sweeps the whole table)"
+        reason = fast_path.fallback_reason(variable)
+        return fast_path.FUSED if reason is None else f"TF ops: {reason}"
 
     # -- config ------------------------------------------------------------
 

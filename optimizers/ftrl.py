@@ -74,9 +74,14 @@ class Ftrl(SparseOptimizer):
             return keras.initializers.Constant(self.initial_accumulator_value)
         return "zeros"
 
+    kernel_rule = "ftrl"
+
     def _rule(self, var, slots, grad, lr):
         dtype = var.dtype
         return rules.ftrl(var, slots[0], slots[1], grad, lr, *(self._hyper(h, dtype) for h in _HYPERS))
+
+    def _kernel_hypers(self, dtype, lr):
+        return [lr, *(self._hyper(h, dtype) for h in _HYPERS)]
 
     def get_config(self):
         config = super().get_config()

@@ -34,7 +34,7 @@ import numbers
 import tensorflow as tf
 import tf_keras
 
-from optimizers import rules
+from optimizers import fast_path, rules
 
 # OptimizerV2's numeric keyword arguments; it refuses negative ones but lets NaN and Inf through.
 _NUMERIC_KWARGS = ("decay", "clipnorm", "clipvalue", "global_clipnorm")
@@ -75,6 +75,7 @@ class _RuleOptimizer(tf_keras.optimizers.legacy.Optimizer):
 
     _HAS_AGGREGATE_GRAD = True
     _rule_slots: tuple[str, ...] = ()
+    _kernel_rule: str | None = None  # the fused kernel's rule; `_kernel_hypers` gives its scalars
 
     def __init__(self, learning_rate, name, **kwargs):
         learning_rate = kwargs.get("lr", learning_rate)
@@ -105,6 +106,21 @@ class _RuleOptimizer(tf_keras.optimizers.legacy.Optimizer):
             for slot, value in zip(slots, new_slots)
         ]
         return tf.group(*updates)
+
+    def _resource_apply_sparse_duplicate_indices(self, grad, handle, indices, **kwargs):
+        """The fused kernel (sum duplicates, gather, rule, scatter in one pass) where it runs, else the base class's
+        tf.unique + segment sum, then `_resource_apply_sparse`."""
+        if self._kernel_rule is None or not fast_path.use_kernels(handle):
+            return super()._resource_apply_sparse_duplicate_indices(grad, handle, indices, **kwargs)
+        from optimizers.kernels import ops
+
+        coefficients = self._coefficients(handle, kwargs.get("apply_state"))
+        slots = [self.get_slot(handle, name) for name in self._rule_slots]
+        return ops.sparse_apply(handle, slots, indices, tf.cast(grad, handle.dtype), self._kernel_rule,
+                                self._kernel_hypers(coefficients), use_locking=self._use_locking)
+
+    def _kernel_hypers(self, coefficients) -> list:
+        raise NotImplementedError
 
     def _resource_apply_sparse(self, grad, var, indices, apply_state=None):
         # `indices` are unique here: the base class summed duplicates first.
@@ -165,8 +181,13 @@ class SGD(_RuleOptimizer):
     def __init__(self, learning_rate=0.01, name="SGD", **kwargs):
         super().__init__(learning_rate, name, **kwargs)
 
+    _kernel_rule = "sgd"
+
     def _run_rule(self, var, slots, grad, coefficients):
         return rules.sgd(var, grad, coefficients["lr_t"])
+
+    def _kernel_hypers(self, coefficients):
+        return [coefficients["lr_t"]]
 
 
 @tf_keras.utils.register_keras_serializable(package="embedopt", name="LegacyMomentum")
@@ -213,8 +234,13 @@ class Momentum(_RuleOptimizer):
         super()._prepare_local(var_device, var_dtype, apply_state)
         apply_state[(var_device, var_dtype)]["momentum"] = tf.identity(self._get_hyper("momentum", var_dtype))
 
+    _kernel_rule = "momentum"
+
     def _run_rule(self, var, slots, grad, coefficients):
         return rules.momentum(var, slots[0], grad, coefficients["lr_t"], coefficients["momentum"])
+
+    def _kernel_hypers(self, coefficients):
+        return [coefficients["lr_t"], coefficients["momentum"]]
 
     def get_config(self):
         config = super().get_config()
@@ -269,10 +295,15 @@ class DecayingSGD(_RuleOptimizer):
         coefficients["decay_rate"] = tf.identity(self._get_hyper("decay_rate", var_dtype))
         coefficients["step"] = tf.cast(self.iterations, var_dtype)
 
+    _kernel_rule = "sgd"
+
     def _run_rule(self, var, slots, grad, coefficients):
         return rules.decaying_sgd(
             var, grad, coefficients["lr_t"], coefficients["decay_rate"], coefficients["step"]
         )
+
+    def _kernel_hypers(self, coefficients):
+        return [coefficients["lr_t"] * tf.pow(coefficients["decay_rate"], coefficients["step"])]
 
     def get_config(self):
         config = super().get_config()

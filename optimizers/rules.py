@@ -21,12 +21,16 @@ def sgd(var, grad, lr):
     return (var - lr * grad,)
 
 
-def momentum(var, m, grad, lr, momentum):
+def momentum(var, m, grad, lr, momentum, nesterov=False):
     """Heavy-ball momentum, the classic recipe's rule (not Keras's).
 
-    `m = momentum * m + g; var -= lr * m`.
+    `m = momentum * m + g; var -= lr * m`; with `nesterov` (a Python bool),
+    `var -= lr * (g + momentum * m)` with the new `m` (Sutskever et al.'s
+    look-ahead, as PyTorch's SGD computes it).
     """
     new_m = momentum * m + grad
+    if nesterov:
+        return (var - lr * (grad + momentum * new_m), new_m)
     return (var - lr * new_m, new_m)
 
 

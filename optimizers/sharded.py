@@ -222,7 +222,7 @@ class ShardedEmbedding(keras.layers.Layer):
         fill = can_fill_now()
         with local_variables(_worker_device(strategy)):
             self.embeddings = self.add_weight(
-                shape=(self.spec.local_rows, self.output_dim), name="embeddings",
+                shape=(self.spec.local_rows, self.output_dim), name="embeddings", autocast=False,
                 initializer="zeros" if fill else shard_initializer(self.embeddings_initializer, global_ids,
                                                                   self.input_dim))
         if fill:

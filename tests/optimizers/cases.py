@@ -23,14 +23,21 @@ class Case:
     # row is touched).
     exact: bool
     lr: float = 0.1
+    optimizer: str | None = None  # the name for `optimizers.get`, when it is not `name`
 
     def __str__(self):
         return self.name
+
+    @property
+    def get_name(self) -> str:
+        return self.optimizer or self.name
 
 
 CASES = [
     Case("sgd", ref.sgd_step, {}, {}, (), exact=True),
     Case("momentum", ref.momentum_step, {"momentum": 0.8}, {"momentum": 0.8}, ("momentum",), exact=False),
+    Case("nesterov", ref.momentum_step, {"momentum": 0.8, "nesterov": True}, {"momentum": 0.8, "nesterov": True},
+         ("momentum",), exact=False, optimizer="momentum"),
     Case("decaying_sgd", ref.decaying_sgd_step, {"decay_rate": 0.9}, {"decay_rate": 0.9}, (), exact=True),
     Case("adam", ref.adam_step, {"beta_1": 0.8, "beta_2": 0.95, "epsilon": 1e-6},
          {"beta_1": 0.8, "beta_2": 0.95, "epsilon": 1e-6}, ("m", "v"), exact=True, lr=0.01),

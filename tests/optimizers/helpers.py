@@ -17,7 +17,7 @@ import optimizers
 def make(case, **overrides):
     kwargs = dict(case.kwargs, learning_rate=case.lr)
     kwargs.update(overrides)
-    return optimizers.get(case.name, **kwargs)
+    return optimizers.get(case.get_name, **kwargs)
 
 
 def sparse_grad(indices, values, num_rows):

@@ -15,9 +15,10 @@ def sgd_step(var, slots, g, lr, t):
     return var - lr * g, slots
 
 
-def momentum_step(var, slots, g, lr, t, momentum=0.9):
+def momentum_step(var, slots, g, lr, t, momentum=0.9, nesterov=False):
     m = momentum * slots["momentum"] + g
-    return var - lr * m, {"momentum": m}
+    step = g + momentum * m if nesterov else m
+    return var - lr * step, {"momentum": m}
 
 
 def decaying_sgd_step(var, slots, g, lr, t, decay_rate=0.99):
@@ -59,7 +60,7 @@ def ftrl_step(var, slots, g, lr, t, lr_power=-0.5, l1=0.0, l2=0.0, l2_shrinkage=
 def initial_slots(name, var, initial_accumulator_value=0.1):
     """The slots each rule starts from, as NumPy arrays."""
     zeros = np.zeros_like(var)
-    if name == "momentum":
+    if name in ("momentum", "nesterov"):
         return {"momentum": zeros}
     if name in ("adam", "lazy_adam", "adamw"):
         return {"m": zeros, "v": zeros.copy()}

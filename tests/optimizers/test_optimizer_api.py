@@ -28,7 +28,7 @@ def test_config_roundtrip(case):
 
 @pytest.mark.parametrize("case", CASES, ids=str)
 def test_get_by_name_and_config(case):
-    opt = optimizers.get(case.name, learning_rate=0.5)
+    opt = optimizers.get(case.get_name, learning_rate=0.5)
     assert float(opt.learning_rate.numpy()) == 0.5
     again = optimizers.get(keras.optimizers.serialize(opt))
     assert type(again) is type(opt) and again.get_config() == opt.get_config()

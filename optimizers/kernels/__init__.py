@@ -1,0 +1,82 @@
+"""Native CPU kernels of the sparse path (DESIGN.md section 3.1).
+
+Four TensorFlow ops in one shared library, built from `cc/` on first use
+(`optimizers.kernels.build` says where and how):
+
+- `EmbedoptDedup`: sums the rows of repeated ids (sorted, deterministic);
+- `EmbedoptSparseApply`: dedup + gather + update rule + scatter in one pass
+  over the touched rows of a variable and its slots;
+- `EmbedoptPooledLookup` / `EmbedoptPooledLookupGrad`: pooled lookup of bags
+  of ids and its gradient, already deduplicated.
+
+`optimizers.kernels.ops` holds the Python wrappers. The TF-ops path stays the
+fallback: callers ask `load()` or `status()` and take it when the kernels are
+unavailable. `EMBEDOPT_KERNELS=off` turns them off.
+
+Example:
+    >>> from optimizers import kernels
+    >>> available, reason = kernels.status()
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import threading
+
+import tensorflow as tf
+
+from optimizers.kernels import build
+
+_LOCK = threading.Lock()
+_STATE: tuple | None = None  # (module or None, reason), set by the first load()
+_OFF = ("off", "0", "false", "no")
+
+
+def load():
+    """Returns the loaded op module, or None when the kernels are unavailable.
+
+    Builds the library on the first call in a process if no matching build is
+    found (a few tens of seconds, once per machine), then loads it. The first
+    time it is unavailable, one warning line says why.
+    """
+    global _STATE
+    with _LOCK:
+        if _STATE is None:
+            _STATE = _load()
+            if _STATE[0] is None:
+                logging.getLogger(__name__).warning("embedopt kernels unavailable, using TF ops: %s", _STATE[1])
+        return _STATE[0]
+
+
+def status() -> tuple[bool, str]:
+    """`(available, reason)`: whether the kernels load, and in one line why not.
+
+    Calls `load()` (so the first call may build the library). When available,
+    the reason names the loaded library.
+    """
+    module = load()
+    return module is not None, _STATE[1]
+
+
+def _load():
+    setting = os.environ.get("EMBEDOPT_KERNELS", "").strip().lower()
+    if setting in _OFF:
+        return None, f"disabled by EMBEDOPT_KERNELS={setting}"
+    try:
+        path = build.find_or_build()
+    except build.BuildError as error:
+        return None, str(error)
+    except OSError as error:  # an unwritable cache, a full disk
+        return None, f"cannot build in {build.cache_root()}: {error}"
+    try:
+        module = tf.load_op_library(str(path))
+    except (tf.errors.OpError, OSError) as error:
+        first_line = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+        return None, f"cannot load {path}: {first_line}"
+    from optimizers.kernels import ops  # noqa: F401  registers the pooled lookup's gradient with TensorFlow
+
+    return module, f"loaded {path}"
+
+
+__all__ = ["load", "status"]

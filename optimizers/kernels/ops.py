@@ -1,0 +1,213 @@
+"""Python wrappers of the embedopt kernels, and the gradient of the pooled lookup.
+
+Each wrapper raises `RuntimeError` (with `optimizers.kernels.status()`'s
+reason) when the kernels are unavailable; callers that have a TF-ops path
+check `optimizers.kernels.load()` first.
+
+Hyper-parameters of `sparse_apply`, one float vector per step, in this order
+(`HYPERS`); the caller computes every scalar (a schedule's learning rate,
+`lr * decay_rate**t` for DecayingSGD, ...). `weight_decay=True` appends `wd`.
+
+| rule | hypers | slots (`SLOTS`) |
+|---|---|---|
+| `sgd` | `[lr]` | none |
+| `momentum` | `[lr, momentum]` | `m`, var's shape |
+| `adagrad` | `[lr, epsilon]` | `accumulator`, var's shape |
+| `rowwise_adagrad` | `[lr, epsilon]` | `accumulator`, shape `[rows]` |
+| `adam` (lazy) | `[lr, beta_1, beta_2, epsilon, step]` | `m`, `v` |
+| `ftrl` | `[lr, lr_power, l1, l2, l2_shrinkage, beta]` | `accumulator`, `linear` |
+
+`step` counts the steps applied before this one (0 first); the kernel computes
+`alpha = lr * sqrt(1 - beta_2**(step+1)) / (1 - beta_1**(step+1))` as
+`rules.adam` does. float64 tables take float64 hypers and compute in double;
+float32, float16 and bfloat16 tables take float32 hypers and compute in float
+(half types are rounded once when stored).
+"""
+
+from __future__ import annotations
+
+import keras
+import tensorflow as tf
+from tensorflow.python.ops import resource_variable_ops  # variable_accessed: no public API lets an op be taped
+
+import optimizers.kernels as _kernels
+
+HYPERS = {
+    "sgd": ("lr",),
+    "momentum": ("lr", "momentum"),
+    "adagrad": ("lr", "epsilon"),
+    "rowwise_adagrad": ("lr", "epsilon"),
+    "adam": ("lr", "beta_1", "beta_2", "epsilon", "step"),
+    "ftrl": ("lr", "lr_power", "l1", "l2", "l2_shrinkage", "beta"),
+}
+SLOTS = {
+    "sgd": (),
+    "momentum": ("m",),
+    "adagrad": ("accumulator",),
+    "rowwise_adagrad": ("accumulator",),
+    "adam": ("m", "v"),
+    "ftrl": ("accumulator", "linear"),
+}
+COMBINERS = ("sum", "mean", "sqrtn")
+
+
+def _ops():
+    module = _kernels.load()
+    if module is None:
+        raise RuntimeError(f"embedopt kernels are unavailable: {_kernels.status()[1]}")
+    return module
+
+
+def _tf_variable(variable):
+    """The `tf.Variable` behind a Keras variable (or the variable itself)."""
+    return variable.value if isinstance(variable, keras.Variable) else variable
+
+
+def _as_hyper(value, dtype):
+    # tf.cast(0.1, tf.float64) would round 0.1 to float32 first.
+    return tf.cast(value, dtype) if tf.is_tensor(value) or isinstance(value, tf.Variable) else tf.constant(value, dtype)
+
+
+def dedup(indices, values):
+    """Sums the rows of repeated indices: `(unique_indices, summed)`.
+
+    Args:
+        indices: int32 or int64 vector `[N]`.
+        values: `[N, ...]` float32, float64, float16 or bfloat16.
+
+    Returns:
+        `unique_indices` `[U]`, ascending, and `summed` `[U, ...]`, row `u`
+        the sum in input order of the rows whose index is
+        `unique_indices[u]` (the same bits whatever the thread count).
+        Strictly ascending `indices` are returned with `values` unchanged.
+    """
+    return tuple(_ops().embedopt_dedup(indices, values))
+
+
+def sparse_apply(variable, slots, indices, values, rule, hypers, *, nesterov=False, weight_decay=False,
+                 assume_unique=False, use_locking=False):
+    """Applies `rule` to the rows `indices` of `variable` and `slots`, in place.
+
+    Duplicate indices are summed first (as `dedup`), unless `assume_unique`.
+    Per distinct row: `var -= var * wd * lr` if `weight_decay`, then the rule
+    of `optimizers.rules` (see the module docstring for `hypers`).
+
+    Args:
+        variable: `tf.Variable` or `keras.Variable`, `[rows, ...]`.
+        slots: the rule's slot variables, in `SLOTS[rule]` order.
+        indices: int32 or int64 `[U]`, each in `[0, rows)`; an id out of range
+            raises `InvalidArgumentError` and changes nothing.
+        values: the gradient rows, `[U] + variable.shape[1:]`, variable's dtype.
+        rule: one of `HYPERS`.
+        hypers: the hyper-parameter scalars (floats or scalar tensors) or a
+            vector; cast to float64 for float64 tables, else float32.
+        nesterov: Nesterov momentum (`rule="momentum"` only):
+            `var -= lr * (g + momentum * m_new)`.
+        weight_decay: whether `hypers` ends with `wd` for decoupled decay.
+        assume_unique: the caller guarantees distinct indices (duplicates
+            then race); strictly ascending indices are detected anyway.
+        use_locking: hold the variables' locks exclusively (TF's
+            `use_locking`); by default shared, as TF's sparse apply ops.
+
+    Returns:
+        The op (None when executing eagerly).
+    """
+    var = _tf_variable(variable)
+    hyper_dtype = tf.float64 if var.dtype == tf.float64 else tf.float32
+    if isinstance(hypers, (list, tuple)):
+        hypers = tf.stack([_as_hyper(h, hyper_dtype) for h in hypers])
+    else:
+        hypers = _as_hyper(hypers, hyper_dtype)
+    handles = [_tf_variable(s).handle for s in slots]
+    return _ops().embedopt_sparse_apply(var.handle, handles, indices, values, hypers, rule=rule, nesterov=nesterov,
+                                        weight_decay=weight_decay, assume_unique=assume_unique,
+                                        use_locking=use_locking)
+
+
+def bags(ids, row_splits=None, weights=None):
+    """Flattens a bag structure to `(ids [N], row_splits int64 [B+1], weights [N] or None)`.
+
+    `ids` is a `tf.RaggedTensor` `[B, (bag)]`, a dense `[B, F]` matrix (F ids
+    per bag), or a vector with `row_splits` (without them, each id is a bag
+    of one). `weights`, when given, has the same structure as `ids`.
+    """
+    if isinstance(ids, tf.RaggedTensor):
+        if ids.ragged_rank != 1:
+            raise ValueError(f"ids: expected a RaggedTensor [batch, (bag)] with ragged_rank 1, got {ids.ragged_rank}")
+        row_splits = ids.row_splits
+        ids = ids.values
+        if isinstance(weights, tf.RaggedTensor):
+            weights = weights.values
+    else:
+        ids = tf.convert_to_tensor(ids)
+        if ids.shape.rank == 2:
+            per_bag = tf.shape(ids, out_type=tf.int64)[1]
+            row_splits = tf.range(tf.shape(ids, out_type=tf.int64)[0] + 1) * per_bag
+            ids = tf.reshape(ids, [-1])
+            weights = None if weights is None else tf.reshape(weights, [-1])
+        elif ids.shape.rank != 1:
+            raise ValueError(f"ids: expected a vector, a [batch, ids] matrix or a RaggedTensor, got shape {ids.shape}")
+        elif row_splits is None:
+            row_splits = tf.range(tf.size(ids, out_type=tf.int64) + 1)
+    return ids, tf.cast(row_splits, tf.int64), weights
+
+
+def pooled_lookup(table, ids, row_splits=None, weights=None, combiner="sum"):
+    """Pooled lookup of bags of rows of `table`: `[B] + table.shape[1:]`.
+
+    `pooled[b] = sum(w[n] * table[ids[n]] for n in bag b) / divisor(b)`, the
+    divisor 1 (`sum`), the bag's weight sum (`mean`) or the root of its
+    squared weights (`sqrtn`); an empty bag or a zero divisor gives zeros.
+    Rows are read in place under the variable's shared lock; the table is
+    never converted to a tensor. `tf.GradientTape` and `tf.gradients` give
+    the table's gradient as deduplicated `tf.IndexedSlices` (ids ascending);
+    `weights` get no gradient.
+
+    Args:
+        table: `tf.Variable` or `keras.Variable` `[rows, ...]`.
+        ids: int32/int64 ids, structured as `bags` describes; each in
+            `[0, rows)` (else `InvalidArgumentError`).
+        row_splits: with a vector `ids`, the int64 bag offsets `[B + 1]`.
+        weights: per-id weights of the table's dtype, or None.
+        combiner: `"sum"`, `"mean"` or `"sqrtn"`.
+    """
+    if combiner not in COMBINERS:
+        raise ValueError(f"combiner must be one of {COMBINERS}, got {combiner!r}")
+    var = _tf_variable(table)
+    ids, row_splits, weights = bags(ids, row_splits, weights)
+    weights = tf.zeros([0], var.dtype) if weights is None else tf.convert_to_tensor(weights, var.dtype)
+    resource_variable_ops.variable_accessed(var)  # so tapes watching `table` record the lookup
+    return _ops().embedopt_pooled_lookup(var.handle, ids, row_splits, weights, combiner=combiner)
+
+
+def pooled_lookup_grad(upstream, ids, row_splits, weights, num_rows, combiner="sum"):
+    """The table's gradient of `pooled_lookup`, deduplicated: `(unique_ids, summed)`.
+
+    `summed[u]` sums `w[n] / divisor(bag(n)) * upstream[bag(n)]` over the
+    occurrences `n` of `unique_ids[u]`, in input order; `unique_ids` are
+    ascending (so `dedup` of the result takes its fast path).
+
+    Args:
+        upstream: `[B, ...]` gradient of the pooled output.
+        ids, row_splits: the lookup's flat ids and int64 offsets.
+        weights: the lookup's weights `[N]`, or `[0]`/None for none.
+        num_rows: the table's row count; ids must lie in `[0, num_rows)`.
+        combiner: the lookup's combiner.
+    """
+    upstream = tf.convert_to_tensor(upstream)
+    weights = tf.zeros([0], upstream.dtype) if weights is None else weights
+    return tuple(_ops().embedopt_pooled_lookup_grad(upstream, ids, row_splits, weights,
+                                                    tf.cast(num_rows, tf.int64), combiner=combiner))
+
+
+@tf.RegisterGradient("EmbedoptPooledLookup")
+def _pooled_lookup_gradient(op, upstream):
+    """As TensorFlow's `ResourceGather` gradient: `tf.IndexedSlices` for the table handle."""
+    handle, ids, row_splits, weights = op.inputs
+    shape = resource_variable_ops.variable_shape(handle)
+    unique_ids, summed = pooled_lookup_grad(upstream, ids, row_splits, weights, shape[0],
+                                            combiner=op.get_attr("combiner"))
+    return [tf.IndexedSlices(summed, unique_ids, shape), None, None, None]
+
+
+__all__ = ["COMBINERS", "HYPERS", "SLOTS", "bags", "dedup", "pooled_lookup", "pooled_lookup_grad", "sparse_apply"]
