@@ -23,8 +23,8 @@ from benchmarks import findings, results
 from components.cli import HelpFormatter, positive_int
 
 PROG = "embedopt bench"
-BENCHMARKS = ("step_time", "apply_bandwidth", "dense_parity", "preprocess_scaling", "input_pipeline", "memory",
-              "multi_worker", "sharded_tables")
+BENCHMARKS = ("fused_step", "step_time", "apply_bandwidth", "dense_parity", "preprocess_scaling", "input_pipeline",
+              "memory", "multi_worker", "sharded_tables")
 NEEDS_WORKDIR = ("preprocess_scaling", "input_pipeline")
 
 

@@ -61,13 +61,15 @@ def current_rss_bytes() -> int | None:
     return _status_bytes("VmRSS")
 
 
-def run_child(target: str, kwargs: dict, timeout: float = 1800, env: dict | None = None) -> dict:
-    """Runs `module:function(**kwargs)` in a fresh Python; returns its dict plus `peak_rss_bytes`."""
+def run_child(target: str, kwargs: dict, timeout: float = 1800, env: dict | None = None,
+              python: str | None = None) -> dict:
+    """Runs `module:function(**kwargs)` in a fresh Python (`python`, default this one); returns its dict plus
+    `peak_rss_bytes`."""
     with tempfile.TemporaryDirectory(prefix="embedopt-bench-") as tmp:
         out = os.path.join(tmp, "result.json")
         child_env = {**os.environ, **CHILD_ENV, **(env or {})}
         proc = subprocess.run(
-            [sys.executable, "-m", "benchmarks._child", target, json.dumps(kwargs), out],
+            [python or sys.executable, "-m", "benchmarks._child", target, json.dumps(kwargs), out],
             env=child_env, capture_output=True, text=True, timeout=timeout,
         )
         if proc.returncode != 0 or not os.path.exists(out):

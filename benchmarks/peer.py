@@ -56,16 +56,19 @@ def _tbe(rows: int, dim: int, optimizer: str, learning_rate: float):
         eps=1e-7, pooling_mode=PoolingMode.SUM)
 
 
-def measure(rows: int, dim: int, optimizers: list[str], batches: list[list], warmup: int, steps: int,
+def measure(rows: int, dim: int, optimizers: list[str], batch: int, ids_per_example: int, warmup: int, steps: int,
             threads: int, learning_rate: float = 1e-3) -> dict:
-    """Child process body: seconds per step for each optimizer's peer, on `batches` of ids ([batch][ids] lists)."""
+    """Child process body: seconds per step for each optimizer's peer, on `step_time.zipf_batches` (ours use the
+    same)."""
     import time
 
     import torch
 
+    from benchmarks.step_time import zipf_batches
+
     torch.set_num_threads(threads)
     torch.manual_seed(0)
-    ids = [torch.tensor(b, dtype=torch.int64) for b in batches]
+    ids = [torch.from_numpy(b) for b in zipf_batches(rows, batch, ids_per_example)]
     batch, per_example = ids[0].shape
     offsets = torch.arange(0, batch * per_example + 1, per_example, dtype=torch.int64)
     labels = [torch.randint(0, 2, (batch,), generator=torch.Generator().manual_seed(100 + i)).float()

@@ -172,7 +172,33 @@ def plot_sharded_tables(bench, path):
     _save(fig, path)
 
 
+def plot_fused_step(bench, path):
+    """Grouped bars per optimizer: TF-ops path, fused kernel, and the peer where it was measured."""
+    plt = _pyplot()
+    ms = {(m["params"]["optimizer"], m["params"]["path"]): 1000 * m["median_s"] for m in bench["measurements"]}
+    optimizers = [o for o in dict.fromkeys(m["params"]["optimizer"] for m in bench["measurements"])]
+    paths = [("tf_ops", "embedopt, TF ops", "#8c8c8c"), ("fused", "embedopt, fused kernel", "#4c72b0"),
+             ("peer", "TorchRec fbgemm / torch SparseAdam", "#dd8452")]
+    fig, ax = plt.subplots(figsize=(10, 3.8))
+    width = 0.27
+    for k, (path_name, label, color) in enumerate(paths):
+        xs = [i + (k - 1) * width for i, o in enumerate(optimizers) if (o, path_name) in ms]
+        ys = [ms[(o, path_name)] for o in optimizers if (o, path_name) in ms]
+        if xs:
+            ax.bar(xs, ys, width, label=label, color=color)
+    if ("sgd", "peer") in ms:
+        ax.axhline(ms[("sgd", "peer")], color="#c44e52", linestyle="--", linewidth=1, label="goal: fbgemm's SGD step")
+    ax.set_xticks(range(len(optimizers)), optimizers, rotation=20, ha="right", fontsize=8)
+    params = bench["measurements"][0]["params"]
+    ax.set_title(f"one step, {params['rows']:,} x {params['dim']} table, batch {params['batch']} x "
+                 f"{params['ids_per_example']} Zipf ids, {params['threads']} threads", fontsize=10)
+    ax.set_ylabel("ms per step (median)", fontsize=9)
+    ax.legend(fontsize=8)
+    _save(fig, path)
+
+
 PLOTTERS = {
+    "fused_step": plot_fused_step,
     "step_time": plot_step_time,
     "apply_bandwidth": plot_apply_bandwidth,
     "dense_parity": plot_dense_parity,

@@ -59,6 +59,11 @@ def zipf_ids(rows: int, shape, seed: int = 0, exponent: float = 1.1) -> np.ndarr
     return np.minimum(x.astype(np.int64) - 1, rows - 1)
 
 
+def zipf_batches(rows: int, batch: int, ids_per_example: int, count: int = 4) -> list[np.ndarray]:
+    """`count` batches of `[batch, ids_per_example]` Zipf ids, the same in every process (seeds 0..count-1)."""
+    return [zipf_ids(rows, (batch, ids_per_example), seed=i) for i in range(count)]
+
+
 def build_step(pair: str, rows: int, dim: int, optimizer: str, learning_rate: float = 1e-3, jit_compile=False,
                nonfinite: str = "raise"):
     import keras

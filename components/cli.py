@@ -26,6 +26,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "k8s": ("components.launcher.cli", "render, submit and watch Kubernetes training jobs"),
     "pipeline": ("components.pipeline.cli", "compile the Kubeflow (KFP v2) pipeline"),
     "bench": ("benchmarks.__main__", "run the benchmarks, write results.json and plots"),
+    "doctor": ("components.doctor", "versions, devices, and which path (fused kernel or TF ops) each optimizer takes"),
 }
 
 

@@ -294,8 +294,9 @@ def report(metrics: dict, run_dir: str, auto_batch: bool = False) -> str:
              ("metrics", os.path.join(run_dir, artifacts.METRICS_FILE)),
              ("curve", metrics.get("training_curve") or "(not drawn: matplotlib is missing)"),
              ("TensorBoard", f"tensorboard --logdir {os.path.join(run_dir, artifacts.LOGS_DIR)}")]
+    apply_path = f"; sparse apply: {metrics['apply_path']}" if metrics.get("apply_path") else ""
     lines = [f"{PROG}: step {metrics['steps']:,} reached ({speed}{resumed}); {placement}; "
-             f"tables {metrics['table_sharding']}",
+             f"tables {metrics['table_sharding']}{apply_path}",
              f"  {quality}", *_baseline_lines(metrics), f"  {_stopping_line(metrics, auto_batch)}"]
     lines += [f"  {name:<12}{path}" for name, path in where]
     return "\n".join(lines)

@@ -263,6 +263,15 @@ def _export(job: _Job, model) -> None:
                            path if os.path.isdir(path) else os.path.dirname(path))
 
 
+def _apply_path(optimizer, model) -> str | None:
+    """How the embedding optimizer's sparse step ran on the first table: "fused kernel", or "TF ops: <why>"."""
+    optimizer = getattr(optimizer, "inner_optimizer", optimizer)  # under a loss-scale wrapper
+    if not hasattr(optimizer, "apply_path") or not model.tables:
+        return None
+    table = model.tables[0].embeddings
+    return optimizer.apply_path(getattr(table, "value", table))
+
+
 def _run_metrics(job: _Job, restored: Restored, result, phases: dict[str, float]) -> dict:
     """The metrics.json fields besides the eval metrics."""
     strategy, model, global_batch = job.strategy, restored.model, job.config.batch_size
@@ -286,6 +295,7 @@ def _run_metrics(job: _Job, restored: Restored, result, phases: dict[str, float]
         final_train_loss=result.losses[-1][1] if result.losses else None,
         table_rows=[int(t.input_dim) for t in model.tables],
         table_sharding=job.config.table_sharding,
+        apply_path=_apply_path(restored.state.embedding_optimizer, model),
         embedding_rows_per_replica=rows_per_replica(strategy, model),
         # Per-variable sums (a sharded table's over all shards): equal on every worker when they stayed in sync.
         weights_checksum=weights_checksum(strategy, model),

@@ -30,6 +30,7 @@ import contextlib
 import fcntl
 import hashlib
 import json
+import logging
 import os
 import re
 import shutil
@@ -166,6 +167,9 @@ def build(root: Path, profile: str = NATIVE, key: str | None = None, force: bool
                 raise BuildError(marker.read_text(encoding="utf-8").strip() +
                                  " (recorded; `python -m optimizers.kernels build --force` retries)")
         marker.unlink(missing_ok=True)
+        logging.getLogger(__name__).warning(
+            "building embedopt's fused CPU kernels into %s, once for this machine and TensorFlow build "
+            "(about a minute on 2 cores)", target.parent)
         try:
             _compile(target, cxxflags(profile))
         except BuildError as error:
