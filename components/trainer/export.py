@@ -13,6 +13,11 @@ Three signatures, each returning {"probabilities": float32 [B, 1]}:
 The raw signatures apply components/trainer/raw_features.py (log1p counts,
 hashing or vocabulary lookup, OOV id 0); vocabulary files travel as assets.
 A malformed input raises tf.errors.InvalidArgumentError naming the problem.
+
+The signatures are traced with embedopt's fused kernels off
+(`optimizers.fast_path.disabled()`): the SavedModel holds TensorFlow's own
+ops only, so TF Serving, `tf.saved_model.load` and any other process load it
+without embedopt's kernel library.
 """
 
 from __future__ import annotations
@@ -22,6 +27,7 @@ import tensorflow as tf
 from components.preprocess.metadata import Metadata
 from components.preprocess.reader import parse_serialized
 from components.trainer.raw_features import RawFeatureTransform
+from optimizers import fast_path
 
 SERVING_DEFAULT = "serving_default"
 SERVE_TSV = "serve_tsv"
@@ -70,5 +76,6 @@ def export_saved_model(model, metadata: Metadata, export_dir: str, preprocess_di
         SERVE_TSV: module.serve_tsv,
         SERVE_TRANSFORMED: module.serve_transformed,
     }
-    tf.saved_model.save(module, export_dir, signatures=signatures)
+    with fast_path.disabled():
+        tf.saved_model.save(module, export_dir, signatures=signatures)
     return export_dir

@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import functools
 import os
+import subprocess
+import sys
 
 import numpy as np
 import pytest
@@ -182,3 +184,21 @@ def test_empty_raw_feature_counts_as_missing(served):
     got = _raw(signatures, [absent, empty, blank])
     np.testing.assert_allclose(got, np.repeat(got[:1], 3, axis=0), rtol=0, atol=ATOL)
     np.testing.assert_allclose(got[:1], _tsv(signatures, [_with_fields(GOOD, I3=b"", C2=b"")]), rtol=0, atol=ATOL)
+
+
+def test_the_saved_model_holds_only_tensorflow_ops_and_loads_without_embedopt(served):
+    """Training uses embedopt's kernels; the SavedModel must not need them (TF Serving has no such library)."""
+    from tensorflow.core.protobuf import saved_model_pb2
+
+    proto = saved_model_pb2.SavedModel()
+    with open(os.path.join(served.export_dir, "saved_model.pb"), "rb") as f:
+        proto.ParseFromString(f.read())
+    graph = proto.meta_graphs[0].graph_def
+    ops = {n.op for n in graph.node} | {n.op for f in graph.library.function for n in f.node_def}
+    assert "ResourceGather" in ops and not [op for op in ops if op.startswith("Embedopt")], sorted(ops)
+    script = ("import tensorflow as tf, sys; m = tf.saved_model.load(sys.argv[1]); "
+              "assert 'optimizers' not in sys.modules; print(sorted(m.signatures))")
+    out = subprocess.run([sys.executable, "-c", script, served.export_dir], capture_output=True, text=True,
+                         timeout=300, cwd="/")
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert "serve_tsv" in out.stdout
