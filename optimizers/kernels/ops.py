@@ -177,10 +177,11 @@ def pooled_lookup(table, ids, row_splits=None, weights=None, combiner="sum"):
     ids, row_splits, weights = bags(ids, row_splits, weights)
     weights = tf.zeros([0], var.dtype) if weights is None else tf.convert_to_tensor(weights, var.dtype)
     resource_variable_ops.variable_accessed(var)  # so tapes watching `table` record the lookup
-    return _ops().embedopt_pooled_lookup(var.handle, ids, row_splits, weights, combiner=combiner)
+    # Outputs 1 and 2 are the ids' grouping, made beside the gather for the gradient (which then only sums).
+    return _ops().embedopt_pooled_lookup(var.handle, ids, row_splits, weights, combiner=combiner)[0]
 
 
-def pooled_lookup_grad(upstream, ids, row_splits, weights, num_rows, combiner="sum"):
+def pooled_lookup_grad(upstream, ids, row_splits, weights, num_rows, combiner="sum", groups=None):
     """The table's gradient of `pooled_lookup`, deduplicated: `(unique_ids, summed)`.
 
     `summed[u]` sums `w[n] / divisor(bag(n)) * upstream[bag(n)]` over the
@@ -193,20 +194,23 @@ def pooled_lookup_grad(upstream, ids, row_splits, weights, num_rows, combiner="s
         weights: the lookup's weights `[N]`, or `[0]`/None for none.
         num_rows: the table's row count; ids must lie in `[0, num_rows)`.
         combiner: the lookup's combiner.
+        groups: `(order, group_starts)`, the lookup op's outputs 1 and 2 (the ids grouped by a stable sort);
+            None groups them here.
     """
     upstream = tf.convert_to_tensor(upstream)
     weights = tf.zeros([0], upstream.dtype) if weights is None else weights
+    order, starts = groups if groups is not None else (tf.zeros([0], tf.int32), tf.zeros([0], tf.int32))
     return tuple(_ops().embedopt_pooled_lookup_grad(upstream, ids, row_splits, weights,
-                                                    tf.cast(num_rows, tf.int64), combiner=combiner))
+                                                    tf.cast(num_rows, tf.int64), order, starts, combiner=combiner))
 
 
 @tf.RegisterGradient("EmbedoptPooledLookup")
-def _pooled_lookup_gradient(op, upstream):
+def _pooled_lookup_gradient(op, upstream, *unused_group_grads):
     """As TensorFlow's `ResourceGather` gradient: `tf.IndexedSlices` for the table handle."""
     handle, ids, row_splits, weights = op.inputs
     shape = resource_variable_ops.variable_shape(handle)
     unique_ids, summed = pooled_lookup_grad(upstream, ids, row_splits, weights, shape[0],
-                                            combiner=op.get_attr("combiner"))
+                                            combiner=op.get_attr("combiner"), groups=(op.outputs[1], op.outputs[2]))
     return [tf.IndexedSlices(summed, unique_ids, shape), None, None, None]
 
 

@@ -18,6 +18,15 @@ namespace embedopt {
 
 enum class IdOrder { kStrictlyAscending, kNonDecreasing, kUnsorted };
 
+// A `parallel_for` that runs everything on the calling thread (for grouping
+// done as one task beside other work).
+struct SerialFor {
+  template <typename F>
+  void operator()(int64_t total, int64_t /*cost_per_unit*/, const F& fn) const {
+    if (total > 0) fn(0, total);
+  }
+};
+
 template <typename Tindex>
 IdOrder OrderOf(const Tindex* ids, int64_t n) {
   IdOrder order = IdOrder::kStrictlyAscending;
@@ -64,6 +73,12 @@ class IdGroups {
   int64_t Begin(int64_t u) const { return starts_[u]; }
   int64_t End(int64_t u) const { return starts_[u + 1]; }
   int64_t Position(int64_t k) const { return sorted_ ? static_cast<int64_t>((*sorted_)[k] & 0xffffffffu) : k; }
+
+  // Writes the grouping out: order[k] = Position(k) for k < num_ids(), starts[u] = Begin(u) for u <= size().
+  void Export(int32_t* order, int32_t* starts) const {
+    for (int64_t k = 0; k < num_ids(); ++k) order[k] = static_cast<int32_t>(Position(k));
+    for (int64_t u = 0; u <= size_; ++u) starts[u] = static_cast<int32_t>(starts_[u]);
+  }
 
  private:
   using Keys = ScratchBuffer<uint64_t>;
@@ -161,12 +176,32 @@ class IdGroups {
   int64_t size_ = 0;
 };
 
+// A grouping made earlier (IdGroups::Export), read back: the same interface as IdGroups.
+class GroupView {
+ public:
+  GroupView(const int32_t* order, const int32_t* starts, int64_t num_groups)
+      : order_(order), starts_(starts), size_(num_groups) {}
+  int64_t size() const { return size_; }
+  int64_t num_ids() const { return starts_[size_]; }
+  int64_t FirstGroupFrom(int64_t k) const {
+    return std::lower_bound(starts_, starts_ + size_, static_cast<int32_t>(k)) - starts_;
+  }
+  int64_t Begin(int64_t u) const { return starts_[u]; }
+  int64_t End(int64_t u) const { return starts_[u + 1]; }
+  int64_t Position(int64_t k) const { return order_[k]; }
+
+ private:
+  const int32_t* order_;
+  const int32_t* starts_;
+  int64_t size_;
+};
+
 // Runs fn(u_begin, u_end) over all groups in parallel, split by ids rather
 // than by groups: with skewed ids (Zipf) the first few groups hold most ids,
 // and equal group counts would leave one thread most of the work. A group
 // goes to the block holding its first id, so each is handled by one thread.
-template <typename ParallelForFn, typename F>
-void ParallelForGroups(const IdGroups& groups, const ParallelForFn& parallel_for, int64_t cost_per_id, const F& fn) {
+template <typename Groups, typename ParallelForFn, typename F>
+void ParallelForGroups(const Groups& groups, const ParallelForFn& parallel_for, int64_t cost_per_id, const F& fn) {
   constexpr int64_t kIdsPerBlock = 1024;
   const int64_t n = groups.num_ids();
   const int64_t blocks = (n + kIdsPerBlock - 1) / kIdsPerBlock;
@@ -180,15 +215,15 @@ void ParallelForGroups(const IdGroups& groups, const ParallelForFn& parallel_for
 // Prefetches the row of `values` that the sorted position k + kPrefetchAhead
 // will read (sorted positions run on across groups, so this reaches ahead
 // into the next groups too).
-template <typename T>
-inline void PrefetchGroupRow(const IdGroups& groups, int64_t k, const T* values, int64_t width) {
+template <typename Groups, typename T>
+inline void PrefetchGroupRow(const Groups& groups, int64_t k, const T* values, int64_t width) {
   if (k + kPrefetchAhead < groups.num_ids()) PrefetchRow(values + groups.Position(k + kPrefetchAhead) * width, width);
 }
 
 // acc[0..width) = the sum of group u's rows of `values` (rows of `width`
 // elements), added in input order starting from the first row.
-template <typename T, typename C>
-inline void SumGroupRows(const IdGroups& groups, int64_t u, const T* values, int64_t width, C* acc) {
+template <typename Groups, typename T, typename C>
+inline void SumGroupRows(const Groups& groups, int64_t u, const T* values, int64_t width, C* acc) {
   const int64_t end = groups.End(u);
   int64_t k = groups.Begin(u);
   PrefetchGroupRow(groups, k, values, width);

@@ -206,3 +206,37 @@ def test_mirrored_strategy_gradient_per_replica(mirrored_strategy):
     grads = mirrored_strategy.experimental_local_results(step(tf.constant([[2, 2]])))
     for grad in grads:
         np.testing.assert_array_equal(grad.numpy()[2], [2.0] * WIDTH)
+
+
+@pytest.mark.parametrize("combiner", ["sum", "sqrtn"])
+def test_the_lookups_grouping_gives_the_same_gradient_bits_as_grouping_in_the_gradient(combiner):
+    """The forward op groups the ids (outputs 1, 2) beside its gather; the gradient fed that grouping must
+    equal, bit for bit, the gradient that groups the ids itself, on Zipf-like ids with many duplicates."""
+    rng = np.random.default_rng(5)
+    rows, bags, per_bag = 5000, 700, 13
+    ids = np.minimum(rng.zipf(1.3, bags * per_bag) - 1, rows - 1).astype(np.int64)
+    splits = np.arange(bags + 1, dtype=np.int64) * per_bag
+    table = tf.Variable(rng.standard_normal((rows, 4)).astype(np.float32))
+    weights = tf.constant(rng.random(len(ids)).astype(np.float32) + 0.5)
+    _, order, starts = kops._ops().embedopt_pooled_lookup(table.handle, ids, splits, weights, combiner=combiner)
+    # The grouping is a stable sort: positions ordered by (id, position), groups one per distinct id.
+    np.testing.assert_array_equal(order.numpy(), np.argsort(ids, kind="stable"))
+    assert len(starts.numpy()) - 1 == len(np.unique(ids))
+    upstream = tf.constant(rng.standard_normal((bags, 4)).astype(np.float32))
+    grouped = kops.pooled_lookup_grad(upstream, ids, splits, weights, rows, combiner, groups=(order, starts))
+    alone = kops.pooled_lookup_grad(upstream, ids, splits, weights, rows, combiner)
+    for a, b in zip(grouped, alone):
+        np.testing.assert_array_equal(a.numpy(), b.numpy())
+
+
+@pytest.mark.parametrize("order, starts, message", [
+    ([0, 1], [0, 3], "order must have shape"),
+    ([0, 1, 2], [0, 2], "group_starts must run from 0 to 3"),
+    ([0, 1, 2], [0, 2, 2, 3], "strictly increasing"),
+    ([0, 1, 7], [0, 1, 3], r"order\[2\] is out of range"),
+])
+def test_a_bad_grouping_is_refused_naming_it(order, starts, message):
+    upstream = tf.ones([1, 2])
+    with pytest.raises(tf.errors.InvalidArgumentError, match=message):
+        kops.pooled_lookup_grad(upstream, tf.constant([1, 1, 2], tf.int64), tf.constant([0, 3], tf.int64), None, 4,
+                                groups=(tf.constant(order, tf.int32), tf.constant(starts, tf.int32)))
