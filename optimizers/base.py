@@ -6,7 +6,9 @@ changes how a step is carried out, not what the rules are:
 1. gradients are all-reduced across replicas (Keras's own all-reduce, which
    concatenates `tf.IndexedSlices` rather than densifying them);
 2. each sparse gradient is deduplicated (repeated rows summed);
-3. NaN/Inf anywhere raises (default) or skips the whole step;
+3. NaN/Inf anywhere, in a gradient or in this step's learning rate (or
+   another hyperparameter given as a callable), raises (default) or skips
+   the whole step (`optimizers.nonfinite`);
 4. `clipnorm` / `clipvalue` / `global_clipnorm` act on the deduplicated
    slice values, after the all-reduce, so they see what a single replica on
    the global batch would see;
@@ -39,12 +41,12 @@ import keras
 import tensorflow as tf
 from tensorflow.python.ops import control_flow_util  # no public API tells "tracing under XLA"
 
-from optimizers import fast_path, hyperparams, sparse
+from optimizers import fast_path, hyperparams, nonfinite, precision, sparse
 from optimizers.distributed import local_variable
 from optimizers.rules import decoupled_weight_decay
 from optimizers.sharded import SHARD_ATTRIBUTE, local_variables, shard_spec
 
-NONFINITE_MODES = ("raise", "skip")
+NONFINITE_MODES = nonfinite.MODES
 
 
 class SparseOptimizer(keras.optimizers.Optimizer):
@@ -54,11 +56,14 @@ class SparseOptimizer(keras.optimizers.Optimizer):
 
     Args:
         learning_rate: float, `LearningRateSchedule` or zero-argument callable.
-        nonfinite: what a step does when any gradient holds NaN or Inf:
-            `"raise"` (default) fails with `tf.errors.InvalidArgumentError`
-            naming the variables; `"skip"` leaves every variable, slot and
-            `iterations` as they were and counts the step in `skipped_steps`.
-            Either way no variable is changed by that step.
+        nonfinite: what a step does when any gradient holds NaN or Inf, or
+            when this step's learning rate (from a schedule, a callable or an
+            assigned variable) or another callable hyperparameter is NaN or
+            Inf: `"raise"` (default) fails with
+            `tf.errors.InvalidArgumentError` naming the variables or the
+            hyperparameter and the step; `"skip"` leaves every variable, slot
+            and `iterations` as they were and counts the step in
+            `skipped_steps`. Either way no variable is changed by that step.
         **kwargs: the Keras base arguments (`weight_decay`, `clipnorm`,
             `clipvalue`, `global_clipnorm`, `use_ema`, `loss_scale_factor`,
             `name`, ...). `gradient_accumulation_steps` is refused: it would
@@ -106,6 +111,8 @@ class SparseOptimizer(keras.optimizers.Optimizer):
         if self.use_ema and any(shard_spec(v) for v in var_list):
             raise ValueError(f"{type(self).__name__}: `use_ema` is not supported with row-sharded tables "
                              "(the moving average would be a mirrored copy of every shard)")
+        for var in var_list:
+            precision.check_trainable_dtype(f"{type(self).__name__}: variable {var.name!r}", var.dtype)
         super().build(var_list)
         self._slots = {
             name: [self._make_slot(var, name) for var in var_list] for name in self.slot_names
@@ -165,6 +172,8 @@ class SparseOptimizer(keras.optimizers.Optimizer):
         flags = sparse.finite_flags(grads)
         if any(sharded):
             flags = self._agreed_flags(flags, sharded)
+        hyper_names, hyper_values = nonfinite.per_step_hypers(self, learning_rate)
+        flags = tf.concat([flags, nonfinite.finite_scalars(hyper_values)], axis=0)
         raise_on_nonfinite = self.nonfinite == "raise" and not self._compiling_with_xla()
         grads = self._clip(grads, sharded)
         for grad, var, is_shard in zip(grads, variables, sharded):
@@ -176,7 +185,8 @@ class SparseOptimizer(keras.optimizers.Optimizer):
             [(g, v) for g, v, s in zip(grads, variables, sharded) if not s],
             learning_rate,
             flags,
-            [v.name for v in variables],
+            [v.name for v in variables] + hyper_names,
+            len(hyper_names),
             raise_on_nonfinite,
         )
 
@@ -228,7 +238,7 @@ class SparseOptimizer(keras.optimizers.Optimizer):
             return [sparse.clip_by_value(g, self.clipvalue) for g in grads]
         return grads
 
-    def _distributed_guarded_update(self, distribution, grads_and_vars, learning_rate, flags, names,
+    def _distributed_guarded_update(self, distribution, grads_and_vars, learning_rate, flags, names, num_hypers,
                                     raise_on_nonfinite):
         def guarded(var, grad, lr, flags):
             tf.cond(tf.reduce_all(flags), lambda: self.update_step(grad, var, lr), lambda: None)
@@ -238,41 +248,19 @@ class SparseOptimizer(keras.optimizers.Optimizer):
 
         distribution.extended.update(
             self._iterations.value, self._account_for_step,
-            args=(self.skipped_steps.value, flags, names, raise_on_nonfinite),
+            args=(self.skipped_steps.value, flags, names, num_hypers, raise_on_nonfinite),
             group=False,
         )
 
-    def _account_for_step(self, iterations, skipped, flags, names, raise_on_nonfinite):
-        """Raises, or undoes the step count, when a gradient was not finite.
+    def _account_for_step(self, iterations, skipped, flags, names, num_hypers, raise_on_nonfinite):
+        """`nonfinite.account_for_step` for this optimizer.
 
         This touches `iterations`, so the Keras base's `iterations += 1`,
         which comes after it in program order, cannot run before it: a
         raised error leaves the counter as it was.
         """
-
-        def on_nonfinite():
-            if raise_on_nonfinite:
-                # Plain data only (no string gather), so the step still
-                # compiles under XLA (`jit_compile=True`).
-                tf.debugging.Assert(
-                    False,
-                    [
-                        f"{type(self).__name__}: NaN or Inf in the gradients; no variable was updated. "
-                        f"Finite flags for {names}:",
-                        flags,
-                        "at step",
-                        iterations.read_value(),
-                        "Pass nonfinite='skip' to skip such steps.",
-                    ],
-                    summarize=len(names),
-                )
-            else:
-                # The Keras base adds 1 after every apply; a skipped step
-                # takes it back, so `iterations` counts applied steps.
-                iterations.assign_sub(1)
-                skipped.assign_add(1)
-
-        tf.cond(tf.reduce_all(flags), lambda: None, on_nonfinite)
+        nonfinite.account_for_step(type(self).__name__, iterations, skipped, flags, list(names), num_hypers,
+                                   raise_on_nonfinite)
 
     def update_step(self, gradient, variable, learning_rate):
         """Applies the rule to `variable`: touched rows only for `tf.IndexedSlices`."""

@@ -9,6 +9,7 @@ import tensorflow as tf
 from optimizers import fast_path
 from optimizers.distributed import local_variable
 from optimizers.initializers import RowUniform, can_fill_now, fill_rows
+from optimizers.precision import check_trainable_dtype
 
 COMBINERS = ("sum", "mean", "sqrtn")
 
@@ -50,6 +51,11 @@ class SparseEmbedding(keras.layers.Layer):
     unavailable) it is `tf.gather` with TensorFlow's segment sums. Both
     paths give the same values.
 
+    The table must not be float16 or bfloat16 (`TypeError`): its updates
+    would round away. Use a mixed-precision policy (`dtype="mixed_float16"`,
+    or `keras.mixed_precision.set_global_policy("mixed_float16")`), which
+    keeps the table in float32 and casts only the gathered rows.
+
     Ids must lie in `[0, input_dim)`. An id outside that range raises
     `tf.errors.InvalidArgumentError` naming the layer and the range (on GPU
     `tf.gather` would otherwise return zeros silently). Reserve a row for
@@ -78,6 +84,7 @@ class SparseEmbedding(keras.layers.Layer):
         # The table stays in its variable dtype: autocasting would copy it.
         kwargs.setdefault("autocast", False)
         super().__init__(**kwargs)
+        check_trainable_dtype(f"SparseEmbedding {self.name!r}", self.variable_dtype)
         for name, value in (("input_dim", input_dim), ("output_dim", output_dim)):
             if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
                 raise ValueError(f"SparseEmbedding: `{name}` must be a positive integer, got {value!r}")

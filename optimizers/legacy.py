@@ -15,6 +15,13 @@
   `apply_gradients` call and is a variable, so it keeps counting under
   `tf.function` (the recipe counted in Python, once per variable).
 
+NaN or Inf in this step's hyperparameters (a learning-rate schedule or
+callable, a callable `momentum` or `decay_rate`, an assigned hyperparameter
+variable) is caught before anything is written, as the Keras 3 classes do:
+`nonfinite="raise"` (default) fails naming the optimizer, the step and the
+hyperparameter; `"skip"` leaves variables, slots and `iterations` as they
+were and counts the step in `skipped_steps`.
+
 Duplicate indices: OptimizerV2 sends every `tf.IndexedSlices` gradient
 through `_resource_apply_sparse_duplicate_indices`, which sums the values of
 repeated indices (`tf.unique` + `unsorted_segment_sum`) before calling
@@ -35,6 +42,8 @@ import tensorflow as tf
 import tf_keras
 
 from optimizers import fast_path, rules
+from optimizers.nonfinite import MODES as NONFINITE_MODES, finite_scalars
+from optimizers.precision import check_trainable_dtype
 
 # OptimizerV2's numeric keyword arguments; it refuses negative ones but lets NaN and Inf through.
 _NUMERIC_KWARGS = ("decay", "clipnorm", "clipvalue", "global_clipnorm")
@@ -71,22 +80,88 @@ class _RuleOptimizer(tf_keras.optimizers.legacy.Optimizer):
     `decay` is OptimizerV2's time-inverse decay, applied by its `_decayed_lr`
     to every rule: `lr_t = lr / (1 + decay * iterations)`. Like every
     tf_keras optimizer it is a hyperparameter (`opt.decay`) and in the config.
+
+    `nonfinite` ("raise" or "skip") says what a step does when a
+    hyperparameter is NaN or Inf at that step (see the module docstring).
     """
 
     _HAS_AGGREGATE_GRAD = True
     _rule_slots: tuple[str, ...] = ()
     _kernel_rule: str | None = None  # the fused kernel's rule; `_kernel_hypers` gives its scalars
 
-    def __init__(self, learning_rate, name, **kwargs):
+    def __init__(self, learning_rate, name, nonfinite="raise", **kwargs):
         learning_rate = kwargs.get("lr", learning_rate)
         _validate_learning_rate(learning_rate)
         for key in _NUMERIC_KWARGS:
             _check_finite(key, kwargs.get(key))
+        if nonfinite not in NONFINITE_MODES:
+            raise ValueError(f"nonfinite must be one of {NONFINITE_MODES}; got nonfinite={nonfinite!r}")
         super().__init__(name, **kwargs)
+        self.nonfinite = nonfinite
+        self._skipped_steps = None
         self._set_hyper("learning_rate", learning_rate)
         self._set_hyper("decay", self._initial_decay)
 
+    @property
+    def skipped_steps(self):
+        """int64 variable: steps skipped because a hyperparameter was NaN or Inf (`nonfinite="skip"`)."""
+        if self._skipped_steps is None:
+            with self._distribution_strategy_scope():
+                self._skipped_steps = self.add_weight("skipped_steps", shape=[], dtype=tf.int64, trainable=False,
+                                                      initializer="zeros",
+                                                      aggregation=tf.VariableAggregation.ONLY_FIRST_REPLICA)
+        return self._skipped_steps
+
+    def _create_all_weights(self, var_list):
+        super()._create_all_weights(var_list)
+        _ = self.skipped_steps  # made with the other weights, outside any tf.function step
+
+    def _distributed_apply(self, distribution, grads_and_vars, apply_state, name):
+        """OptimizerV2's apply, guarded by a check of this step's hyperparameters (`lr_t`, momentum, ...).
+
+        The check runs before any update (`raise`), every update is under a
+        `tf.cond` on it (`skip`, and XLA, where an assertion cannot raise),
+        and a skipped step takes back the `iterations += 1` the base adds.
+        """
+        names = sorted({key for coefficients in apply_state.values() for key in coefficients})
+        flags = tf.stack([tf.reduce_all(finite_scalars(
+            [c[key] for c in apply_state.values() if key in c])) for key in names])
+        finite = tf.reduce_all(flags)
+        for coefficients in apply_state.values():
+            coefficients["finite"] = finite
+        checks = []
+        if self.nonfinite == "raise":
+            shown = [n.replace("lr_t", "learning_rate") for n in names]
+            checks.append(tf.debugging.Assert(finite, [
+                f"{type(self).__name__}: the learning rate or another hyperparameter (not the gradient) is NaN or Inf; "
+                f"no variable was updated. Finite flags for {shown}:", flags, "at step", self.iterations.read_value(),
+                "Check the learning-rate schedule or callable, or pass nonfinite='skip' to skip such steps."],
+                summarize=len(names)))
+        with tf.control_dependencies(checks):
+            applied = super()._distributed_apply(distribution, grads_and_vars, apply_state, name)
+        with tf.control_dependencies([applied] if applied is not None and not tf.executing_eagerly() else []):
+            return tf.cond(finite, lambda: tf.constant(True), self._take_back_step)
+
+    def _take_back_step(self):
+        self.iterations.assign_sub(1)
+        self.skipped_steps.assign_add(1)
+        return tf.constant(False)
+
+    def _guarded(self, coefficients, apply):
+        """`apply()` unless this step's hyperparameters were not finite."""
+        finite = coefficients.get("finite")
+        if finite is None:
+            return apply()
+
+        def run():
+            with tf.control_dependencies([apply()]):
+                return tf.constant(True)
+
+        return tf.cond(finite, run, lambda: tf.constant(False))
+
     def _create_slots(self, var_list):
+        for var in var_list:
+            check_trainable_dtype(f"{type(self).__name__}: variable {var.name!r}", var.dtype)
         for var in var_list:
             for slot_name in self._rule_slots:
                 self.add_slot(var, slot_name)
@@ -98,6 +173,9 @@ class _RuleOptimizer(tf_keras.optimizers.legacy.Optimizer):
 
     def _resource_apply_dense(self, grad, var, apply_state=None):
         coefficients = self._coefficients(var, apply_state)
+        return self._guarded(coefficients, lambda: self._apply_dense_rule(grad, var, coefficients))
+
+    def _apply_dense_rule(self, grad, var, coefficients):
         slots = [self.get_slot(var, name) for name in self._rule_slots]
         new_var, *new_slots = self._run_rule(var, slots, grad, coefficients)
         updates = [var.assign(new_var, use_locking=self._use_locking, read_value=False)]
@@ -110,14 +188,16 @@ class _RuleOptimizer(tf_keras.optimizers.legacy.Optimizer):
     def _resource_apply_sparse_duplicate_indices(self, grad, handle, indices, **kwargs):
         """The fused kernel (sum duplicates, gather, rule, scatter in one pass) where it runs, else the base class's
         tf.unique + segment sum, then `_resource_apply_sparse`."""
+        coefficients = self._coefficients(handle, kwargs.get("apply_state"))
         if self._kernel_rule is None or not fast_path.use_kernels(handle):
-            return super()._resource_apply_sparse_duplicate_indices(grad, handle, indices, **kwargs)
+            return self._guarded(coefficients, lambda: super(_RuleOptimizer, self)._resource_apply_sparse_duplicate_indices(
+                grad, handle, indices, **kwargs))
         from optimizers.kernels import ops
 
-        coefficients = self._coefficients(handle, kwargs.get("apply_state"))
         slots = [self.get_slot(handle, name) for name in self._rule_slots]
-        return ops.sparse_apply(handle, slots, indices, tf.cast(grad, handle.dtype), self._kernel_rule,
-                                self._kernel_hypers(coefficients), use_locking=self._use_locking)
+        return self._guarded(coefficients, lambda: ops.sparse_apply(
+            handle, slots, indices, tf.cast(grad, handle.dtype), self._kernel_rule, self._kernel_hypers(coefficients),
+            use_locking=self._use_locking))
 
     def _kernel_hypers(self, coefficients) -> list:
         raise NotImplementedError
@@ -143,6 +223,7 @@ class _RuleOptimizer(tf_keras.optimizers.legacy.Optimizer):
             {
                 "learning_rate": self._serialize_hyperparameter("learning_rate"),
                 "decay": self._initial_decay,
+                "nonfinite": self.nonfinite,
             }
         )
         return config

@@ -22,6 +22,7 @@ import time
 
 from components.launcher import tf_config
 from components.launcher.help_format import HelpFormatter, PassthroughHelpFormatter, trainer_flags_epilog
+from components.launcher.quantity import BYTES, CPU, gpu_count, quantity_flag
 
 PROG = "embedopt k8s"
 def _split_trainer_args(argv: list[str]) -> tuple[list[str], list[str] | None]:
@@ -62,21 +63,21 @@ def _add_config(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--image-pull-policy", default="IfNotPresent", choices=("Always", "IfNotPresent", "Never"),
                         help="when the kubelet pulls the image")
     parser.add_argument("--workers", type=int, help="number of workers (default: 1 for job, 2 otherwise)")
-    parser.add_argument("--gpus", type=int, default=1, help="GPUs (nvidia.com/gpu) per worker; 0 = CPU only")
-    parser.add_argument("--cpu-request", default="4", help="CPU request per worker")
-    parser.add_argument("--cpu-limit", default="8", help="CPU limit per worker")
-    parser.add_argument("--memory-request", default="16Gi", help="memory request per worker")
-    parser.add_argument("--memory-limit", default="32Gi",
+    parser.add_argument("--gpus", type=gpu_count, default=1, help="GPUs (nvidia.com/gpu) per worker; 0 = CPU only")
+    parser.add_argument("--cpu-request", type=quantity_flag("--cpu-request", CPU), default="4", help="CPU request per worker")
+    parser.add_argument("--cpu-limit", type=quantity_flag("--cpu-limit", CPU), default="8", help="CPU limit per worker")
+    parser.add_argument("--memory-request", type=quantity_flag("--memory-request", BYTES), default="16Gi", help="memory request per worker")
+    parser.add_argument("--memory-limit", type=quantity_flag("--memory-limit", BYTES), default="32Gi",
                         help="memory limit per worker; see docs/kubernetes.md for what a table needs per optimizer")
-    parser.add_argument("--tmp-size", default="10Gi", help="sizeLimit of the /tmp emptyDir (HOME, caches)")
-    parser.add_argument("--shm-size", help="sizeLimit of the memory-backed /dev/shm emptyDir; it counts against "
+    parser.add_argument("--tmp-size", type=quantity_flag("--tmp-size", BYTES), default="10Gi", help="sizeLimit of the /tmp emptyDir (HOME, caches)")
+    parser.add_argument("--shm-size", type=quantity_flag("--shm-size", BYTES), help="sizeLimit of the memory-backed /dev/shm emptyDir; it counts against "
                         "--memory-limit (default: a quarter of --memory-limit)")
     parser.add_argument("--active-deadline", type=int, metavar="SECONDS",
                         help="activeDeadlineSeconds: stop the job after this long (default: no limit)")
     data = parser.add_mutually_exclusive_group()
     data.add_argument("--data-claim", default=None, help="PersistentVolumeClaim for data and models (default: embedopt-data)")
     data.add_argument("--data-host-path", help="node directory instead of a PVC, for single-node local clusters")
-    parser.add_argument("--data-size", default="50Gi", help="size of the data PVC")
+    parser.add_argument("--data-size", type=quantity_flag("--data-size", BYTES), default="50Gi", help="size of the data PVC")
     parser.add_argument("--data-access-mode", default="ReadWriteMany",
                         help="access mode of the data PVC; workers on several nodes need ReadWriteMany")
     parser.add_argument("--storage-class", help="storage class of the data PVC (default: the cluster's default class)")

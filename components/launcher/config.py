@@ -11,7 +11,7 @@ import dataclasses
 import re
 from dataclasses import dataclass, field
 
-from kubernetes.utils import parse_quantity
+from components.launcher.quantity import BYTES, CPU, check_quantity
 
 KINDS = ("job", "indexed", "tfjob", "trainjob")
 MULTI_WORKER_KINDS = ("indexed", "tfjob", "trainjob")
@@ -53,13 +53,7 @@ def _check_dns_label(field_name: str, value: str, max_length: int = 63) -> None:
 
 
 def _quantity(field_name: str, value: str):
-    try:
-        amount = parse_quantity(value)
-    except (ValueError, TypeError):
-        raise ValueError(f"{field_name}={value!r} is not a Kubernetes quantity (e.g. '500m', '4', '16Gi')") from None
-    if amount <= 0:
-        raise ValueError(f"{field_name}={value!r} must be positive")
-    return amount
+    return check_quantity(field_name, value, CPU if field_name.startswith("cpu") else BYTES)
 
 
 @dataclass(frozen=True)
@@ -206,10 +200,16 @@ class LaunchConfig:
 
     @property
     def shm_size(self) -> str:
-        """The /dev/shm sizeLimit: as given, else a quarter of the memory limit (in Mi, or Gi when whole)."""
+        """The /dev/shm sizeLimit: as given, else a quarter of the memory limit (in Mi, or Gi when whole).
+
+        A memory limit under 4Mi gives whole bytes instead, so the limit is never rendered as "0Mi".
+        """
         if self.shm_size_limit is not None:
             return self.shm_size_limit
-        mebibytes = int(parse_quantity(self.resources.memory_limit) / 4 / 2**20)
+        quarter = int(_quantity("memory_limit", self.resources.memory_limit) / 4)
+        mebibytes = quarter // 2**20
+        if mebibytes == 0:
+            return str(max(quarter, 1))
         return f"{mebibytes // 1024}Gi" if mebibytes % 1024 == 0 else f"{mebibytes}Mi"
 
     def replace(self, **changes) -> "LaunchConfig":
