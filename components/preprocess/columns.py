@@ -8,7 +8,10 @@ per field in Python. Every other line (whitespace to strip, quotes, non-ASCII
 bytes, wrong field counts, bad labels or counts, TFDS rows) takes the slow
 path, `rows.parse_fields`, one line at a time: the rules and the dead-letter
 reasons stay exactly those of the row parser, since the fast path only
-accepts lines on which both paths agree.
+accepts lines on which both paths agree. Bag columns (see bags.py) become
+list<string> arrays of their elements on both paths, capped once the batch
+is assembled. Parquet batches (`parquet_rows.ArrowBatch`) are columns
+already: `parquet_rows` checks them column-wise and hands back the same parts.
 """
 
 from __future__ import annotations
@@ -25,10 +28,12 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.csv as pcsv
 
+from components.preprocess import bags as bag_rules
 from components.preprocess import metadata as md
-from components.preprocess import reasons
+from components.preprocess import parquet_rows, reasons
+from components.preprocess.bags import BAG_TYPE, BagLayout
 from components.preprocess.rows import (DEFAULT_NEGATIVE_COUNTS, NEGATIVE_COUNT_POLICIES, RowError,
-                                        dead_letter_record, parse_fields)
+                                        dead_letter_record, parse_fields, row_text)
 
 # The bytes a fast-path line may hold: printable ASCII and the delimiter. Any other byte sends the line to
 # the slow path (str.strip would change a field with whitespace; CSV quoting has its own rules).
@@ -46,9 +51,11 @@ class ParsedBatch:
 
     label        int64 [n], 0 or 1
     dense        float32 [n, 13], log1p(count), 0 for a missing count
-    categorical  26 pyarrow string arrays of length n, "" for a missing value
+    categorical  26 pyarrow arrays of length n: string, "" for a missing value; for a bag
+                 column list<string> of its elements (stripped, non-empty, capped)
     is_eval      bool [n], from a hash of the raw row
     shard        output shard of the rows (see sources.LineBatch)
+    bag_stats    per bag key, its `bags.STATS` counts over these rows
     """
 
     shard: str
@@ -56,6 +63,7 @@ class ParsedBatch:
     dense: np.ndarray
     categorical: list
     is_eval: np.ndarray
+    bag_stats: dict = dataclasses.field(default_factory=dict)
 
     def __len__(self) -> int:
         return len(self.label)
@@ -71,7 +79,7 @@ class BatchParser:
     """Parses LineBatches of one input format. `csv_columns` = (positions of RAW_COLUMNS, header width)."""
 
     def __init__(self, fmt: str, eval_fraction: float, csv_columns: tuple[tuple[int, ...], int] | None = None,
-                 negative_counts: str = DEFAULT_NEGATIVE_COUNTS):
+                 negative_counts: str = DEFAULT_NEGATIVE_COUNTS, bag_layout: BagLayout | None = None):
         if fmt == "csv" and not csv_columns:
             raise ValueError("csv format needs csv_columns from the header")
         if negative_counts not in NEGATIVE_COUNT_POLICIES:
@@ -79,9 +87,13 @@ class BatchParser:
         self._fmt = fmt
         self._negative_counts = negative_counts
         self._eval_fraction = eval_fraction
+        self._bags = bag_layout or BagLayout()
         self._columns, self._width = csv_columns if fmt == "csv" else (tuple(range(len(md.RAW_COLUMNS))), len(md.RAW_COLUMNS))
 
     def parse(self, batch) -> tuple[ParsedBatch, list[dict]]:
+        if isinstance(batch, parquet_rows.ArrowBatch):
+            parts, keys, dead = parquet_rows.parse_arrow_batch(batch, self._bags, self._negative_counts)
+            return self._assemble(batch.shard, parts, keys), dead
         lines = batch.lines
         fast = np.zeros(len(lines), dtype=bool)  # lines the fast path reads
         if self._fmt in _PLAIN_BYTES:
@@ -101,14 +113,14 @@ class BatchParser:
             except RowError as err:
                 dead.append(dead_letter_record(batch.source, batch.first_line + int(i), raw, str(err)))
                 continue
-            slow_keys.append(raw if isinstance(raw, bytes) else "\t".join(raw).encode("utf-8"))
+            slow_keys.append(raw if isinstance(raw, bytes) else row_text(raw).encode("utf-8"))
         fast_keys = [lines[i] for i in fast_index[keep]]
         parts = []
         if columns is not None and keep.any():
             parts.append({name: (col.filter(pa.array(keep)) if isinstance(col, pa.Array) else col[keep])
                           for name, col in columns.items()})
         if slow_rows:
-            parts.append(_row_columns(slow_rows))
+            parts.append(self._row_columns(slow_rows))
         return self._assemble(batch.shard, parts, fast_keys + slow_keys), dead
 
     def _fields(self, raw):
@@ -157,19 +169,38 @@ class BatchParser:
         return {
             "label": pc.equal(label, "1").to_numpy(zero_copy_only=False).astype(np.int64),
             "dense": dense,
-            **{key: col for key, col in zip(md.CATEGORICAL_KEYS, cols[1 + md.NUM_DENSE :])},
+            **{key: bag_rules.split_column(col, self._bags.separator) if f in self._bags.indices else col
+               for f, (key, col) in enumerate(zip(md.CATEGORICAL_KEYS, cols[1 + md.NUM_DENSE :]))},
         }, ok
+
+    def _row_columns(self, rows: list[tuple]) -> dict:
+        labels, dense, cats = zip(*rows)
+        columns = {"label": np.array(labels, np.int64), "dense": np.array(dense, np.float64)}
+        for f, key in enumerate(md.CATEGORICAL_KEYS):
+            if f in self._bags.indices:
+                columns[key] = pa.array([bag_rules.split_bag(row[f], self._bags.separator) for row in cats], BAG_TYPE)
+            else:
+                columns[key] = pa.array([row[f] for row in cats], pa.string())
+        return columns
 
     def _assemble(self, shard: str, parts: list[dict], keys: list[bytes]) -> ParsedBatch:
         if not parts:
             return ParsedBatch(shard, np.zeros(0, np.int64), np.zeros((0, md.NUM_DENSE), np.float32),
-                               [pa.array([], pa.string()) for _ in md.CATEGORICAL_KEYS], np.zeros(0, bool))
+                               [pa.array([], BAG_TYPE if f in self._bags.indices else pa.string())
+                                for f in range(md.NUM_CATEGORICAL)], np.zeros(0, bool))
+        categorical, stats = [], {}
+        for f, key in enumerate(md.CATEGORICAL_KEYS):
+            column = pa.concat_arrays([p[key] for p in parts])
+            if f in self._bags.indices:
+                column, stats[key] = bag_rules.truncate(column, self._bags.cap(f))
+            categorical.append(column)
         return ParsedBatch(
             shard=shard,
             label=np.concatenate([p["label"] for p in parts]),
             dense=np.concatenate([p["dense"] for p in parts]).astype(np.float32),
-            categorical=[pa.concat_arrays([p[key] for p in parts]) for key in md.CATEGORICAL_KEYS],
+            categorical=categorical,
             is_eval=split_buckets(keys) < self._eval_fraction,
+            bag_stats=stats,
         )
 
 
@@ -193,14 +224,6 @@ def _log1p_counts(col: pa.Array) -> np.ndarray:
     return out
 
 
-def _row_columns(rows: list[tuple]) -> dict:
-    labels, dense, cats = zip(*rows)
-    columns = {"label": np.array(labels, np.int64), "dense": np.array(dense, np.float64)}
-    for f, key in enumerate(md.CATEGORICAL_KEYS):
-        columns[key] = pa.array([row[f] for row in cats], pa.string())
-    return columns
-
-
 DEAD_LETTER_TAG = "dead_letter"
 
 
@@ -222,11 +245,11 @@ class ParseAndValidate(beam.PTransform):
     """LineBatches -> {"rows": ParsedBatches, "dead_letter": records with line number and reason}."""
 
     def __init__(self, fmt: str, eval_fraction: float, csv_columns: tuple[tuple[int, ...], int] | None = None,
-                 negative_counts: str = DEFAULT_NEGATIVE_COUNTS):
+                 negative_counts: str = DEFAULT_NEGATIVE_COUNTS, bag_layout: BagLayout | None = None):
         """`csv_columns` is `(positions of RAW_COLUMNS in the header, header width)`; `negative_counts` the
-        policy for negative counts ("clamp" or "reject", see rows.py)."""
+        policy for negative counts ("clamp" or "reject", see rows.py); `bag_layout` the bag columns."""
         super().__init__()
-        self._fn = ParseBatchFn(BatchParser(fmt, eval_fraction, csv_columns, negative_counts))
+        self._fn = ParseBatchFn(BatchParser(fmt, eval_fraction, csv_columns, negative_counts, bag_layout))
 
     def expand(self, batches):
         results = batches | "Parse" >> beam.ParDo(self._fn).with_outputs(DEAD_LETTER_TAG, main="rows")

@@ -97,13 +97,18 @@ class ExamplesLayout:
         return self.metadata().row_counts
 
 
-def feature_spec() -> dict[str, dict[str, Any]]:
-    """The `tf.Example` layout: name -> {"dtype", "shape"} (all fixed length)."""
+BAG_FEATURE = {"dtype": "int64", "shape": [None], "ragged": True}
+
+
+def feature_spec(multi_hot_keys=()) -> dict[str, dict[str, Any]]:
+    """The `tf.Example` layout: name -> {"dtype", "shape"}; fixed length, but for the bag (multi-hot) keys, whose
+    entry is `BAG_FEATURE` (0..n int64 ids, read as a ragged row)."""
     spec = {
         LABEL_KEY: {"dtype": "int64", "shape": [1]},
         DENSE_KEY: {"dtype": "float32", "shape": [NUM_DENSE]},
     }
-    spec.update({key: {"dtype": "int64", "shape": [1]} for key in CATEGORICAL_KEYS})
+    spec.update({key: dict(BAG_FEATURE) if key in multi_hot_keys else {"dtype": "int64", "shape": [1]}
+                 for key in CATEGORICAL_KEYS})
     return spec
 
 
@@ -112,7 +117,11 @@ class Metadata:
     """Parsed `metadata.json`.
 
     `vocab_sizes[key]` is the exclusive upper bound of the ids of feature
-    `key`; id 0 means missing or out of vocabulary.
+    `key`; id 0 means missing or out of vocabulary. `multi_hot_keys` are the
+    categorical keys stored as bags (0..n ids per example; empty: every key
+    is one-hot, as in metadata written before bags existed), and
+    `bag_stats[key]` says how many ids their examples hold and how many the
+    cap (`options["max_bag_length"]`) cut off.
     """
 
     vocab_sizes: dict[str, int]
@@ -128,12 +137,24 @@ class Metadata:
     categorical_keys: tuple[str, ...] = CATEGORICAL_KEYS
     format_version: int = FORMAT_VERSION
     synth_metadata: dict[str, Any] | None = None
+    multi_hot_keys: tuple[str, ...] = ()
+    bag_stats: dict[str, dict[str, int]] | None = None
+
+    def is_bag(self, key: str) -> bool:
+        """Whether feature `key` holds a bag of ids (a ragged row) rather than one id."""
+        return key in self.multi_hot_keys
 
     def to_json(self) -> dict[str, Any]:
         data = dataclasses.asdict(self)
         data["categorical_keys"] = list(self.categorical_keys)
-        if self.synth_metadata is None:
-            del data["synth_metadata"]
+        # Left out when unused, so a one-hot run writes the same metadata.json as before bags existed.
+        for name in ("synth_metadata", "bag_stats"):
+            if data[name] is None:
+                del data[name]
+        if self.multi_hot_keys:
+            data["multi_hot_keys"] = list(self.multi_hot_keys)
+        else:
+            del data["multi_hot_keys"]
         return data
 
 
@@ -162,11 +183,21 @@ def metadata_from_json(data: dict[str, Any], where: str = "metadata") -> Metadat
         raise ValueError(f"{where}: feature_spec keys {sorted(spec)} != {sorted(expected)}")
     if spec[data["dense_key"]].get("shape") != [data["num_dense"]]:
         raise ValueError(f"{where}: feature_spec[{data['dense_key']!r}] shape must be [{data['num_dense']}]")
+    bags = tuple(data.get("multi_hot_keys") or ())
+    unknown = [key for key in bags if key not in keys]
+    if unknown:
+        raise ValueError(f"{where}: multi_hot_keys {unknown} are not categorical_keys {list(keys)}")
+    for key in keys:
+        ragged = bool(spec[key].get("ragged"))
+        if ragged != (key in bags):
+            raise ValueError(f"{where}: feature_spec[{key!r}] is {'ragged' if ragged else 'fixed length'}, but {key!r} "
+                             f"is {'' if key in bags else 'not '}in multi_hot_keys {list(bags)}")
     if set(data["row_counts"]) != set(SPLITS):
         raise ValueError(f"{where}: row_counts must have keys {list(SPLITS)}, got {sorted(data['row_counts'])}")
     fields = {f.name for f in dataclasses.fields(Metadata)}
     kwargs = {k: v for k, v in data.items() if k in fields}
     kwargs["categorical_keys"] = keys
+    kwargs["multi_hot_keys"] = bags
     return Metadata(**kwargs)
 
 

@@ -9,7 +9,12 @@ Vocabularies) counts the values, and the second starts only when the
 vocabularies are done, so nothing ever holds the parsed rows: memory is
 O(vocabulary), not O(rows). Hash mode reads the input once.
 
-`run(argv)` is the CLI: it parses our flags into a `PreprocessSpec`
+Parquet input is planned by row groups (parquet_source.py) and read as
+Arrow batches; TFDS input comes from tfds_source.py. Bag columns (bags.py)
+flow through the same steps as list columns, and CountBagValues sums their
+`bag_stats` for metadata.json.
+
+`run(argv)` is the CLI: it parses our flags (flags.py) into a `PreprocessSpec`
 (spec.py) and calls `execute(spec)`, the executor that the demo and the
 benchmarks call directly. Every other flag goes into `spec.beam_args`, handed
 to Beam's `PipelineOptions` untouched, so `--runner`, `--direct_num_workers`,
@@ -26,7 +31,6 @@ Output layout under DIR (`metadata.ExamplesLayout`):
 
 from __future__ import annotations
 
-import argparse
 import contextlib
 import json
 import logging
@@ -44,95 +48,22 @@ from components.lockfile import LockedError, lock_beside
 from components.preprocess import metadata as md
 from components.preprocess import output as out_dir
 from components.preprocess.columns import ParseAndValidate
+from components.preprocess.bags import STATS
 from components.preprocess.encode import EncodeExamples
-from components.preprocess.plan import SHARD_BYTES, InputPlan, plan_input
+from components.preprocess.flags import PROG, build_parser, spec_from_argv  # noqa: F401 (the CLI's parser lives here)
+from components.preprocess.parquet_source import ReadParquetBatches
+from components.preprocess.plan import InputPlan, plan_input, resolve_spec, synth_metadata
 from components.preprocess.progress import ProgressMonitor
-from components.preprocess.rows import DEFAULT_NEGATIVE_COUNTS, NEGATIVE_COUNT_POLICIES
-from components.preprocess.sink import DEFAULT_COMPRESSION_LEVEL, WriteShards
+from components.preprocess.sink import WriteShards
 from components.preprocess.sources import INPUT_ERROR_MARKER, PlanRanges, ReadLineBatches
-from components.preprocess.spec import DEFAULT_MIN_FREQUENCY, PreprocessSpec, SpecError, UsageError
+from components.preprocess.spec import PreprocessSpec, UsageError
 from components.preprocess.tfds_source import ReadTfdsRows
 from components.preprocess.vocab import ComputeVocabularies, WriteVocabFn, vocab_path
 
-from components.cli import HelpFormatter
 
-PROG = "embedopt preprocess"
 _COUNTS_DIR = "_counts"
 _PROGRESS_DIR = "_progress"
 _DEAD_LETTER_COUNT = "dead_letter"
-
-
-def _per_feature_ints(text: str | None, flag: str) -> tuple[int, ...] | None:
-    """The text of a per-feature flag ("N" or "N1,...,N26") -> its integers; the spec checks how many and how large."""
-    if text is None:
-        return None
-    try:
-        return tuple(int(x) for x in text.split(","))
-    except ValueError:
-        raise UsageError(f"{flag} takes integers, got {text!r}") from None
-
-
-def build_parser() -> argparse.ArgumentParser:
-    example = md.ExamplesLayout("DIR")
-    parser = argparse.ArgumentParser(formatter_class=HelpFormatter,
-        prog=PROG,
-        description="Beam pipeline: Criteo-style logs -> GZIP TFRecords of tf.Examples in TFX layout "
-        f"({example.split_dir('train')}, {example.split_dir('eval')}, {example.vocab_dir}, {example.dead_letter_dir}, "
-        f"{example.metadata_path}).",
-        epilog="Any other flag is a Beam pipeline option and passes through untouched, e.g. --runner "
-        "DataflowRunner, --direct_num_workers 2 --direct_running_mode multi_processing. Default runner: Beam's FnApiRunner (what the DirectRunner runs a batch pipeline on, without its first try, the Prism runner, which it downloads).",
-    )
-    parser.add_argument("--input", required=True, help="file pattern of the logs (local, gs://, ...; .gz is read as gzip); "
-                        "with --format tfds, the TFDS dataset name (or use --tfds-name)")
-    parser.add_argument("--output", required=True, help="output directory; must be empty or absent unless --overwrite")
-    parser.add_argument("--format", choices=("tsv", "csv", "tfds"), default="tsv",
-                        help="tsv: Criteo rows (label, I1..I13, C1..C26, tab-separated, no header); csv: comma-separated "
-                        "with a header naming those columns; tfds: a prepared TFDS dataset with those features")
-    vocab = parser.add_mutually_exclusive_group()
-    vocab.add_argument("--vocab-size", help="keep the N most frequent values per feature (ids 1..N; size N+1); "
-                       "one N or 26 comma-separated values")
-    vocab.add_argument("--min-frequency", type=int, help="keep values seen at least K times; the mode used when none of the three is given "
-                       f"(default: K={DEFAULT_MIN_FREQUENCY})")
-    vocab.add_argument("--hash-buckets", help="no vocabulary: id = 1 + hash(value) %% (N-1), 0 for missing; "
-                       "one N or 26 comma-separated values (size N)")
-    parser.add_argument("--eval-fraction", type=float, default=0.1,
-                        help=f"fraction of rows sent to {md.EVAL_DIR}, chosen by a hash of the raw row")
-    parser.add_argument("--negative-counts", choices=NEGATIVE_COUNT_POLICIES, default=DEFAULT_NEGATIVE_COUNTS,
-                        help="what a negative integer count (real Criteo logs have I2 down to -3) becomes: clamp: 0, "
-                        "as the DLRM reference preprocessing does; reject: its row goes to the dead letter. Stored in "
-                        f"{md.METADATA_FILE}, so the exported model's serving signatures and `embedopt predict` apply "
-                        "the same policy")
-    parser.add_argument("--tfds-name", help="TFDS dataset name for --format tfds (default: the --input value)")
-    parser.add_argument("--tfds-data-dir", help="TFDS data_dir holding the prepared dataset")
-    parser.add_argument("--tfds-split", default="train", help="TFDS split to read, e.g. train or train+test")
-    parser.add_argument("--num-shards", type=int,
-                        help="output files per split; the input is cut into this many line-aligned ranges, read in "
-                        "parallel (a .gz file cannot be cut: it gets a shard per 1/N of the input's size) (default: one "
-                        f"per {SHARD_BYTES >> 20} MB of input, at least 8; fewer for inputs under 8 MB, one per MB)")
-    parser.add_argument("--compression-level", type=int, default=DEFAULT_COMPRESSION_LEVEL, choices=range(1, 10),
-                        metavar="{1..9}", help="zlib level of the GZIP shards: 1 writes fastest, 9 smallest "
-                        f"(default: {DEFAULT_COMPRESSION_LEVEL}, 2.5x faster than zlib's usual 6 for 16%% more bytes)")
-    parser.add_argument("--overwrite", action="store_true", help="replace the outputs of an earlier run in --output")
-    parser.add_argument("--no-progress", action="store_true", help="no progress bar or progress log lines")
-    parser.add_argument("--verbose", "-v", action="store_true", help="also print Beam's and TensorFlow's INFO logs")
-    return parser
-
-
-def spec_from_argv(argv: list[str]) -> PreprocessSpec:
-    """Our flags -> a validated spec; every flag we do not know goes to `beam_args`. Raises UsageError."""
-    args, beam_args = build_parser().parse_known_args(argv)
-    try:
-        return PreprocessSpec(
-            input=args.input, output=args.output, format=args.format,
-            vocab_size=_per_feature_ints(args.vocab_size, "--vocab-size"), min_frequency=args.min_frequency,
-            hash_buckets=_per_feature_ints(args.hash_buckets, "--hash-buckets"), eval_fraction=args.eval_fraction,
-            negative_counts=args.negative_counts,
-            tfds_name=args.tfds_name, tfds_data_dir=args.tfds_data_dir, tfds_split=args.tfds_split,
-            num_shards=args.num_shards, compression_level=args.compression_level, overwrite=args.overwrite,
-            progress=not args.no_progress, beam_args=tuple(beam_args),
-        )
-    except SpecError as err:
-        raise UsageError(err.flag_message) from None
 
 
 def _write_counts(counts, output: str):
@@ -149,6 +80,8 @@ def _read_source(spec: PreprocessSpec, plan: InputPlan, progress_dir: str | None
     if spec.format == "tfds":
         return ReadTfdsRows(spec.tfds_name, spec.tfds_data_dir, spec.tfds_split,
                             rows_per_shard=plan.tfds_rows_per_shard, after=after)
+    if spec.format == "parquet":
+        return ReadParquetBatches(plan.parquet_ranges, progress_dir=progress_dir, pass_name=pass_name, after=after)
     return ReadLineBatches(spec.format == "csv", range_bytes=plan.range_bytes, progress_dir=progress_dir,
                            pass_name=pass_name, after=after)
 
@@ -156,13 +89,14 @@ def _read_source(spec: PreprocessSpec, plan: InputPlan, progress_dir: str | None
 def build_pipeline(pipeline: beam.Pipeline, spec: PreprocessSpec, plan: InputPlan, out: str,
                    progress_dir: str | None = None) -> None:
     """Adds the preprocessing steps writing into `out` to `pipeline` (input already checked, see `plan_input`)."""
-    start = pipeline if spec.format == "tfds" else pipeline | "PlanInput" >> PlanRanges(plan.files, plan.range_bytes)
+    start = (pipeline if spec.format in ("tfds", "parquet")
+             else pipeline | "PlanInput" >> PlanRanges(plan.files, plan.range_bytes))
     if spec.hash_buckets:
         after, encode = (), EncodeExamples(hash_buckets=list(spec.hash_buckets))
     else:
         first = start | "ReadRowsForVocab" >> _read_source(spec, plan, progress_dir, "count")
         counted = first | "ParseForVocab" >> ParseAndValidate(spec.format, spec.eval_fraction, plan.csv_columns,
-                                                               spec.negative_counts)
+                                                               spec.negative_counts, spec.bag_layout)
         top_n = list(spec.vocab_size) if spec.vocab_size else None
         vocab = ComputeVocabularies(top_n=top_n, min_frequency=spec.min_frequency)
         vocabularies = counted["rows"] | "Vocabularies" >> vocab
@@ -172,7 +106,7 @@ def build_pipeline(pipeline: beam.Pipeline, spec: PreprocessSpec, plan: InputPla
         after, encode = [beam.pvalue.AsDict(vocabularies)], EncodeExamples(vocabularies=vocabularies)
     batches = start | "ReadRows" >> _read_source(spec, plan, progress_dir, "encode", after=after)
     parsed = batches | "ParseAndValidate" >> ParseAndValidate(spec.format, spec.eval_fraction, plan.csv_columns,
-                                                                      spec.negative_counts)
+                                                                      spec.negative_counts, spec.bag_layout)
     examples = parsed["rows"] | "EncodeExamples" >> encode
     split_counts = examples | "WriteExamples" >> WriteShards(out, spec.compression_level)
     dead = parsed["dead_letter"]
@@ -183,7 +117,21 @@ def build_pipeline(pipeline: beam.Pipeline, spec: PreprocessSpec, plan: InputPla
                                                    file_name_suffix=".jsonl")
     )
     dead_counts = dead | "CountDeadLetter" >> beam.Map(lambda _: (_DEAD_LETTER_COUNT, 1))
-    _write_counts((split_counts, dead_counts) | "AllCounts" >> beam.Flatten(), out)
+    counts = [split_counts, dead_counts]
+    if spec.multi_hot_columns:
+        counts.append(parsed["rows"] | "CountBagValues" >> beam.FlatMap(_bag_counts))
+    _write_counts(tuple(counts) | "AllCounts" >> beam.Flatten(), out)
+
+
+def _bag_counts(batch):
+    """ParsedBatch -> ("bag:<key>:<stat>", n) for each bag column and stat."""
+    return [(f"bag:{key}:{name}", n) for key, stats in batch.bag_stats.items() for name, n in stats.items()]
+
+
+def _bag_stats(counts: dict[str, int], spec: PreprocessSpec) -> dict[str, dict[str, int]] | None:
+    if not spec.multi_hot_columns:
+        return None
+    return {key: {name: counts.get(f"bag:{key}:{name}", 0) for name in STATS} for key in spec.bag_layout.keys}
 
 
 def _read_counts(output: str) -> dict[str, int]:
@@ -208,15 +156,6 @@ def _vocab_sizes(spec: PreprocessSpec, work: str) -> dict[str, int]:
         with FileSystems.open(path, compression_type=CompressionTypes.UNCOMPRESSED) as f:
             sizes[key] = f.read().count(b"\n") + 1
     return sizes
-
-
-def _synth_metadata(files) -> dict | None:
-    for path in files or ():
-        meta = path + md.SYNTH_META_SUFFIX
-        if FileSystems.exists(meta):
-            with FileSystems.open(meta, compression_type=CompressionTypes.UNCOMPRESSED) as f:
-                return json.loads(f.read())
-    return None
 
 
 def _pipeline_options(spec: PreprocessSpec) -> PipelineOptions:
@@ -247,6 +186,7 @@ def _runner(options: PipelineOptions):
 def execute(spec: PreprocessSpec) -> md.Metadata:
     """The executor: writes `spec.layout` (examples, vocabularies, dead letter, metadata.json) and returns its
     metadata; raises UsageError on bad input, leaving an earlier output in place."""
+    spec = resolve_spec(spec)
     plan = plan_input(spec)
     try:
         out_dir.check_output(spec.output, spec.overwrite)
@@ -302,7 +242,10 @@ def _run_into(work: str, spec: PreprocessSpec, plan: InputPlan, options: Pipelin
         input_pattern=plan.input_pattern,
         format=spec.format,
         options=spec.options_record(plan.num_shards),
-        synth_metadata=_synth_metadata(plan.files),
+        synth_metadata=synth_metadata(plan.files),
+        feature_spec=md.feature_spec(spec.bag_layout.keys),
+        multi_hot_keys=spec.bag_layout.keys,
+        bag_stats=_bag_stats(counts, spec),
     )
     md.write_metadata(meta, work)
     return meta

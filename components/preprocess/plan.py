@@ -10,12 +10,15 @@ from __future__ import annotations
 
 import csv
 import dataclasses
+import json
 import os
 
+from apache_beam.io.filesystem import CompressionTypes
 from apache_beam.io.filesystems import FileSystems
 
 from components.preprocess import metadata as md
 from components.preprocess import output as out_dir
+from components.preprocess.parquet_source import RowGroupRange, plan_parquet
 from components.preprocess.rows import header_columns
 from components.preprocess.sources import estimated_text_bytes
 from components.preprocess.spec import PreprocessSpec, UsageError
@@ -35,7 +38,8 @@ class InputPlan:
     what metadata.json records as the input; total_bytes: the input's size
     as text (estimated for TFDS); num_shards: output files per split;
     range_bytes: bytes per read range (text input), tfds_rows_per_shard:
-    rows per read shard (TFDS input).
+    rows per read shard (TFDS input), parquet_ranges: the row group ranges
+    (Parquet input, one per shard).
     """
 
     files: tuple[str, ...] | None
@@ -45,6 +49,7 @@ class InputPlan:
     num_shards: int
     range_bytes: int | None = None
     tfds_rows_per_shard: int | None = None
+    parquet_ranges: tuple[RowGroupRange, ...] | None = None
 
 
 def default_num_shards(total_bytes: int) -> int:
@@ -52,11 +57,32 @@ def default_num_shards(total_bytes: int) -> int:
     return int(max(1, min(total_bytes // MIN_SHARD_BYTES, max(8, total_bytes // SHARD_BYTES))))
 
 
+def synth_metadata(files) -> dict | None:
+    """The `embedopt synth` .meta.json beside the first input file that has one."""
+    for path in files or ():
+        meta = path + md.SYNTH_META_SUFFIX
+        if FileSystems.exists(meta):
+            with FileSystems.open(meta, compression_type=CompressionTypes.UNCOMPRESSED) as f:
+                return json.loads(f.read())
+    return None
+
+
+def resolve_spec(spec: PreprocessSpec) -> PreprocessSpec:
+    """The spec with its bag columns decided: given, else those of a synth .meta.json beside the input, else none."""
+    if spec.multi_hot_columns is not None:
+        return spec
+    files = None if spec.format == "tfds" else _matched_files(spec.input)
+    try:
+        return spec.with_synth_bags(synth_metadata(files))
+    except ValueError as err:
+        raise UsageError(str(getattr(err, "flag_message", err))) from None
+
+
 def plan_input(spec: PreprocessSpec) -> InputPlan:
     """Checks the input named by `spec` and sizes the run; raises UsageError naming the problem."""
     if spec.format == "tfds":
         try:
-            check_tfds_dataset(spec.tfds_name, spec.tfds_data_dir, spec.tfds_split)
+            check_tfds_dataset(spec.tfds_name, spec.tfds_data_dir, spec.tfds_split, spec.bag_layout)
         except ValueError as err:
             raise UsageError(str(err)) from None
         rows = tfds_num_examples(spec.tfds_name, spec.tfds_data_dir, spec.tfds_split)
@@ -65,6 +91,13 @@ def plan_input(spec: PreprocessSpec) -> InputPlan:
         return InputPlan(files=None, csv_columns=None, input_pattern=f"tfds:{spec.tfds_name}/{spec.tfds_split}",
                          total_bytes=total_bytes, num_shards=shards, tfds_rows_per_shard=max(1, -(-rows // shards)))
     files = _matched_files(spec.input)
+    if spec.format == "parquet":
+        try:
+            ranges, total_bytes = plan_parquet(files, spec.bag_layout, spec.num_shards, default_num_shards)
+        except ValueError as err:
+            raise UsageError(str(err)) from None
+        return InputPlan(files=tuple(files), csv_columns=None, input_pattern=spec.input, total_bytes=total_bytes,
+                         num_shards=len(ranges), parquet_ranges=tuple(ranges))
     csv_columns = _csv_columns(files) if spec.format == "csv" else None
     total_bytes = sum(estimated_text_bytes(path) for path in files)
     shards = spec.num_shards or default_num_shards(total_bytes)

@@ -5,6 +5,11 @@ parsed with one `tf.io.parse_example` per batch (much cheaper than parsing
 one record at a time). Under `tf.distribute`, pass the `InputContext`: each
 input pipeline then reads a disjoint share, by file when there are at least
 as many files as pipelines, else by record.
+
+A bag feature (`metadata.multi_hot_keys`) is read as a `tf.RaggedTensor`
+[B, (n)] of int64 ids (ragged_rank 1, int64 row splits; an empty bag is an
+empty row); one-hot features stay [B] int64 tensors. Ragged features pass
+through `strategy.distribute_datasets_from_function` like dense ones.
 """
 
 from __future__ import annotations
@@ -16,9 +21,10 @@ from components.preprocess.metadata import Metadata
 _DTYPES = {"int64": tf.int64, "float32": tf.float32}
 
 
-def _parse_spec(metadata: Metadata, with_label: bool) -> dict[str, tf.io.FixedLenFeature]:
+def _parse_spec(metadata: Metadata, with_label: bool) -> dict:
     return {
-        name: tf.io.FixedLenFeature(spec["shape"], _DTYPES[spec["dtype"]])
+        name: (tf.io.RaggedFeature(_DTYPES[spec["dtype"]], row_splits_dtype=tf.int64) if metadata.is_bag(name)
+               else tf.io.FixedLenFeature(spec["shape"], _DTYPES[spec["dtype"]]))
         for name, spec in metadata.feature_spec.items()
         if with_label or name != metadata.label_key
     }
@@ -27,13 +33,15 @@ def _parse_spec(metadata: Metadata, with_label: bool) -> dict[str, tf.io.FixedLe
 def parse_serialized(serialized: tf.Tensor, metadata: Metadata, with_label: bool = False) -> dict[str, tf.Tensor]:
     """1-D string tensor of serialized Examples -> {"dense": [B, 13] float32, "cat_i": [B] int64, ...}.
 
+    A bag key's value is a `tf.RaggedTensor` [B, (n)] int64 instead.
+
     With `with_label`, the dict also holds the label as float32 [B]. Usable in
     a serving signature that receives serialized `tf.Example`s.
     """
     parsed = tf.io.parse_example(serialized, _parse_spec(metadata, with_label))
     features = {metadata.dense_key: parsed[metadata.dense_key]}
     for key in metadata.categorical_keys:
-        features[key] = tf.reshape(parsed[key], [-1])
+        features[key] = parsed[key] if metadata.is_bag(key) else tf.reshape(parsed[key], [-1])
     if with_label:
         features[metadata.label_key] = tf.cast(tf.reshape(parsed[metadata.label_key], [-1]), tf.float32)
     return features

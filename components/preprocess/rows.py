@@ -6,7 +6,9 @@ path does not take. A good row becomes `(label, dense, categorical)`:
   label        int, 0 or 1
   dense        tuple of 13 floats, log1p(count), 0.0 for a missing count (and, with the
                "clamp" policy for negative counts, the default, for a negative one)
-  categorical  tuple of 26 strings, "" for a missing value
+  categorical  tuple of 26 strings, "" for a missing value (a bag column's field from a
+               list-typed source, a Parquet list or a TFDS sequence, stays a tuple of
+               its element strings; `bags.split_bag` makes elements of either form)
 and its split comes from `split_bucket` of the raw row (deterministic). A bad
 row becomes a dead-letter record (a dict, see `dead_letter_record`).
 """
@@ -79,19 +81,25 @@ def parse_fields(fields: Sequence[str], negative_counts: str = DEFAULT_NEGATIVE_
     for i, text in enumerate(fields[1 : 1 + md.NUM_DENSE]):
         text = text.strip()
         dense.append(parse_count(text, md.RAW_DENSE[i], negative_counts) if text else 0.0)
-    categorical = tuple(text.strip() for text in fields[1 + md.NUM_DENSE :])
+    categorical = tuple(text.strip() if isinstance(text, str) else tuple(text) for text in fields[1 + md.NUM_DENSE :])
     return int(label_text), tuple(dense), categorical
 
 
 def dead_letter_record(source: str, line_number: int | None, raw: Any, reason: str) -> dict[str, Any]:
     """JSON-able record: raw text when it decodes as UTF-8, else base64 (see raw_encoding)."""
     if isinstance(raw, (tuple, list)):
-        raw = "\t".join(str(x) for x in raw).encode("utf-8")
+        raw = row_text(raw).encode("utf-8")
     try:
         text, encoding = raw.decode("utf-8"), "text"
     except UnicodeDecodeError:
         text, encoding = base64.b64encode(raw).decode("ascii"), "base64"
     return {"line_number": line_number, "raw": text, "raw_encoding": encoding, "reason": reason, "source": source}
+
+
+def row_text(fields: Sequence) -> str:
+    """A row of field values (a list-typed bag field as its elements) as one tab-separated text, bag elements
+    joined with ","."""
+    return "\t".join(",".join(map(str, x)) if isinstance(x, (tuple, list)) else str(x) for x in fields)
 
 
 def header_columns(header: Sequence[str]) -> tuple[int, ...]:

@@ -9,12 +9,14 @@ repeats it under the flag's name (`--eval-fraction`).
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Mapping
 
+from components.preprocess import bags
 from components.preprocess import metadata as md
 from components.preprocess.rows import DEFAULT_NEGATIVE_COUNTS, NEGATIVE_COUNT_POLICIES
 from components.preprocess.sink import DEFAULT_COMPRESSION_LEVEL
 
-FORMATS = ("tsv", "csv", "tfds")
+FORMATS = ("tsv", "csv", "tfds", "parquet")
 DEFAULT_MIN_FREQUENCY = 2
 COMPRESSION_LEVELS = range(1, 10)
 VOCAB_MODES = ("top_n", "min_frequency", "hash")
@@ -53,6 +55,12 @@ class PreprocessSpec:
     negative_counts: "clamp" (a negative count becomes 0) or "reject" (its row goes to the dead letter); recorded
         in metadata.json, so serving and `embedopt predict` apply the same policy.
     beam_args: Beam pipeline options, passed through untouched (the local FnApiRunner when no `--runner`).
+    multi_hot_columns: raw names of the bag columns ("C3", "C21"); None takes them from the `embedopt synth`
+        .meta.json beside the input when there is one (`with_synth_bags`), else none; () is none.
+    multi_hot_separator: what separates a text bag field's elements; None is the format's default
+        (`bags.DEFAULT_SEPARATORS`: "," but "|" for csv).
+    max_bag_length: the cap of every bag column (an int), per column ({"C21": 100}), or the flag's text
+        ("20", "C21:100,C3:5", "20,C21:100"); None: no cap.
     """
 
     input: str
@@ -71,6 +79,9 @@ class PreprocessSpec:
     overwrite: bool = False
     progress: bool = True
     beam_args: tuple[str, ...] = ()
+    multi_hot_columns: tuple[str, ...] | None = None
+    multi_hot_separator: str | None = None
+    max_bag_length: int | str | Mapping[str, int] | None = None
 
     def __post_init__(self):
         for name in ("input", "output"):
@@ -102,6 +113,63 @@ class PreprocessSpec:
         self._set("beam_args", tuple(self.beam_args))
         if not all(isinstance(arg, str) for arg in self.beam_args):
             raise SpecError("beam_args", f"must be strings, got {self.beam_args!r}")
+        self._check_bags()
+
+    def _check_bags(self) -> None:
+        if self.multi_hot_columns is not None:
+            names = (self.multi_hot_columns,) if isinstance(self.multi_hot_columns, str) else self.multi_hot_columns
+            try:
+                indices = bags.column_indices(names)
+            except ValueError as err:
+                raise SpecError("multi_hot_columns", f"takes C1..C{md.NUM_CATEGORICAL} names: {err}") from None
+            self._set("multi_hot_columns", tuple(md.RAW_CATEGORICAL[i] for i in indices))
+        if self.multi_hot_separator is None:
+            self._set("multi_hot_separator", bags.DEFAULT_SEPARATORS[self.format])
+        separator = self.multi_hot_separator
+        forbidden = bags.FORBIDDEN_SEPARATOR_CHARS + ('"' if self.format == "csv" else "")
+        if not isinstance(separator, str) or not separator or any(c in separator for c in forbidden):
+            raise SpecError("multi_hot_separator", f"must be a non-empty string without {forbidden!r}, got {separator!r}")
+        default, named = self._caps()
+        columns = self.multi_hot_columns or ()
+        if self.multi_hot_columns is not None:
+            stray = sorted(set(named) - set(columns))
+            if stray or (self.max_bag_length is not None and not columns):
+                raise SpecError("max_bag_length", f"names {stray or [self.max_bag_length]}, which are not bag columns "
+                                f"(--multi-hot-columns: {','.join(columns) or 'none'})")
+
+    def _caps(self) -> tuple[int | None, dict[str, int]]:
+        cap = self.max_bag_length
+        try:
+            if cap is None:
+                return None, {}
+            if _is_int(cap):
+                return bags.parse_caps(str(cap))
+            if isinstance(cap, str):
+                return bags.parse_caps(cap)
+            if isinstance(cap, Mapping):
+                return bags.parse_caps(",".join(f"{name}:{value}" for name, value in cap.items()))
+        except ValueError as err:
+            raise SpecError("max_bag_length", f"takes N or C<i>:N parts (N >= 1): {err}") from None
+        raise SpecError("max_bag_length", f"must be an int, a mapping or text, got {cap!r}")
+
+    def with_synth_bags(self, synth_metadata: dict | None) -> PreprocessSpec:
+        """The spec with `multi_hot_columns` decided: those of an `embedopt synth` .meta.json (and its
+        separator, unless one was given) when the spec left them open, else none."""
+        if self.multi_hot_columns is not None:
+            return self
+        columns = tuple((synth_metadata or {}).get("multi_hot_columns") or ())
+        separator = (synth_metadata or {}).get("multi_hot_separator") if columns else None
+        if separator and self.multi_hot_separator == bags.DEFAULT_SEPARATORS[self.format]:
+            return dataclasses.replace(self, multi_hot_columns=columns, multi_hot_separator=separator)
+        return dataclasses.replace(self, multi_hot_columns=columns)
+
+    @property
+    def bag_layout(self) -> bags.BagLayout:
+        """The bag columns (none while `multi_hot_columns` is undecided) with their caps."""
+        default, named = self._caps()
+        names = self.multi_hot_columns or ()
+        return bags.BagLayout(bags.column_indices(names), self.multi_hot_separator,
+                              tuple(named.get(name, default) for name in names))
 
     def _set(self, name: str, value) -> None:
         object.__setattr__(self, name, value)
@@ -143,6 +211,8 @@ class PreprocessSpec:
             "eval_fraction": self.eval_fraction, "negative_counts": self.negative_counts, "num_shards": num_shards, "compression_level": self.compression_level,
             "tfds_name": self.tfds_name, "tfds_data_dir": self.tfds_data_dir, "tfds_split": self.tfds_split,
             "beam_args": list(self.beam_args),
+            # Only with bags, so a one-hot run's metadata.json stays as it was.
+            **(self.bag_layout.options_record() if self.multi_hot_columns else {}),
         }
 
 

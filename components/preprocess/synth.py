@@ -5,6 +5,12 @@ the chunk size, not by --rows. Beside FILE it writes FILE.meta.json with the
 generator's parameters, the positive rate and the Bayes-optimal AUC (the AUC
 of the true click probabilities against the sampled labels), so a trained
 model can be judged against the best possible. Same seed, same bytes.
+
+With `--multi-hot mlperf` the features of MLPerf's materialized multi-hot
+Criteo set hold a bag of values (sizes MLPERF_BAG_SIZES; a feature of size
+1 stays one value), written as one field of comma-separated values; the
+.meta.json names those columns, and `embedopt preprocess` reads them as bags
+without being told (`multi_hot_columns`, `multi_hot_separator`).
 """
 
 from __future__ import annotations
@@ -19,12 +25,16 @@ import time
 import numpy as np
 from tqdm import tqdm
 
-from components.preprocess.synth_truth import DEFAULT_VOCAB_SIZES, GroundTruth, StreamingStats, SynthConfig, hex_ids
+from components.preprocess.synth_truth import (DEFAULT_VOCAB_SIZES, MLPERF_BAG_SIZES, GroundTruth, StreamingStats,
+                                               SynthConfig, hex_ids)
 
 from components.cli import HelpFormatter
 
 PROG = "embedopt synth"
 CHUNK_ROWS = 100_000
+FORMAT_ROWS = 10_000  # rows formatted at once: a bag row is ~2 KB, so the byte matrix stays ~20 MB
+MULTI_HOT_PRESETS = {"mlperf": MLPERF_BAG_SIZES}
+BAG_SEPARATOR = b","
 _DIGITS = 10  # counts are capped below 10**10
 _HEX = np.frombuffer(b"0123456789abcdef", dtype=np.uint8)
 
@@ -40,24 +50,34 @@ def _digits(values: np.ndarray) -> np.ndarray:
 
 
 def format_rows(truth: GroundTruth, chunk) -> bytes:
-    """Chunk -> TSV bytes. Fields sit in fixed-width slots padded with NUL bytes, which are then removed."""
-    n = len(chunk.label)
-    width = 1 + 13 * (1 + _DIGITS) + 26 * 9 + 1
+    """Chunk -> TSV bytes, FORMAT_ROWS rows at a time."""
+    return b"".join(_format_slice(truth, chunk, begin, min(begin + FORMAT_ROWS, len(chunk.label)))
+                    for begin in range(0, len(chunk.label), FORMAT_ROWS))
+
+
+def _format_slice(truth: GroundTruth, chunk, begin: int, end: int) -> bytes:
+    """Rows begin:end -> TSV bytes. Fields sit in fixed-width slots padded with NUL bytes, which are then removed;
+    a bag's values are separated by BAG_SEPARATOR."""
+    n = end - begin
+    sizes = truth.bag_sizes
+    width = 1 + 13 * (1 + _DIGITS) + sum(1 + 9 * k for k in sizes) + 1
     out = np.zeros((n, width), dtype=np.uint8)
-    out[:, 0] = 48 + chunk.label
+    out[:, 0] = 48 + chunk.label[begin:end]
     col = 1
     for j in range(13):
         out[:, col] = 9
-        out[:, col + 1 : col + 1 + _DIGITS] = _digits(np.minimum(chunk.counts[:, j], 10**_DIGITS - 1))
+        out[:, col + 1 : col + 1 + _DIGITS] = _digits(np.minimum(chunk.counts[begin:end, j], 10**_DIGITS - 1))
         col += 1 + _DIGITS
     shifts = np.arange(28, -4, -4, dtype=np.uint32)
-    for f in range(26):
-        ids = chunk.cat_ids[:, f]
+    for f, size in enumerate(sizes):
+        ids = chunk.cat_ids[begin:end, truth.offsets[f] : truth.offsets[f + 1]]
         out[:, col] = 9
-        hexes = _HEX[(hex_ids(f, np.maximum(ids, 0))[:, None] >> shifts) & np.uint32(15)]
-        hexes[ids < 0] = 0
-        out[:, col + 1 : col + 9] = hexes
-        col += 9
+        slots = np.zeros((n, size, 9), np.uint8)  # 8 hex digits and a separator (none after the last value)
+        slots[:, :, :8] = _HEX[(hex_ids(f, np.maximum(ids, 0))[:, :, None] >> shifts) & np.uint32(15)]
+        slots[:, :-1, 8] = BAG_SEPARATOR[0]
+        slots[ids[:, 0] < 0] = 0
+        out[:, col + 1 : col + 1 + 9 * size] = slots.reshape(n, 9 * size)
+        col += 1 + 9 * size
     out[:, col] = 10
     flat = out.ravel()
     return flat[flat != 0].tobytes()
@@ -76,9 +96,17 @@ def generate(config: SynthConfig, rows: int, output: str, progress: bool = True)
             f.write(format_rows(truth, chunk))
             bar.update(len(chunk.label))
     positives = int(stats.pos.sum())
+    config_record = dataclasses.asdict(config)
+    bags = {}
+    if config.bag_sizes is None:
+        del config_record["bag_sizes"]  # a one-hot run's .meta.json stays as it was
+    else:
+        bags = {"bag_sizes": list(truth.bag_sizes), "multi_hot_separator": BAG_SEPARATOR.decode(),
+                "multi_hot_columns": [f"C{f + 1}" for f, k in enumerate(truth.bag_sizes) if k > 1]}
     meta = {
         "generator": "embedopt synth",
-        "config": dataclasses.asdict(config),
+        "config": config_record,
+        **bags,
         "rows": rows,
         "chunk_rows": CHUNK_ROWS,
         "bias": truth.bias,
@@ -113,6 +141,19 @@ def _vocab_sizes(text: str) -> tuple[int, ...]:
     return sizes
 
 
+def _bag_sizes(text: str) -> tuple[int, ...]:
+    if text in MULTI_HOT_PRESETS:
+        return MULTI_HOT_PRESETS[text]
+    try:
+        sizes = tuple(int(x) for x in text.split(","))
+    except ValueError:
+        sizes = ()
+    if len(sizes) != 26 or min(sizes) < 1:
+        raise argparse.ArgumentTypeError(f"expected {' or '.join(MULTI_HOT_PRESETS)} or 26 comma-separated sizes >= 1, "
+                                         f"got {text!r}")
+    return sizes
+
+
 def build_parser() -> argparse.ArgumentParser:
     defaults = SynthConfig()
     parser = argparse.ArgumentParser(formatter_class=HelpFormatter, prog=PROG, description=__doc__.split("\n\n")[0].split(": ", 1)[1])
@@ -126,6 +167,11 @@ def build_parser() -> argparse.ArgumentParser:
                         help="Zipf exponent of the categorical values")
     parser.add_argument("--positive-rate", type=float, default=defaults.target_positive_rate,
                         help="target fraction of label 1")
+    parser.add_argument("--multi-hot", type=_bag_sizes, metavar="mlperf|K[,K...]",
+                        help="bags of values: 'mlperf' for the bag sizes of MLPerf's materialized multi-hot Criteo "
+                        f"set ({','.join(map(str, MLPERF_BAG_SIZES))}), or 26 sizes; a feature of size K > 1 is "
+                        "written as K comma-separated values, and FILE.meta.json names those columns so that "
+                        "`embedopt preprocess` reads them as bags (default: one value per feature)")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar on stderr")
     return parser
 
@@ -137,7 +183,7 @@ def main(argv: list[str]) -> int:
         return 2
     try:
         config = SynthConfig(seed=args.seed, vocab_sizes=args.vocab_sizes, zipf_exponent=args.zipf_exponent,
-                             target_positive_rate=args.positive_rate)
+                             target_positive_rate=args.positive_rate, bag_sizes=args.multi_hot)
     except ValueError as err:
         print(f"{PROG}: {err}", file=sys.stderr)
         return 2

@@ -5,6 +5,12 @@ Row model (all parameters drawn once from the seed):
   I_j  = floor(exp(mu_j + sigma_j * z)) - 1, z ~ N(0, 1), missing with prob q_j
   logit = b + sum_j w_j * (log1p(I_j) - mu_j) + sum_f u_f[C_f]
   label ~ Bernoulli(sigmoid(logit))
+With bags (`bag_sizes`, e.g. MLPERF_BAG_SIZES), feature f holds K_f values,
+each drawn as C_f is (the whole bag is missing with prob m_f), and adds
+(1 / sqrt(K_f)) * sum_k u_f[C_f,k]: the same variance as one value, so the
+Bayes AUC stays about where it is for one-hot rows, and a sum-pooled
+embedding can represent it exactly. A value counts as frequent when it is
+expected `frequent_count` times among the K_f * reference_rows draws.
 A missing count enters as log1p(0) = 0 (as in the preprocessed features, where
 it cannot be told from a count of 0) and a missing categorical adds 0, so the
 logit is a function of what the preprocessed features show.
@@ -27,6 +33,8 @@ DEFAULT_VOCAB_SIZES = (
 )
 NUM_DENSE = 13
 AUC_BINS = 1 << 20
+# Values per feature (C1..C26) of MLPerf Training's materialized multi-hot Criteo set (DLRM-DCNv2).
+MLPERF_BAG_SIZES = (3, 2, 1, 2, 6, 1, 1, 1, 1, 7, 3, 8, 1, 6, 9, 5, 1, 1, 1, 12, 100, 27, 10, 3, 1, 1)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -43,10 +51,13 @@ class SynthConfig:
     frequent_count: int = 300
     target_positive_rate: float = 0.25
     calibration_rows: int = 200_000
+    bag_sizes: tuple[int, ...] | None = None  # values per feature; None: one each (one-hot)
 
     def __post_init__(self):
         if len(self.vocab_sizes) != 26 or min(self.vocab_sizes) < 1:
             raise ValueError(f"vocab_sizes needs 26 values >= 1, got {self.vocab_sizes!r}")
+        if self.bag_sizes is not None and (len(self.bag_sizes) != 26 or min(self.bag_sizes) < 1):
+            raise ValueError(f"bag_sizes needs 26 values >= 1, got {self.bag_sizes!r}")
         if not 0 < self.target_positive_rate < 1:
             raise ValueError(f"target_positive_rate must be in (0, 1), got {self.target_positive_rate}")
 
@@ -64,7 +75,7 @@ def hex_ids(feature: int, ids: np.ndarray) -> np.ndarray:
 
 @dataclasses.dataclass
 class Chunk:
-    cat_ids: np.ndarray  # int64 [n, 26], -1 = missing
+    cat_ids: np.ndarray  # int64 [n, sum of bag sizes]: feature f in columns offsets[f]:offsets[f+1]; -1 = missing
     counts: np.ndarray  # int64 [n, 13], -1 = missing
     logit_parts: np.ndarray  # float64 [n, 3]: dense, frequent values, tail values
     prob: np.ndarray  # float64 [n]
@@ -77,13 +88,15 @@ class GroundTruth:
         rng = np.random.default_rng([config.seed, 0])
         s = config.zipf_exponent
         self.cdfs, self.weights, self.head_sizes = [], [], []
+        self.bag_sizes = tuple(config.bag_sizes or (1,) * 26)
+        self.offsets = np.concatenate([[0], np.cumsum(self.bag_sizes)])
         self.cat_missing = rng.uniform(0, config.max_categorical_missing, 26) * (rng.random(26) < 0.5)
         feature_scale = config.head_weight_scale * rng.uniform(0.4, 1.0, 26)
         for f, size in enumerate(config.vocab_sizes):
             pmf = np.arange(1, size + 1, dtype=np.float64) ** -s
             pmf /= pmf.sum()
             self.cdfs.append(np.cumsum(pmf))
-            expected = pmf * config.reference_rows * (1 - self.cat_missing[f])
+            expected = pmf * config.reference_rows * (1 - self.cat_missing[f]) * self.bag_sizes[f]
             head = int(np.sum(expected >= config.frequent_count))
             # A stream per feature: the head size varies with frequent_count, and must not shift
             # the draws of the other features or of the dense weights.
@@ -111,17 +124,20 @@ class GroundTruth:
     def sample(self, n: int, chunk_index: int = 0, stream: int = 2) -> Chunk:
         """Rows of one chunk; depends only on (seed, stream, chunk_index), not on other chunks."""
         rng = np.random.default_rng([self.config.seed, stream, chunk_index])
-        cat_ids = np.empty((n, 26), dtype=np.int64)
+        cat_ids = np.empty((n, int(self.offsets[-1])), dtype=np.int64)
         parts = np.zeros((n, 3))
         for f in range(26):
-            ids = np.minimum(np.searchsorted(self.cdfs[f], rng.random(n)), len(self.cdfs[f]) - 1)
+            size = self.bag_sizes[f]
+            # rng.random((n, 1)) draws what rng.random(n) does: one-hot rows are the same as before bags.
+            ids = np.minimum(np.searchsorted(self.cdfs[f], rng.random((n, size))), len(self.cdfs[f]) - 1)
             ids[rng.random(n) < self.cat_missing[f]] = -1
-            cat_ids[:, f] = ids
+            cat_ids[:, self.offsets[f] : self.offsets[f + 1]] = ids
             present = ids >= 0
-            w = np.where(present, self.weights[f][np.maximum(ids, 0)], 0.0)
+            w = np.where(present, self.weights[f][np.maximum(ids, 0)], 0.0).astype(np.float64)
             head = present & (ids < self.head_sizes[f])
-            parts[:, 1] += np.where(head, w, 0.0)
-            parts[:, 2] += np.where(head, 0.0, w)
+            scale = 1.0 if size == 1 else 1.0 / np.sqrt(size)
+            parts[:, 1] += np.where(head, w, 0.0).sum(axis=1) * scale
+            parts[:, 2] += np.where(head, 0.0, w).sum(axis=1) * scale
         z = rng.standard_normal((n, NUM_DENSE))
         counts = np.floor(np.exp(np.minimum(self.dense_mu + self.dense_sigma * z, 20.0))).astype(np.int64) - 1
         counts = np.maximum(counts, 0)

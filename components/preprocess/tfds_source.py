@@ -1,7 +1,10 @@
 """Reading a prepared TFDS dataset as raw Criteo rows.
 
 The dataset's features must be named like the Criteo columns: `label`,
-`I1`..`I13` and `C1`..`C26` (integers or strings; for strings "" is missing).
+`I1`..`I13` and `C1`..`C26` (integers or strings; for strings "" is missing);
+a bag column (`--multi-hot-columns`) may be a `tfds.features.Sequence` of
+strings, whose elements arrive as a tuple (or a string holding elements
+split at the separator, as in text input).
 Examples arrive in `LineBatch`es (see sources.py) with `source` =
 "tfds:<name>/<split>", line numbers = 1-based positions in the split, and
 each row the 40 values as strings, so it goes through the same validation
@@ -13,8 +16,10 @@ importable by the worker.
 from __future__ import annotations
 
 import apache_beam as beam
+import numpy as np
 
 from components.preprocess import metadata as md
+from components.preprocess.bags import BagLayout
 
 
 def _builder(name: str, data_dir: str | None):
@@ -26,8 +31,9 @@ def _builder(name: str, data_dir: str | None):
         raise ValueError(f"unknown or unprepared TFDS dataset {name!r} (data_dir={data_dir!r}): {err}") from None
 
 
-def check_tfds_dataset(name: str, data_dir: str | None, split: str) -> None:
-    """Raises ValueError when the dataset, its split or its Criteo columns are missing."""
+def check_tfds_dataset(name: str, data_dir: str | None, split: str, bags: BagLayout = BagLayout()) -> None:
+    """Raises ValueError when the dataset, its split or its Criteo columns are missing, or when a column that is
+    not a bag column is a sequence."""
     builder = _builder(name, data_dir)
     splits = builder.info.splits
     if not splits:
@@ -39,9 +45,18 @@ def check_tfds_dataset(name: str, data_dir: str | None, split: str) -> None:
     missing = [col for col in md.RAW_COLUMNS if col not in builder.info.features]
     if missing:
         raise ValueError(f"TFDS dataset {name!r} lacks features {missing}; expected {list(md.RAW_COLUMNS)}")
+    import tensorflow_datasets as tfds
+
+    sequences = [col for col in md.RAW_COLUMNS
+                 if isinstance(builder.info.features[col], tfds.features.Sequence) and col not in bags.raw_names]
+    if sequences:
+        raise ValueError(f"TFDS dataset {name!r} has sequence features {sequences} that are not bag columns; name "
+                         f"them in --multi-hot-columns (bag columns now: {','.join(bags.raw_names) or 'none'})")
 
 
-def _as_text(value) -> str:
+def _as_text(value) -> str | tuple[str, ...]:
+    if isinstance(value, np.ndarray) and value.ndim:  # a sequence feature: a bag's elements
+        return tuple(_as_text(v) for v in value.tolist())
     if isinstance(value, bytes):
         return value.decode("utf-8", errors="backslashreplace")
     if hasattr(value, "item"):

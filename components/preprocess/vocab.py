@@ -96,10 +96,13 @@ class MergeCountsFn(beam.CombineFn):
 
 
 class CountValuesFn(beam.DoFn):
-    """ParsedBatch -> (feature index, (distinct values, counts)) for each feature with a value."""
+    """ParsedBatch -> (feature index, (distinct values, counts)) for each feature with a value; a bag column
+    counts each element (a value twice in one bag counts twice)."""
 
     def process(self, batch):
         for index, column in enumerate(batch.categorical):
+            if pa.types.is_list(column.type):
+                column = column.flatten()
             counted = pc.value_counts(column)
             values, counts = counted.field("values"), counted.field("counts")
             present = pc.not_equal(values, "")

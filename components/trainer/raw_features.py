@@ -15,6 +15,11 @@ the preprocess contract (DESIGN.md 4.1), field by field:
            1 + to_hash_bucket_fast(value, N - 1) (FarmHash64), and in the
            vocabulary modes the line number k of DIR/vocab/cat_i.txt holding
            the value (unseen -> 0, the OOV id).
+  bag C<i> (metadata's multi_hot_keys): the stripped field split at the
+           stored separator (a raw tf.Example: its bytes_list values), each
+           element stripped, empty ones dropped, the first max_bag_length
+           kept, each given its id as above: a tf.RaggedTensor [B, (n)]
+           int64 (see raw_bags.py and components/preprocess/bags.py).
 
 "Stripped" means Python's str.strip(): Unicode whitespace, not only ASCII.
 A malformed input raises tf.errors.InvalidArgumentError whose message names
@@ -36,6 +41,7 @@ from components.preprocess import reasons
 from components.preprocess.reasons import SHOWN_CHARS
 from components.preprocess.metadata import RAW_CATEGORICAL, RAW_DENSE, VOCAB_DIR, Metadata, vocab_file
 from components.preprocess.rows import NEGATIVE_COUNT_POLICIES
+from components.trainer import raw_bags
 
 # The policy of metadata written before preprocess had --negative-counts: it rejected negative counts.
 LEGACY_NEGATIVE_COUNTS = "reject"
@@ -170,7 +176,8 @@ def _single_values(parsed: dict, names, default) -> tuple[tf.Tensor, tf.Tensor, 
 
 
 class RawFeatureTransform(tf.Module):
-    """Raw TSV lines or raw tf.Examples -> {"dense": [B, 13] float32, "cat_i": [B] int64}.
+    """Raw TSV lines or raw tf.Examples -> {"dense": [B, 13] float32, "cat_i": [B] int64 (a bag key: a
+    tf.RaggedTensor [B, (n)] int64)}.
 
     In the vocabulary modes each DIR/vocab/cat_i.txt becomes a
     tf.lookup.StaticHashTable initialized from the file (whole line -> line
@@ -194,6 +201,9 @@ class RawFeatureTransform(tf.Module):
                              f"the metadata has {metadata.num_dense} and {len(metadata.categorical_keys)}")
         self._dense_key = metadata.dense_key
         self._keys = tuple(metadata.categorical_keys)
+        self._caps = raw_bags.bag_caps(metadata)
+        self._bag_names = {RAW_CATEGORICAL[self._keys.index(key)] for key in self._caps}
+        self._separator = metadata.options.get("multi_hot_separator", raw_bags.DEFAULT_SEPARATOR)
         mode = metadata.options.get("vocab_mode")
         policy = metadata.options.get("negative_counts", LEGACY_NEGATIVE_COUNTS)
         if policy not in NEGATIVE_COUNT_POLICIES:
@@ -228,34 +238,49 @@ class RawFeatureTransform(tf.Module):
                             lambda n: tf.strings.join([tf.strings.as_string(n), expected]))
         with tf.control_dependencies([wrong_count]):
             fields = fields[:, -TSV_FIELDS[1]:].to_tensor("", shape=[None, TSV_FIELDS[1]])
-        return self._features(dense_from_text(fields[:, : len(RAW_DENSE)], self._clamp_negative), strip(fields[:, len(RAW_DENSE):]))
+        values = strip(fields[:, len(RAW_DENSE):])
+        columns = [raw_bags.split_field(values[:, i], self._separator) if name in self._bag_names else values[:, i]
+                   for i, name in enumerate(RAW_CATEGORICAL)]
+        return self._features(dense_from_text(fields[:, : len(RAW_DENSE)], self._clamp_negative), columns)
 
     def from_examples(self, serialized) -> dict[str, tf.Tensor]:
-        """[B] serialized tf.Examples with I1..I13 int64 and C1..C26 bytes, 0 or 1 values each."""
+        """[B] serialized tf.Examples with I1..I13 int64 and C1..C26 bytes, 0 or 1 values each (0..n for a bag)."""
         spec = {name: tf.io.RaggedFeature(tf.int64) for name in RAW_DENSE}
         spec.update({name: tf.io.RaggedFeature(tf.string) for name in RAW_CATEGORICAL})
         parsed = tf.io.parse_example(serialized, spec)
         # One check after the other, in the order of components/preprocess/reasons.py: the bytes, then the
         # structure (like a line's field count), then the counts.
-        raw_values = tf.stack([parsed[name].to_tensor("", shape=[None, 1])[:, 0] for name in RAW_CATEGORICAL], axis=1)
+        raw_values = tf.stack([raw_bags.joined(parsed[name], self._separator) if name in self._bag_names
+                               else parsed[name].to_tensor("", shape=[None, 1])[:, 0] for name in RAW_CATEGORICAL],
+                              axis=1)
+        one_hot = [name for name in RAW_CATEGORICAL if name not in self._bag_names]
         with tf.control_dependencies([check(is_utf8(raw_values), raw_values, RAW_CATEGORICAL, "invalid UTF-8")]):
             counts, present, checks = _single_values(parsed, RAW_DENSE, tf.constant(0, tf.int64))
-            values, _, more = _single_values(parsed, RAW_CATEGORICAL, "")
+            values, _, more = _single_values(parsed, one_hot, "")
         with tf.control_dependencies(checks + more):
             dense = dense_from_counts(counts, present, self._clamp_negative)
-        return self._features(dense, strip(values))
+            values = strip(values)
+            columns = [parsed[name] if name in self._bag_names else values[:, one_hot.index(name)]
+                       for name in RAW_CATEGORICAL]
+        return self._features(dense, columns)
 
-    def _features(self, dense: tf.Tensor, values: tf.Tensor) -> dict[str, tf.Tensor]:
+    def _ids(self, i: int, key: str, values: tf.Tensor) -> tf.Tensor:
+        """Ids of the (stripped, non-missing) values of feature i, by the hash or vocabulary rule."""
+        if self._hash_buckets is not None:
+            return 1 + tf.strings.to_hash_bucket_fast(values, self._hash_buckets[i] - 1)
+        if key in self.tables:
+            return self.tables[key].lookup(values)
+        return tf.zeros_like(values, tf.int64)
+
+    def _features(self, dense: tf.Tensor, columns: list) -> dict:
+        """`columns[i]`: [B] stripped values of a one-hot feature, [B, (n)] raw elements of a bag."""
         features = {self._dense_key: dense}
-        missing = tf.equal(values, "")
-        for i, key in enumerate(self._keys):
-            if self._hash_buckets is not None:
-                ids = 1 + tf.strings.to_hash_bucket_fast(values[:, i], self._hash_buckets[i] - 1)
-            elif key in self.tables:
-                ids = self.tables[key].lookup(values[:, i])
+        for i, (key, column) in enumerate(zip(self._keys, columns)):
+            ids_of = functools.partial(self._ids, i, key)
+            if key in self._caps:
+                features[key] = raw_bags.bag_ids(column, self._caps[key], strip, ids_of)
             else:
-                ids = tf.zeros_like(values[:, i], tf.int64)
-            features[key] = tf.where(missing[:, i], tf.constant(0, tf.int64), ids)
+                features[key] = tf.where(tf.equal(column, ""), tf.constant(0, tf.int64), ids_of(column))
         return features
 
 

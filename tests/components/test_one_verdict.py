@@ -27,7 +27,7 @@ import tempfile
 import numpy as np
 import pytest
 import tensorflow as tf
-from hypothesis import HealthCheck, Phase, given, settings
+from hypothesis import HealthCheck, Phase, example, given, settings
 from hypothesis import strategies as st
 
 from components.preprocess.metadata import CATEGORICAL_KEYS, DENSE_KEY, RAW_CATEGORICAL, RAW_DENSE, load_metadata
@@ -35,6 +35,7 @@ from components.preprocess.pipeline import main as preprocess
 from components.preprocess.rows import RowError, parse_fields
 from components.predict import main as predict
 from components.trainer.raw_features import RawFeatureTransform
+from tests.components.preprocess import bag_reference
 from tests.components.preprocess.golden import canonical
 from tests.components.trainer import raw_logs
 from tests.components.trainer.served_model import export_random_model
@@ -129,8 +130,9 @@ def _serving_refusals(lines: list[bytes], output: dict, policy: str) -> dict[int
     return refusals
 
 
-def _raw_example(line: bytes) -> bytes | None:
-    """The row of a TSV line as a raw tf.Example (the label left out), or None when a count has no int64 form."""
+def _raw_example(line: bytes, bags: tuple[int, ...] = ()) -> bytes | None:
+    """The row of a TSV line as a raw tf.Example (the label left out), or None when a count has no int64 form;
+    the fields of the categorical indices `bags` become bytes_lists of their comma-separated elements."""
     fields = line.rstrip(b"\r").split(b"\t")[-(len(RAW_DENSE) + len(RAW_CATEGORICAL)):]
     example = tf.train.Example()
     feature = example.features.feature
@@ -145,9 +147,9 @@ def _raw_example(line: bytes) -> bytes | None:
         if not -2**63 <= count < 2**63:
             return None
         feature[name].int64_list.value.append(count)
-    for name, text in zip(RAW_CATEGORICAL, fields[len(RAW_DENSE):]):
+    for i, (name, text) in enumerate(zip(RAW_CATEGORICAL, fields[len(RAW_DENSE):])):
         if text:
-            feature[name].bytes_list.value.append(text)
+            feature[name].bytes_list.value.extend(text.split(b",") if i in bags else [text])
     return example.SerializeToString()
 
 
@@ -240,3 +242,78 @@ def test_the_generated_rows_cover_every_odd_form():
     assert {"+5", " 5", "5.0", "1e3", "\u0665", "1" * 30, "-0", ""} <= set(COUNTS)
     assert any(len(v) > 100 for v in VALUES) and any(not v.isascii() for v in VALUES) and "\"quoted\"" in VALUES
     assert math.isfinite(float(COUNTS[9]))  # the 30-digit count fits float64: kept, as log1p(1e30-ish)
+
+
+# Bags: C3 and C21 hold comma-separated elements (C21 capped at 3); elements with spaces, empty ones, non-ASCII,
+# quotes and any text, on top of the odd rows above.
+BAGS = (2, 20)
+BAG_FLAGS = ["--multi-hot-columns", "C3,C21", "--max-bag-length", "C21:3"]
+ELEMENTS = ["", "a", " a ", "b", "caf\u00e9", "\u00a0x\u00a0", "68fd1e64", "\"q\""]
+
+
+@st.composite
+def bag_lines(draw) -> list[bytes]:
+    lines = []
+    for line in draw(raw_lines()):
+        fields = line.split(b"\t")
+        if len(fields) == 40:
+            for i in BAGS:
+                elements = draw(st.lists(st.one_of(st.sampled_from(ELEMENTS), TEXT), max_size=6))
+                fields[14 + i] = ",".join(elements).encode("utf-8")
+        lines.append(b"\t".join(fields))
+    return lines
+
+
+def _ids_rows(features, n: int) -> list[tuple]:
+    return [tuple(tuple(features[k][i].numpy().tolist()) if isinstance(features[k], tf.RaggedTensor)
+                  else (int(features[k][i]),) for k in CATEGORICAL_KEYS) for i in range(n)]
+
+
+def _check_bag_serving(transform: RawFeatureTransform, lines: list[bytes], output: dict, policy: str) -> None:
+    dead = {r["line_number"]: r["reason"] for r in output["dead_letter"]}
+    kept = [line for number, line in enumerate(lines, start=1) if number not in dead]
+    if kept:
+        features = transform.from_tsv(kept)
+        got = sorted(zip(_ids_rows(features, len(kept)), features[DENSE_KEY].numpy().tolist()))
+        want = sorted((tuple(map(tuple, example[2])), example[1]) for example in output["train"] + output["eval"])
+        assert [ids for ids, _ in got] == [ids for ids, _ in want]
+        np.testing.assert_allclose([d for _, d in got], [d for _, d in want], rtol=DENSE_RTOL, atol=0)
+        examples = [(i, _raw_example(line, BAGS)) for i, line in enumerate(kept)]
+        examples = [(i, e) for i, e in examples if e is not None]
+        if examples:
+            from_examples = _ids_rows(transform.from_examples([e for _, e in examples]), len(examples))
+            assert from_examples == [_ids_rows(features, len(kept))[i] for i, _ in examples]
+    refusals = _serving_refusals(lines, output, policy)
+    for number in dead:
+        if number not in refusals:
+            transform.from_tsv([lines[number - 1]])
+            continue
+        with pytest.raises(tf.errors.InvalidArgumentError) as err:
+            transform.from_tsv([lines[number - 1]])
+        assert _kind(_serving_message(err.value)) == refusals[number], (number, lines[number - 1])
+
+
+@settings(max_examples=2, deadline=None, derandomize=True, phases=[Phase.explicit, Phase.generate],
+          suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow,
+                                 HealthCheck.data_too_large])
+@given(lines=bag_lines())
+@example(lines=[line.encode("utf-8") for line in bag_reference.bag_lines(rows=24)])  # long bags, cut by the cap
+def test_preprocess_and_serving_agree_on_bags(lines):
+    """Issue 20: with bag columns, serve_tsv and serving_default give every kept row the ragged ids preprocess
+    wrote (hash and vocabulary modes, a cap), and refuse the dead-lettered rows with the same reasons."""
+    root = tempfile.mkdtemp(prefix="one-verdict-bags-")
+    try:
+        lines_path = os.path.join(root, "lines.tsv")
+        with open(lines_path, "wb") as f:
+            f.write(b"".join(line + b"\n" for line in lines))
+        for mode in ("hash", "vocab"):
+            out = os.path.join(root, mode)
+            flags = (["--hash-buckets", ",".join(map(str, raw_logs.HASH_BUCKETS))] if mode == "hash"
+                     else ["--min-frequency", "1"])
+            assert preprocess(["--input", lines_path, "--output", out, "--eval-fraction", "0.3", "--no-progress",
+                               *BAG_FLAGS, *flags]) == 0
+            output = canonical(out)
+            assert sum(output["row_counts"].values()) + output["dead_letter_count"] == len(lines)
+            _check_bag_serving(RawFeatureTransform(load_metadata(out), out), lines, output, "clamp")
+    finally:
+        shutil.rmtree(root, ignore_errors=True)

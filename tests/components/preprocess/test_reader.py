@@ -77,3 +77,67 @@ def test_load_metadata_rejects_missing_fields(tmp_path):
     (tmp_path / "metadata.json").write_text('{"format_version": 1}')
     with pytest.raises(ValueError, match="missing fields"):
         load_metadata(tmp_path)
+
+
+@pytest.fixture(scope="module")
+def bag_dir(tmp_path_factory):
+    from tests.components.preprocess import bag_reference as ref
+
+    root = tmp_path_factory.mktemp("bags")
+    (root / "in.tsv").write_text("".join(line + "\n" for line in ref.bag_lines(rows=64)), encoding="utf-8")
+    out = str(root / "out")
+    assert pipeline.main(["--input", str(root / "in.tsv"), "--output", out, "--hash-buckets", "7", "--num-shards",
+                          "2", "--multi-hot-columns", "C3,C21", "--eval-fraction", "0", "--no-progress"]) == 0
+    return out
+
+
+def _bag_rows(features, label):
+    """Batch -> [(label, ids of each feature as a tuple)], reading ragged bag keys row by row."""
+    rows = []
+    for b in range(label.shape[0]):
+        ids = []
+        for i in range(26):
+            value = features[f"cat_{i}"]
+            ids.append(tuple(value[b].numpy().tolist()) if isinstance(value, tf.RaggedTensor) else (int(value[b]),))
+        rows.append((int(label[b]), tuple(ids)))
+    return rows
+
+
+def test_bag_keys_are_ragged(bag_dir):
+    from tests.components.preprocess import bag_reference as ref
+
+    meta = load_metadata(bag_dir)
+    got = []
+    for features, label in make_dataset(f"{bag_dir}/Split-train/*", meta, 5, shuffle=False, num_epochs=1):
+        for key in ("cat_2", "cat_20"):
+            assert isinstance(features[key], tf.RaggedTensor) and features[key].ragged_rank == 1
+            assert features[key].dtype == tf.int64 and features[key].row_splits.dtype == tf.int64
+        assert features["cat_0"].shape.rank == 1
+        got += _bag_rows(features, label)
+    assert sorted(got) == ref.read_ids(bag_dir)
+    assert any(len(ids[20]) == 0 for _, ids in got) and any(len(ids[20]) > 3 for _, ids in got)
+
+
+def test_ragged_bags_pass_through_a_distributed_input_pipeline(bag_dir, mirrored_strategy):
+    """MirroredStrategy over the two logical CPUs: every example reaches exactly one replica, bags intact."""
+    from tests.components.preprocess import bag_reference as ref
+
+    meta = load_metadata(bag_dir)
+
+    def dataset_fn(context):
+        return make_dataset(f"{bag_dir}/Split-train/*", meta, context.get_per_replica_batch_size(8), shuffle=False,
+                            num_epochs=1, input_context=context)
+
+    distributed = mirrored_strategy.distribute_datasets_from_function(dataset_fn)
+    got, replicas = [], set()
+    step = tf.function(lambda f: mirrored_strategy.run(lambda x: tf.reduce_sum(x["cat_20"].flat_values), args=(f,)))
+    for features, label in distributed:
+        sums = mirrored_strategy.experimental_local_results(step(features))
+        for r, (f, l) in enumerate(zip(mirrored_strategy.experimental_local_results(features),
+                                       mirrored_strategy.experimental_local_results(label))):
+            assert isinstance(f["cat_20"], tf.RaggedTensor)
+            replicas.add(r)
+            rows = _bag_rows(f, l)
+            assert int(sums[r]) == sum(sum(ids[20]) for _, ids in rows)  # the replica's step saw its own bags
+            got += rows
+    assert sorted(got) == ref.read_ids(bag_dir) and replicas == {0, 1}

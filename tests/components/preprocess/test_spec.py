@@ -18,7 +18,7 @@ def spec(**changes) -> PreprocessSpec:
 @pytest.mark.parametrize("field, value, message", [
     ("input", "", "input must be a non-empty path"),
     ("output", None, "output must be a non-empty path"),
-    ("format", "parquet", "format must be one of tsv, csv, tfds, got 'parquet'"),
+    ("format", "orc", "format must be one of tsv, csv, tfds, parquet, got 'orc'"),
     ("eval_fraction", 1.5, "eval_fraction must be in [0, 1], got 1.5"),
     ("eval_fraction", -0.1, "eval_fraction must be in [0, 1], got -0.1"),
     ("eval_fraction", "0.1", "eval_fraction must be in [0, 1]"),

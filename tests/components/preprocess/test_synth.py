@@ -139,3 +139,51 @@ def test_logistic_model_on_true_features_approaches_bayes_auc(tmp_path):
     test_idx, test_xd, _, _ = _design(cats[n_train:], dense[n_train:], columns)
     auc = mann_whitney_auc(model(test_idx, test_xd), labels[n_train:])
     assert auc > meta["bayes_auc"] - 0.04, (auc, meta["bayes_auc"])
+
+
+def test_one_hot_output_is_the_same_bytes_as_before_bags(tmp_path):
+    """Captured with the generator of commit 6fb86a4 (before --multi-hot): data and .meta.json, byte for byte."""
+    import hashlib
+
+    path = str(tmp_path / "g.tsv")
+    assert synth.main(["--rows", "3000", "--output", path, "--seed", "3", "--vocab-sizes", "50", "--no-progress"]) == 0
+    digest = lambda p: hashlib.sha256(open(p, "rb").read()).hexdigest()  # noqa: E731
+    assert digest(path) == "d2e70ea26a8ab15fa4ba955cc9aee66c55c23e856d7ec2cb2e264692ff769341"
+    assert digest(path + ".meta.json") == "da3f5c7fff10bea2e214d088de344bd76c75ede3ea32be61a86fbacccbb85b2d"
+
+
+MLPERF_SIZES = (3, 2, 1, 2, 6, 1, 1, 1, 1, 7, 3, 8, 1, 6, 9, 5, 1, 1, 1, 12, 100, 27, 10, 3, 1, 1)
+
+
+def test_multi_hot_mlperf_bags_and_their_truth(tmp_path):
+    """--multi-hot mlperf: each bag column holds its MLPerf size of comma-separated values (or is empty), the
+    .meta.json names the bag columns, the logit is the bias + dense part + sum of per-value weights / sqrt(size)
+    (recomputed here from the generator's parameters and the file's values), and bayes_auc is the AUC of the
+    true probabilities."""
+    path = str(tmp_path / "m.tsv")
+    assert synth.main(["--rows", "4000", "--output", path, "--seed", "2", "--vocab-sizes", "50", "--multi-hot",
+                       "mlperf", "--no-progress"]) == 0
+    meta = json.load(open(path + ".meta.json"))
+    assert meta["multi_hot_columns"] == [f"C{f + 1}" for f, k in enumerate(MLPERF_SIZES) if k > 1]
+    assert meta["bag_sizes"] == list(MLPERF_SIZES) and meta["multi_hot_separator"] == ","
+    labels, dense, cats = _read_tsv(path)
+    for f, size in enumerate(MLPERF_SIZES):
+        lengths = {len(row[f].split(",")) for row in cats if row[f]}
+        assert lengths == {size}, (f, lengths)
+    truth = GroundTruth(SynthConfig(seed=2, vocab_sizes=(50,) * 26, bag_sizes=MLPERF_SIZES))
+    chunk = truth.sample(4000, chunk_index=0)
+    np.testing.assert_array_equal(chunk.label, labels)
+    hexes = [{format(int(h), "08x"): v for v, h in enumerate(_hex_table(f))} for f in range(26)]
+    logit = np.full(4000, truth.bias) + chunk.logit_parts[:, 0]
+    for f, size in enumerate(MLPERF_SIZES):
+        ids = [[hexes[f][v] for v in row[f].split(",")] if row[f] else [] for row in cats]
+        logit += np.array([truth.weights[f][i].astype(np.float64).sum() for i in ids]) / np.sqrt(size)
+    np.testing.assert_allclose(1 / (1 + np.exp(-logit)), chunk.prob, rtol=1e-9)
+    assert abs(mann_whitney_auc(chunk.prob, labels) - meta["bayes_auc"]) < 1e-4
+    assert 0.75 <= meta["bayes_auc"] <= 0.88
+
+
+def _hex_table(f):
+    from components.preprocess.synth_truth import hex_ids
+
+    return hex_ids(f, np.arange(50))

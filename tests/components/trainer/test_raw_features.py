@@ -9,6 +9,7 @@ never from the code under test.
 from __future__ import annotations
 
 import ast
+import dataclasses
 import json
 import math
 import os
@@ -214,3 +215,63 @@ def test_vocabulary_file_and_metadata_must_agree(tmp_path):
 def test_bad_metadata_is_rejected(tmp_path, metadata, message):
     with pytest.raises(ValueError, match=message):
         RawFeatureTransform(metadata, str(tmp_path))
+
+
+def _ragged_rows(features, n):
+    """Features of n rows -> sorted [(ids of each feature as a tuple)]; bag keys are RaggedTensors."""
+    rows = []
+    for b in range(n):
+        ids = []
+        for key in CATEGORICAL_KEYS:
+            value = features[key]
+            if isinstance(value, tf.RaggedTensor):
+                assert value.dtype == tf.int64 and value.row_splits.dtype == tf.int64 and value.ragged_rank == 1
+                ids.append(tuple(value[b].numpy().tolist()))
+            else:
+                ids.append((int(value[b]),))
+        rows.append(tuple(ids))
+    return sorted(rows)
+
+
+@pytest.mark.parametrize("flags", [["--hash-buckets", "7"], ["--min-frequency", "2"]])
+def test_bags_from_tsv_and_raw_examples_match_preprocess(tmp_path, flags):
+    """Bag columns C3 and C21 (cap 5): serve_tsv and serving_default give each kept row the ids preprocess wrote
+    and the Python reference computes, as RaggedTensors."""
+    from components.preprocess.pipeline import main
+    from tests.components.preprocess import bag_reference as ref
+
+    lines = ref.bag_lines(rows=60)
+    (tmp_path / "in.tsv").write_text("".join(line + "\n" for line in lines), encoding="utf-8")
+    out = str(tmp_path / "out")
+    assert main(["--input", str(tmp_path / "in.tsv"), "--output", out, "--multi-hot-columns", "C3,C21",
+                 "--max-bag-length", "C21:5", "--no-progress", *flags]) == 0
+    transform = RawFeatureTransform(load_metadata(out), out)
+    kept = [line.encode("utf-8") for line in lines if len(line.split("\t")) == 40 and line[0] in "01"]
+    want = sorted(ids for _, ids in ref.read_ids(out))
+    assert _ragged_rows(transform.from_tsv(kept), len(kept)) == want
+    examples = []
+    for line in kept:
+        fields = line.decode("utf-8").split("\t")
+        overrides = {name: [e.encode("utf-8") for e in fields[14 + i].split(",")] if fields[14 + i] else []
+                     for i, name in ((2, "C3"), (20, "C21"))}
+        examples.append(raw_logs.raw_example(line, **overrides))
+    assert _ragged_rows(transform.from_examples(examples), len(kept)) == want
+    rows = ref.good_rows(lines)
+    vocab = ref.vocabularies(rows, 2) if flags[0] == "--min-frequency" else None
+    assert want == sorted(ids for _, ids in ref.expected_ids(rows, "hash" if vocab is None else "vocab", 7, vocab))
+
+
+def test_bag_elements_are_checked_for_utf8(tmp_path):
+    metadata = raw_logs.write_preprocess_dir(str(tmp_path), "hash")
+    metadata = dataclasses.replace(metadata, multi_hot_keys=("cat_20",), options={**metadata.options,
+                                   "multi_hot_separator": ",", "max_bag_length": {"cat_20": None}})
+    transform = RawFeatureTransform(metadata, str(tmp_path))
+    good = raw_logs.good_lines()[0]
+    with pytest.raises(tf.errors.InvalidArgumentError, match="invalid UTF-8 in C21"):
+        transform.from_examples([raw_logs.raw_example(good, C21=[b"ok", b"\xff"])])
+    # Many values in a bag feature are fine; in a one-hot one they are refused.
+    features = transform.from_examples([raw_logs.raw_example(good, C21=[b"a", b" b ", b""])])
+    assert features["cat_20"].numpy().tolist() == [[raw_logs._hash_id(v, raw_logs.HASH_BUCKETS[20])
+                                                    for v in ("a", "b")]]
+    with pytest.raises(tf.errors.InvalidArgumentError, match="more than one value"):
+        transform.from_examples([raw_logs.raw_example(good, C20=[b"a", b"b"])])
