@@ -6,18 +6,10 @@ GPU per pod), replica r holds only the rows with `id % N == r`, at local row
 `ceil(rows / N)` rows on every replica (the last rows of some shards are
 padding, zero and never looked up), so collectives see equal shapes.
 
-A lookup, inside `strategy.run`:
-  1. all-gather the batch's ids from every replica (N x batch ids);
-  2. `tf.unique` them: the same distinct ids, in the same order, everywhere;
-  3. gather the distinct ids this replica owns from its local shard;
-  4. all-reduce (sum) the `[distinct, dim]` block, zero where not owned:
-     every replica now has every distinct row;
-  5. gather the rows of its own ids.
-The backward pass runs the same exchange in reverse: the upstream gradient
-is summed per distinct id, all-reduced, and each replica keeps the rows it
-owns, as `tf.IndexedSlices` on its shard, already summed over the global
-batch. Communication is O(global batch x features x dim) per step, never
-O(table). The optimizers apply those slices to the shard directly, with no
+A lookup and its gradient exchange the batch's distinct ids and rows with
+TF collectives, O(global batch x features x dim) per step, never O(table)
+(the protocol: `optimizers/row_exchange.py`). The optimizers apply the
+gradient, `tf.IndexedSlices` on the local shard, directly, with no
 all-reduce (see `SparseOptimizer`).
 
 Every row starts from `RowUniform`'s value for its global id, so a sharded
@@ -37,7 +29,8 @@ import numpy as np
 import tensorflow as tf
 from tensorflow.python.ops import resource_variable_ops  # a variable that skips the strategy's creator
 
-from optimizers.embedding import check_ids
+from optimizers.embedding import COMBINERS, check_ids, pooled_lookup_tf
+from optimizers.row_exchange import exchange_block, exchange_rows
 from optimizers.initializers import RowUniform, can_fill_now, fill_rows, shard_initializer
 
 SHARD_ATTRIBUTE = "_embedopt_shard"
@@ -125,42 +118,6 @@ def _worker_device(strategy) -> str | None:
     return devices[0] if devices else None
 
 
-def exchange_rows(shard: tf.Variable, ids: tf.Tensor, num_shards: int, shard_index: int) -> tf.Tensor:
-    """The rows of `ids` (global, any shape) from a table sharded over the replicas; see the module docstring."""
-    ctx = tf.distribute.get_replica_context()
-    if ctx is None or ctx.num_replicas_in_sync != num_shards:
-        raise RuntimeError(
-            f"a table sharded over {num_shards} replicas must be looked up inside `strategy.run` of the strategy "
-            f"it was built under (replica context: {ctx}); to serve it, export it whole (see "
-            "`optimizers.sharded.gather_table`)")
-    width = shard.shape[1]
-    flat = tf.reshape(ids, [-1])
-    count = tf.size(flat, out_type=tf.int64)
-    all_ids = ctx.all_gather(flat, axis=0)  # [N * count]; equal batch shapes on every replica
-    distinct, position = tf.unique(all_ids, out_idx=tf.int64)
-    owned = tf.where(tf.equal(distinct % num_shards, shard_index))[:, 0]
-    local_rows = tf.gather(distinct, owned) // num_shards
-    num_distinct = tf.size(distinct, out_type=tf.int64)
-
-    @tf.custom_gradient
-    def exchange(owned_rows):
-        block = tf.scatter_nd(owned[:, None], owned_rows, tf.stack([num_distinct, width]))
-        block = ctx.all_reduce(tf.distribute.ReduceOp.SUM, block)
-
-        def grad(upstream):
-            if isinstance(upstream, tf.IndexedSlices):
-                upstream = tf.math.unsorted_segment_sum(upstream.values, upstream.indices, num_distinct)
-            upstream = ctx.all_reduce(tf.distribute.ReduceOp.SUM, upstream)
-            return tf.gather(upstream, owned)
-
-        return block, grad
-
-    block = exchange(tf.gather(shard, local_rows))
-    mine = position[shard_index * count:(shard_index + 1) * count]
-    rows = tf.gather(block, mine)
-    return tf.reshape(rows, tf.concat([tf.shape(ids), [width]], axis=0))
-
-
 @keras.saving.register_keras_serializable(package="embedopt")
 class ShardedEmbedding(keras.layers.Layer):
     """An embedding table split by rows over the replicas of a multi-worker job.
@@ -177,11 +134,17 @@ class ShardedEmbedding(keras.layers.Layer):
     a frequency-ordered vocabulary, spread over all replicas). The lookup
     and its gradient exchange the batch's distinct ids and rows with TF
     collectives; `SparseOptimizer`s apply the gradient to the local shard
-    and its slots only. See `optimizers/sharded.py` for the protocol.
+    and its slots only. See `optimizers/row_exchange.py` for the protocol.
 
     Build it inside `strategy.scope()` of a `MultiWorkerMirroredStrategy`
     (one replica per process: `MirroredStrategy` over several devices is
     refused with an error that says to use workers).
+
+    With a `combiner` it pools bags of ids as `SparseEmbedding` does: the
+    input is a `[batch, ids]` matrix or a `tf.RaggedTensor` `[batch, (ids)]`
+    (bag sizes may differ between replicas), optionally with per-id
+    `weights`, and the output `[batch, output_dim]`; each bag's rows come
+    through the exchange, then pool on the replica that asked.
 
     Args:
         input_dim: rows of the whole table, > 0.
@@ -189,6 +152,7 @@ class ShardedEmbedding(keras.layers.Layer):
         embeddings_initializer: a `RowUniform` (default `RowUniform()`):
             each replica builds its own rows, equal to the unsharded table's.
         validate_ids: check ids against `[0, input_dim)` (default True).
+        combiner: None (one row per id), `"sum"`, `"mean"` or `"sqrtn"`.
 
     Example:
         >>> strategy = tf.distribute.MultiWorkerMirroredStrategy()
@@ -198,7 +162,8 @@ class ShardedEmbedding(keras.layers.Layer):
         >>> strategy.run(lambda ids: table(ids), args=(ids,))
     """
 
-    def __init__(self, input_dim, output_dim, embeddings_initializer=None, validate_ids=True, **kwargs):
+    def __init__(self, input_dim, output_dim, embeddings_initializer=None, validate_ids=True, combiner=None,
+                 **kwargs):
         kwargs.setdefault("autocast", False)
         super().__init__(**kwargs)
         for name, value in (("input_dim", input_dim), ("output_dim", output_dim)):
@@ -212,6 +177,9 @@ class ShardedEmbedding(keras.layers.Layer):
         self.input_dim, self.output_dim = input_dim, output_dim
         self.embeddings_initializer = initializer
         self.validate_ids = bool(validate_ids)
+        if combiner is not None and combiner not in COMBINERS:
+            raise ValueError(f"ShardedEmbedding: `combiner` must be None or one of {COMBINERS}, got {combiner!r}")
+        self.combiner = combiner
         self.spec: ShardSpec | None = None
 
     def build(self, input_shape=None):
@@ -232,10 +200,14 @@ class ShardedEmbedding(keras.layers.Layer):
         setattr(self.embeddings.value, SHARD_ATTRIBUTE, self.spec)
         self.built = True
 
-    def call(self, ids):
+    def call(self, ids, weights=None):
         if not ids.dtype.is_integer:
             raise TypeError(f"ShardedEmbedding {self.name!r}: ids must be integers, got {ids.dtype.name}")
+        if weights is not None and self.combiner is None:
+            raise ValueError(f"ShardedEmbedding {self.name!r}: `weights` need a `combiner`")
         ids = tf.cast(ids, tf.int64)
+        if self.combiner is not None:
+            return tf.cast(self._pooled(ids, weights), self.compute_dtype)
         if self.validate_ids:
             ids = check_ids(f"ShardedEmbedding {self.name!r}", ids, self.input_dim)
         table = self.embeddings.value
@@ -245,14 +217,33 @@ class ShardedEmbedding(keras.layers.Layer):
             rows = exchange_rows(table, ids, self.spec.num_shards, self.spec.shard_index)
         return tf.cast(rows, self.compute_dtype)
 
+    def _pooled(self, ids, weights):
+        """Bags of `ids` pooled by the combiner: the exchanged block is the table the local pooling reads."""
+        if not isinstance(ids, tf.RaggedTensor):
+            ids = tf.RaggedTensor.from_tensor(ids)
+            weights = None if weights is None else tf.RaggedTensor.from_tensor(weights)
+        table = self.embeddings.value
+        if weights is not None:
+            weights = weights.with_values(tf.cast(weights.values, table.dtype))
+        values = ids.values
+        if self.validate_ids:
+            values = check_ids(f"ShardedEmbedding {self.name!r}", values, self.input_dim)
+        if self.spec.num_shards == 1:
+            return pooled_lookup_tf(table, ids.with_values(values), weights, self.combiner)
+        block, positions = exchange_block(table, values, self.spec.num_shards, self.spec.shard_index,
+                                          equal_counts=False)
+        return pooled_lookup_tf(block, ids.with_values(positions), weights, self.combiner)
+
     def compute_output_shape(self, input_shape):
+        if self.combiner is not None:
+            return (input_shape[0], self.output_dim)
         return tuple(input_shape) + (self.output_dim,)
 
     def get_config(self):
         config = super().get_config()
         config.update(input_dim=self.input_dim, output_dim=self.output_dim,
                       embeddings_initializer=keras.initializers.serialize(self.embeddings_initializer),
-                      validate_ids=self.validate_ids)
+                      validate_ids=self.validate_ids, combiner=self.combiner)
         return config
 
 

@@ -15,8 +15,25 @@ import os
 import sys
 
 from components.cli import HelpFormatter, positive_int
+from components.trainer.run_report import PROG, SUMMARY_KEYS, report
 
-PROG = "embedopt train"
+# The flags a --preset may set: (argparse dest, TrainerConfig field). Their argparse default is None, so that
+# "not given" is known: given > preset > TrainerConfig default.
+PRESET_FLAGS = (("optimizer", "optimizer"), ("dense_optimizer", "dense_optimizer"),
+                ("learning_rate", "learning_rate"), ("dense_learning_rate", "dense_learning_rate"),
+                ("batch_size", "batch_size"), ("embedding_dim", "embedding_dim"), ("interaction", "interaction"),
+                ("bottom_mlp", "bottom_mlp"), ("top_mlp", "top_mlp"), ("cross_layers", "cross_layers"),
+                ("cross_rank", "cross_rank"))
+
+
+def non_negative_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected an integer >= 0, got {text!r}") from None
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"expected an integer >= 0, got {text!r}")
+    return value
 
 
 def _widths(text: str) -> list[int]:
@@ -33,6 +50,7 @@ def build_parser() -> argparse.ArgumentParser:
     from components.preprocess.metadata import METADATA_FILE, TRAIN_DIR, ExamplesLayout
     from components.trainer import early_stopping as stopping
     from components.trainer import fn_args as keys
+    from components.trainer.presets import PRESETS, describe
 
     defaults = keys.TrainerConfig()
     p = argparse.ArgumentParser(formatter_class=HelpFormatter,
@@ -65,21 +83,29 @@ def build_parser() -> argparse.ArgumentParser:
                      "a run restarted with the same dir resumes from its latest checkpoint")
     model = p.add_argument_group("model and optimizers (custom_config)")
     names = ", ".join(keys.OPTIMIZER_NAMES)
-    model.add_argument("--optimizer", default=defaults.optimizer, choices=keys.OPTIMIZER_NAMES, metavar="NAME",
-                       help=f"optimizer of the embedding tables (sparse path): {names}")
-    model.add_argument("--dense-optimizer", default=defaults.dense_optimizer, choices=keys.OPTIMIZER_NAMES,
-                       metavar="NAME", help="optimizer of the MLP weights, one of the names above")
-    model.add_argument("--learning-rate", type=float, default=defaults.learning_rate, help="embedding learning rate")
-    model.add_argument("--dense-learning-rate", type=float, default=defaults.dense_learning_rate,
-                       help="dense learning rate")
+    presets = "; ".join(f"{name}: {describe(name)}" for name in PRESETS)
+    model.add_argument("--preset", choices=sorted(PRESETS), metavar="NAME",
+                       help=f"start from a known model's settings ({presets}; the bottom MLP ends in the embedding "
+                       "dim, the top MLP in the logit); each flag below given beside it wins "
+                       "over the preset's value, so e.g. --embedding-dim 16 --batch-size 1024 scales it down for a CPU "
+                       "(default: none, the defaults below)")
+    model.add_argument("--optimizer", choices=keys.OPTIMIZER_NAMES, metavar="NAME",
+                       help=f"optimizer of the embedding tables (sparse path): {names} "
+                       f"(default: {defaults.optimizer})")
+    model.add_argument("--dense-optimizer", choices=keys.OPTIMIZER_NAMES, metavar="NAME",
+                       help=f"optimizer of the MLP weights, one of the names above (default: {defaults.dense_optimizer})")
+    model.add_argument("--learning-rate", type=float,
+                       help=f"embedding learning rate (default: {defaults.learning_rate})")
+    model.add_argument("--dense-learning-rate", type=float,
+                       help=f"dense learning rate (default: {defaults.dense_learning_rate})")
     model.add_argument("--batch-size", type=positive_int,
                        help=f"GLOBAL batch size, split over all replicas of all workers (default: {defaults.batch_size} "
                        f"with --train-steps; without it the largest power of two from {stopping.AUTO_BATCH_MIN} to "
                        f"{stopping.AUTO_BATCH_MAX} that makes one pass over the train split at least "
                        f"{stopping.MIN_STEPS_PER_EPOCH} steps)")
-    model.add_argument("--embedding-dim", type=positive_int, default=defaults.embedding_dim,
+    model.add_argument("--embedding-dim", type=positive_int,
                        help="embedding width, also the bottom MLP's output width; tables have one more column for the "
-                       "wide term")
+                       f"wide term (default: {defaults.embedding_dim})")
     model.add_argument("--table-layout", choices=keys.TABLE_LAYOUTS, default=defaults.table_layout,
                        help="per_feature: one table per categorical feature, sized by metadata vocab_sizes; "
                        "shared: one table of sum(vocab sizes) rows with per-feature offsets, one lookup and one "
@@ -89,12 +115,24 @@ def build_parser() -> argparse.ArgumentParser:
                        "holds the rows with id %% N == r (tables N times larger fit; ids and rows are exchanged "
                        "each step). row needs one replica per process: --local-workers N or a multi-worker job "
                        f"(default: {defaults.table_sharding})")
-    model.add_argument("--interaction", choices=keys.INTERACTIONS, default=defaults.interaction,
-                       help="dot: pairwise dot products of the feature vectors (DLRM); concat: concatenation")
-    model.add_argument("--bottom-mlp", type=_widths, default=list(defaults.bottom_mlp),
-                       help="hidden widths of the MLP on dense features, e.g. 64,32 (default: 64,32)")
-    model.add_argument("--top-mlp", type=_widths, default=list(defaults.top_mlp),
-                       help="hidden widths of the MLP after the interaction (default: 64,32)")
+    model.add_argument("--bag-combiner", choices=keys.BAG_COMBINERS, default=defaults.bag_combiner,
+                       help="how a multi-hot feature (the metadata's multi_hot_keys) pools its bag of ids into one "
+                       "vector: sum, mean (divided by the bag's length) or sqrtn (by its square root); an empty bag "
+                       "gives zeros")
+    model.add_argument("--interaction", choices=keys.INTERACTIONS,
+                       help="dot: pairwise dot products of the feature vectors (DLRM); concat: concatenation; "
+                       "dcnv2: DCN-v2 cross layers over the concatenation, x_{l+1} = x0 * (W_l x_l + b_l) + x_l, "
+                       f"whose output feeds the top MLP (MLPerf DLRM-DCNv2) (default: {defaults.interaction})")
+    model.add_argument("--cross-layers", type=positive_int,
+                       help=f"dcnv2: number of cross layers (default: {defaults.cross_layers})")
+    model.add_argument("--cross-rank", type=non_negative_int,
+                       help="dcnv2: rank R of each cross layer's W = U V^T (U, V: D x R, D the concatenation's width); "
+                       f"0: a full D x D matrix (default: {defaults.cross_rank})")
+    model.add_argument("--bottom-mlp", type=_widths,
+                       help="hidden widths of the MLP on dense features, before its last layer of --embedding-dim, "
+                       "e.g. 64,32 (default: 64,32)")
+    model.add_argument("--top-mlp", type=_widths,
+                       help="hidden widths of the MLP after the interaction, before the logit layer (default: 64,32)")
     model.add_argument("--no-wide", action="store_true",
                        help="drop the first-order term (a per-value weight summed into the logit, stored as one "
                        "extra column of each table); default: on")
@@ -138,25 +176,42 @@ def build_parser() -> argparse.ArgumentParser:
 def config_from_args(args: argparse.Namespace, batch_size: int | None = None):
     """The `custom_config` flags -> a validated `TrainerConfig` (ValueError naming a bad value).
 
-    The batch size is --batch-size, else `batch_size`, else TrainerConfig's default.
+    Each preset-able flag is its value when given, else the --preset's, else
+    TrainerConfig's default; the batch size falls back to `batch_size` (the
+    automatic one) before the default.
     """
-    from components.trainer.fn_args import TrainerConfig
+    import dataclasses
 
-    batch_size = args.batch_size or batch_size or TrainerConfig.batch_size
-    return TrainerConfig(
-        optimizer=args.optimizer, dense_optimizer=args.dense_optimizer, learning_rate=args.learning_rate,
-        dense_learning_rate=args.dense_learning_rate, batch_size=batch_size, embedding_dim=args.embedding_dim,
-        table_layout=args.table_layout, table_sharding=args.table_sharding, interaction=args.interaction,
-        bottom_mlp=tuple(args.bottom_mlp), top_mlp=tuple(args.top_mlp), wide=not args.no_wide,
+    from components.trainer.fn_args import TrainerConfig
+    from components.trainer.presets import preset_values
+
+    preset = preset_values(args.preset) if args.preset else {}
+    chosen = {}
+    for dest, field in PRESET_FLAGS:
+        value = getattr(args, dest)
+        if value is None:
+            value = preset.get(field)
+        if value is None and field == "batch_size":
+            value = batch_size
+        if value is not None:
+            chosen[field] = tuple(value) if isinstance(value, (list, tuple)) else value
+    config = TrainerConfig(
+        table_layout=args.table_layout, table_sharding=args.table_sharding, wide=not args.no_wide,
         checkpoint_every=args.checkpoint_every, log_every=args.log_every, strategy=args.strategy,
         mixed_precision=args.mixed_precision, seed=args.seed, progress=not args.no_progress,
         patience=args.patience, max_epochs=args.max_epochs, baseline=not args.no_baseline,
+        bag_combiner=args.bag_combiner,
     )
+    return dataclasses.replace(config, **chosen)
 
 
 def uses_auto_batch(args: argparse.Namespace) -> bool:
-    """Early stopping (no --train-steps) without --batch-size picks the batch size from the train rows."""
-    return args.batch_size is None and args.train_steps is None
+    """Early stopping (no --train-steps) without --batch-size (or a --preset's) picks the batch size from the train
+    rows."""
+    from components.trainer.presets import preset_values
+
+    preset_batch = args.preset and "batch_size" in preset_values(args.preset)
+    return args.batch_size is None and args.train_steps is None and not preset_batch
 
 
 def fn_args_from_args(args: argparse.Namespace):
@@ -241,65 +296,6 @@ def main(argv: list[str] | None = None) -> int:
     if cluster_from_env().is_chief:
         print(report(metrics, fn_args.model_run_dir, auto_batch=uses_auto_batch(args)))
     return 0
-
-
-SUMMARY_KEYS = ("steps", "resumed_from_step", "eval_auc", "eval_log_loss", "mean_step_seconds", "examples_per_second",
-                "strategy", "num_workers", "weights_checksum")
-
-
-def _stopping_line(metrics: dict, auto_batch: bool) -> str:
-    stopping = metrics.get("stopping", {})
-    batch = f"batch {metrics['global_batch_size']:,}" + (" (auto, from the train rows)" if auto_batch else "")
-    if stopping.get("mode") != "early_stopping":
-        return f"{batch}; " + ("fixed --train-steps" if stopping.get("mode") == "train_steps"
-                               else f"one pass ({stopping.get('reason', 'no eval split')})")
-    why = (f"no gain in {stopping['patience']} evaluations" if stopping["reason"] == "patience"
-           else f"--max-epochs {stopping['max_epochs']} reached")
-    return (f"{batch}, {stopping['steps_per_epoch']:,} steps per pass; early stopping after epoch "
-            f"{stopping['evaluations'][-1]['epoch']} ({why}); exported the best, epoch {stopping['best_epoch']} "
-            f"(step {stopping['best_step']:,})")
-
-
-def _baseline_lines(metrics: dict) -> list[str]:
-    if metrics.get("baseline_auc") is None:
-        return []
-    rates = metrics["positive_rate"]
-    l2 = f" (l2 {metrics['baseline_l2']:g}, chosen on a holdout)" if metrics.get("baseline_l2") is not None else ""
-    lines = [f"  baseline: hashed logistic regression{l2}, eval AUC {metrics['baseline_auc']:.4f}, log loss "
-             f"{metrics['baseline_log_loss']:.4f} (positive rate train {rates['train']:.3f}, eval {rates['eval']:.3f})"]
-    if metrics.get("baseline_warning"):
-        lines.append(f"  WARNING: {metrics['baseline_warning']}")
-    return lines
-
-
-def report(metrics: dict, run_dir: str, auto_batch: bool = False) -> str:
-    """The few lines a run ends with: quality against the baseline, how it stopped, speed, and where its outputs
-    are (all numbers: metrics.json)."""
-    from components.trainer import artifacts
-
-    if metrics.get("eval_auc") is None:
-        quality = f"no evaluation: {metrics.get('eval_note', 'empty eval split')}"
-    else:
-        quality = (f"eval AUC {metrics['eval_auc']:.4f}, log loss {metrics['eval_log_loss']:.4f} on "
-                   f"{metrics['eval_examples']:,} examples (positive rate {metrics['eval_positive_rate']:.3f})")
-    resumed = f", resumed at step {metrics['resumed_from_step']:,}" if metrics["resumed_from_step"] else ""
-    speed = (f"{metrics['steps_this_run']:,} steps in {metrics['train_seconds']:.1f} s, "
-             f"{metrics['mean_step_seconds'] * 1e3:.1f} ms/step, {metrics['examples_per_second']:,.0f} examples/s"
-             if metrics["steps_this_run"] else "no step left to run")
-    strategy = metrics["strategy"]
-    placement = ("one device" if strategy.startswith("_Default")
-                 else f"{strategy}, {metrics['num_workers']} workers" if metrics["num_workers"] > 1
-                 else f"{strategy}, {metrics['num_replicas']} replicas")
-    where = [("SavedModel", metrics["serving_model_dir"]),
-             ("metrics", os.path.join(run_dir, artifacts.METRICS_FILE)),
-             ("curve", metrics.get("training_curve") or "(not drawn: matplotlib is missing)"),
-             ("TensorBoard", f"tensorboard --logdir {os.path.join(run_dir, artifacts.LOGS_DIR)}")]
-    apply_path = f"; sparse apply: {metrics['apply_path']}" if metrics.get("apply_path") else ""
-    lines = [f"{PROG}: step {metrics['steps']:,} reached ({speed}{resumed}); {placement}; "
-             f"tables {metrics['table_sharding']}{apply_path}",
-             f"  {quality}", *_baseline_lines(metrics), f"  {_stopping_line(metrics, auto_batch)}"]
-    lines += [f"  {name:<12}{path}" for name, path in where]
-    return "\n".join(lines)
 
 
 if __name__ == "__main__":

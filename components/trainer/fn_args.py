@@ -43,6 +43,11 @@ PATIENCE = "patience"
 MAX_EPOCHS = "max_epochs"
 BASELINE = "baseline"
 METADATA_PATH = "metadata_path"
+BAG_COMBINER = "bag_combiner"
+CROSS_LAYERS = "cross_layers"
+CROSS_RANK = "cross_rank"
+# Not a field: `from_custom_config` expands it (components/trainer/presets.py).
+PRESET = "preset"
 
 # `optimizers.OPTIMIZERS`' names, kept here so that `embedopt train --help` needs no TensorFlow (a test keeps
 # the two equal).
@@ -50,7 +55,8 @@ OPTIMIZER_NAMES = ("sgd", "momentum", "decaying_sgd", "adam", "lazy_adam", "adam
                    "ftrl")
 TABLE_LAYOUTS = ("per_feature", "shared")
 TABLE_SHARDINGS = ("mirrored", "row")
-INTERACTIONS = ("dot", "concat")
+INTERACTIONS = ("dot", "concat", "dcnv2")
+BAG_COMBINERS = ("sum", "mean", "sqrtn")
 STRATEGIES = ("auto", "mirrored", "multi_worker", "default")
 
 
@@ -105,6 +111,11 @@ class TrainerConfig:
     max_epochs: int = DEFAULT_MAX_EPOCHS
     # Fit and evaluate the hashed logistic regression baseline (components/trainer/baseline.py).
     baseline: bool = True
+    # How a multi-hot feature's bag of ids pools into one vector (the metadata's multi_hot_keys).
+    bag_combiner: str = "sum"
+    # DCN-v2 (interaction "dcnv2"): cross layers, and the rank of their W = U V^T (0: full-rank W).
+    cross_layers: int = 3
+    cross_rank: int = 0
     metadata_path: str | None = None
 
     def __post_init__(self):
@@ -116,11 +127,14 @@ class TrainerConfig:
             value = getattr(self, name)
             if value is not None and not value > 0:
                 raise ValueError(f"{name} must be > 0, got {value!r}")
-        for name in (BATCH_SIZE, EMBEDDING_DIM, CHECKPOINT_EVERY, LOG_EVERY, PATIENCE, MAX_EPOCHS):
+        for name in (BATCH_SIZE, EMBEDDING_DIM, CHECKPOINT_EVERY, LOG_EVERY, PATIENCE, MAX_EPOCHS, CROSS_LAYERS):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
                 raise ValueError(f"{name} must be an integer >= 1, got {value!r}")
-        for name, valid in ((TABLE_LAYOUT, TABLE_LAYOUTS), (TABLE_SHARDING, TABLE_SHARDINGS), (INTERACTION, INTERACTIONS), (STRATEGY, STRATEGIES)):
+        if isinstance(self.cross_rank, bool) or not isinstance(self.cross_rank, int) or self.cross_rank < 0:
+            raise ValueError(f"{CROSS_RANK} must be an integer >= 0 (0: full rank), got {self.cross_rank!r}")
+        for name, valid in ((TABLE_LAYOUT, TABLE_LAYOUTS), (TABLE_SHARDING, TABLE_SHARDINGS), (INTERACTION, INTERACTIONS),
+                            (STRATEGY, STRATEGIES), (BAG_COMBINER, BAG_COMBINERS)):
             if getattr(self, name) not in valid:
                 raise ValueError(f"{name} must be one of {valid}, got {getattr(self, name)!r}")
         for name in (WIDE, BASELINE):
@@ -133,12 +147,21 @@ class TrainerConfig:
 
     @classmethod
     def from_custom_config(cls, custom_config: dict[str, Any] | None) -> TrainerConfig:
-        """Raises ValueError naming unknown keys or bad values."""
+        """Raises ValueError naming unknown keys or bad values.
+
+        A `"preset"` key (e.g. `"mlperf-dlrmv2"`) fills in the fields that
+        preset sets; the other keys given win over it.
+        """
+        from components.trainer.presets import preset_values
+
         config = dict(custom_config or {})
+        preset = config.pop(PRESET, None)
+        if preset is not None:
+            config = {**preset_values(preset), **config}
         known = {f.name for f in dataclasses.fields(cls)}
         unknown = sorted(set(config) - known)
         if unknown:
-            raise ValueError(f"custom_config: unknown keys {unknown}; valid keys: {sorted(known)}")
+            raise ValueError(f"custom_config: unknown keys {unknown}; valid keys: {sorted(known | {PRESET})}")
         for name in (BOTTOM_MLP, TOP_MLP):
             if name in config:
                 config[name] = tuple(config[name])

@@ -1,9 +1,11 @@
 """The DLRM-style model: embedding tables, bottom MLP, interaction, top MLP.
 
-  dense [B, 13] -> bottom MLP -> x0 [B, d]
-  cat_i [B]     -> SparseEmbedding -> e_i [B, d]
+  dense [B, 13]     -> bottom MLP -> x0 [B, d]
+  cat_i [B]         -> SparseEmbedding -> e_i [B, d]
+  cat_i [B, (n_b)]  -> SparseEmbedding, pooled -> e_i [B, d]   (multi-hot: a bag of ids per example)
   dot:    z = upper triangle (i < j) of <v_i, v_j> over v = (x0, e_0..e_25), concat [x0, z]
   concat: z = [x0, e_0, ..., e_25]
+  dcnv2:  z = CrossNetwork([x0, e_0, ..., e_25]) (DCN-v2 cross layers, components/trainer/dcn.py)
   z -> top MLP -> Dense(1) -> logit [B] (float32 also under mixed precision)
   wide (default on): logit += sum_i w_i, w_i a first-order weight per feature value
 
@@ -21,6 +23,18 @@ feature i reads rows offset_i + id. With `table_sharding="row"` they are
 `optimizers.ShardedEmbedding`s, split by rows over the workers. Either way
 every row starts from `RowUniform(seed)`'s value for its id, so both
 placements start (and train) alike.
+
+Multi-hot features (the metadata's `multi_hot_keys`) arrive as
+`tf.RaggedTensor`s `[B, (n)]` of ids, possibly empty rows. A bag pools its
+rows with `bag_combiner` (sum, mean or sqrtn; an empty bag gives zeros),
+wide column included, so its `e_i` and `w_i` enter the model exactly where
+a one-hot feature's do; a one-hot feature is a bag of one. The gradient
+stays `tf.IndexedSlices`, each id of a bag one slice row (duplicates are
+summed by the optimizer). With the shared layout and any bag, every
+feature's ids (one-hot ones as bags of one) become one ragged batch of
+F * B bags, offsets added to the values, for one pooled lookup. Without
+bags the model is the one-hot model of before: same lookups, same
+variables, same checkpoints.
 """
 
 from __future__ import annotations
@@ -31,6 +45,7 @@ import tensorflow as tf
 
 import optimizers
 from components.preprocess.metadata import Metadata
+from components.trainer.dcn import CrossNetwork
 
 
 EMBEDDING_INIT_SCALE = 0.001
@@ -45,7 +60,7 @@ class DLRM(keras.Model):
         dense_key: name of the [B, num_dense] float feature.
         embedding_dim: width of every embedding (and of the bottom MLP output).
         table_layout: "per_feature" (one table each) or "shared" (one table, offsets).
-        interaction: "dot" or "concat".
+        interaction: "dot", "concat" or "dcnv2".
         bottom_mlp, top_mlp: hidden layer widths.
         wide: add the first-order term (one more column per table row).
         seed: initialization seed (tables and MLPs).
@@ -54,11 +69,17 @@ class DLRM(keras.Model):
             scope with `build_variables`, call inside `strategy.run`).
         table_init: initializer of the tables (mirrored only; default
             `RowUniform` per table, which row sharding requires).
+        multi_hot_keys: the keys of `categorical_keys` whose ids come as bags
+            (`tf.RaggedTensor` `[B, (n)]`, or a `[B, n]` matrix).
+        bag_combiner: "sum", "mean" or "sqrtn": how a bag pools its rows.
+        cross_layers, cross_rank: the DCN-v2 cross network's depth and the
+            rank of its W = U V^T (0: full rank); "dcnv2" only.
     """
 
     def __init__(self, vocab_sizes, categorical_keys, dense_key, embedding_dim=16, table_layout="per_feature",
                  interaction="dot", bottom_mlp=(64, 32), top_mlp=(64, 32), wide=True, seed=0,
-                 table_sharding="mirrored", table_init=None, **kwargs):
+                 table_sharding="mirrored", table_init=None, multi_hot_keys=(), bag_combiner="sum", cross_layers=3,
+                 cross_rank=0, **kwargs):
         super().__init__(**kwargs)
         self.embedding_dim = int(embedding_dim)
         self.wide = bool(wide)
@@ -69,28 +90,40 @@ class DLRM(keras.Model):
         self.table_layout = table_layout
         self.interaction = interaction
         self.table_sharding = table_sharding
+        self.multi_hot_keys = tuple(k for k in self.categorical_keys if k in set(multi_hot_keys))
+        unknown = sorted(set(multi_hot_keys) - set(self.categorical_keys))
+        if unknown:
+            raise ValueError(f"multi_hot_keys {unknown} are not categorical keys {list(self.categorical_keys)}")
+        if bag_combiner not in optimizers.embedding.COMBINERS:
+            raise ValueError(f"bag_combiner must be one of {optimizers.embedding.COMBINERS}, got {bag_combiner!r}")
+        self.bag_combiner = bag_combiner
         tables = {"mirrored": optimizers.SparseEmbedding, "row": optimizers.ShardedEmbedding}.get(table_sharding)
         if tables is None:
             raise ValueError(f"table_sharding must be 'mirrored' or 'row', got {table_sharding!r}")
         def init(i):
             return _row_init(seed, i) if table_init is None else table_init
 
+        # A combiner only where bags are: one-hot lookups stay plain gathers.
         if table_layout == "shared":
             self.offsets = tf.constant(np.cumsum([0] + self.vocab_sizes[:-1]), dtype=tf.int64)
+            combiner = bag_combiner if self.multi_hot_keys else None
             self.tables = [tables(sum(self.vocab_sizes), width, embeddings_initializer=init(0),
-                                  name="shared_table")]
+                                  name="shared_table", combiner=combiner)]
         elif table_layout == "per_feature":
             self.tables = [
-                tables(size, width, embeddings_initializer=init(i), name=f"table_{key}")
+                tables(size, width, embeddings_initializer=init(i), name=f"table_{key}",
+                       combiner=bag_combiner if key in self.multi_hot_keys else None)
                 for i, (key, size) in enumerate(zip(self.categorical_keys, self.vocab_sizes))
             ]
         else:
             raise ValueError(f"table_layout must be 'per_feature' or 'shared', got {table_layout!r}")
-        if interaction not in ("dot", "concat"):
-            raise ValueError(f"interaction must be 'dot' or 'concat', got {interaction!r}")
+        if interaction not in ("dot", "concat", "dcnv2"):
+            raise ValueError(f"interaction must be 'dot', 'concat' or 'dcnv2', got {interaction!r}")
         dense_init = keras.initializers.GlorotUniform(seed=seed)
         self.bottom = [keras.layers.Dense(u, activation="relu", kernel_initializer=dense_init) for u in bottom_mlp]
         self.bottom.append(keras.layers.Dense(embedding_dim, activation="relu", kernel_initializer=dense_init))
+        if interaction == "dcnv2":
+            self.cross = CrossNetwork(cross_layers, cross_rank, seed=seed, name="cross")
         self.top = [keras.layers.Dense(u, activation="relu", kernel_initializer=dense_init) for u in top_mlp]
         self.head = keras.layers.Dense(1, dtype="float32", kernel_initializer=dense_init)
         n = len(self.categorical_keys) + 1
@@ -108,6 +141,8 @@ class DLRM(keras.Model):
             width = layer.units
         n = len(self.categorical_keys) + 1
         width = width + len(self.pair_index.numpy()) if self.interaction == "dot" else n * self.embedding_dim
+        if self.interaction == "dcnv2":
+            self.cross.build((None, width))
         for layer in self.top:
             layer.build((None, width))
             width = layer.units
@@ -128,25 +163,55 @@ class DLRM(keras.Model):
         return [v for v in self.trainable_variables if id(v) not in tables]
 
     def _checked_ids(self, ids: list) -> list:
-        """Each feature's ids against its own size: in the shared table an id past it would read the next
-        feature's rows, which the table's own range check cannot see."""
+        """Each feature's ids (a tensor or a ragged tensor) against its own size: in the shared table an id past
+        it would read the next feature's rows, which the table's own range check cannot see."""
         checked = []
         for key, size, column in zip(self.categorical_keys, self.vocab_sizes, ids):
+            values = column.values if isinstance(column, tf.RaggedTensor) else column
             check = tf.debugging.Assert(
-                tf.logical_and(tf.reduce_all(column >= 0), tf.reduce_all(column < size)),
+                tf.logical_and(tf.reduce_all(values >= 0), tf.reduce_all(values < size)),
                 [f"feature {key}: ids must be in [0, {size}) (its vocabulary size in the metadata); got min",
-                 tf.reduce_min(column), "max", tf.reduce_max(column)])
+                 tf.reduce_min(values), "max", tf.reduce_max(values)])
             with tf.control_dependencies([check]):
-                checked.append(tf.identity(column))
+                values = tf.identity(values)
+            checked.append(column.with_values(values) if isinstance(column, tf.RaggedTensor) else values)
         return checked
 
+    def _ids(self, features) -> list:
+        """Each feature's int64 ids: `[B]` for one-hot keys, a `tf.RaggedTensor` `[B, (n)]` for bags."""
+        ids = []
+        for key in self.categorical_keys:
+            column = features[key]
+            if key in self.multi_hot_keys:
+                if not isinstance(column, tf.RaggedTensor):
+                    if column.shape.rank != 2:
+                        raise ValueError(f"feature {key} is multi-hot: its ids must be a tf.RaggedTensor [B, (n)] "
+                                         f"or a [B, n] matrix, got shape {column.shape}")
+                    column = tf.RaggedTensor.from_tensor(column)
+                column = tf.cast(column, tf.int64).with_row_splits_dtype(tf.int64)
+            else:
+                column = tf.cast(column, tf.int64)
+            ids.append(column)
+        return ids
+
     def _embed(self, features):
-        ids = [tf.cast(features[key], tf.int64) for key in self.categorical_keys]
-        if self.table_layout == "shared":
-            ids = self._checked_ids(ids)
+        ids = self._ids(features)
+        if self.table_layout == "per_feature":
+            return tf.stack([table(i) for table, i in zip(self.tables, ids)], axis=1)
+        ids = self._checked_ids(ids)
+        if not self.multi_hot_keys:
             stacked = tf.stack(ids, axis=1) + self.offsets  # [B, F]
             return self.tables[0](stacked)  # [B, F, d]
-        return tf.stack([table(i) for table, i in zip(self.tables, ids)], axis=1)
+        # Feature-major bags, [F * B, (n)]: one pooled lookup for all features; a one-hot id is a bag of one.
+        batch = tf.shape(ids[0], out_type=tf.int64)[0]
+        bags = []
+        for f, column in enumerate(ids):
+            if not isinstance(column, tf.RaggedTensor):
+                column = tf.RaggedTensor.from_row_splits(column, tf.range(batch + 1, dtype=tf.int64), validate=False)
+            bags.append(column.with_values(column.values + self.offsets[f]))
+        pooled = self.tables[0](tf.concat(bags, axis=0))  # [F * B, d]
+        width = self.tables[0].output_dim
+        return tf.transpose(tf.reshape(pooled, [len(ids), batch, width]), [1, 0, 2])  # [B, F, d]
 
     def call(self, features, training=False):
         dense = features[self.dense_key]
@@ -165,6 +230,8 @@ class DLRM(keras.Model):
             z = tf.concat([x, tf.gather(flat, self.pair_index, axis=1)], axis=1)
         else:
             z = tf.reshape(vectors, [tf.shape(vectors)[0], vectors.shape[1] * vectors.shape[2]])
+            if self.interaction == "dcnv2":
+                z = self.cross(z)
         for layer in self.top:
             z = layer(z)
         logit = tf.squeeze(self.head(z), axis=1)
@@ -198,11 +265,18 @@ def build_model(metadata: Metadata, config, table_sharding: str | None = None, t
         seed=config.seed,
         table_sharding=table_sharding or config.table_sharding,
         table_init=table_init,
+        multi_hot_keys=getattr(metadata, "multi_hot_keys", None) or (),
+        bag_combiner=config.bag_combiner,
+        cross_layers=config.cross_layers,
+        cross_rank=config.cross_rank,
     )
     if model.table_sharding == "row":
         model.build_variables(metadata.num_dense)
         return model
     example = {metadata.dense_key: tf.zeros([1, metadata.num_dense])}
     example.update({key: tf.zeros([1], tf.int64) for key in metadata.categorical_keys})
+    # A bag of one id 0 per multi-hot feature.
+    example.update({key: tf.RaggedTensor.from_row_lengths(tf.zeros([1], tf.int64), tf.ones([1], tf.int64))
+                    for key in model.multi_hot_keys})
     model(example)
     return model

@@ -22,6 +22,7 @@ DEFAULT_CONFIG = {
     "log_every": 100, "strategy": "auto", "mixed_precision": False, "seed": 0, "progress": True,
     # Added with early stopping (issue 18): new keys at the end, the old ones unchanged.
     "patience": 2, "max_epochs": 20, "baseline": True,
+    "bag_combiner": "sum", "cross_layers": 3, "cross_rank": 0,
 }
 FLAGS = ["--optimizer", "ftrl", "--dense-optimizer", "sgd", "--table-layout", "per_feature", "--bottom-mlp", "8,4",
          "--batch-size", "100", "--no-wide", "--no-progress", "--mixed-precision", "--seed", "3",
