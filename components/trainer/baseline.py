@@ -8,7 +8,10 @@ scikit-learn's `LogisticRegression(C=1)`:
 
 (the bias is not penalised), solved to convergence with L-BFGS in NumPy, so
 the result is the optimum of that objective, not of a tuned training run.
-Ids unseen in training score with weight 0. `auc` is the exact rank
+Ids unseen in training score with weight 0. A multi-hot (bag) feature
+spreads over several columns of `ids`, padded with -1 (no weight): every
+element of a bag adds its value's weight, the sum pooling the model does
+too; `features` names each column's feature. `auc` is the exact rank
 statistic (Mann-Whitney, ties at average rank).
 
 `fit_tuned` picks `l2` from `L2_GRID` on a holdout of the training rows
@@ -42,20 +45,24 @@ class HashedLogistic:
     dense_scale: np.ndarray
     iterations: int
 
-    def logits(self, ids: np.ndarray, dense: np.ndarray) -> np.ndarray:
-        keys = _keys(ids)
+    def logits(self, ids: np.ndarray, dense: np.ndarray, features: np.ndarray | None = None) -> np.ndarray:
+        keys = _keys(ids, features)
         where = np.minimum(np.searchsorted(self.keys, keys), len(self.keys) - 1)
         weights = np.where(self.keys[where] == keys, self.categorical[where], 0.0)
         return self.bias + ((dense - self.dense_mean) / self.dense_scale) @ self.dense + weights.sum(axis=1)
 
-    def predict(self, ids: np.ndarray, dense: np.ndarray) -> np.ndarray:
-        return _sigmoid(self.logits(ids, dense))
+    def predict(self, ids: np.ndarray, dense: np.ndarray, features: np.ndarray | None = None) -> np.ndarray:
+        return _sigmoid(self.logits(ids, dense, features))
 
 
-def _keys(ids: np.ndarray) -> np.ndarray:
-    """One int64 key per (feature, id): ids are below 2^40 after preprocess's hashing or vocabularies."""
+def _keys(ids: np.ndarray, features: np.ndarray | None = None) -> np.ndarray:
+    """One int64 key per (feature, id): ids are below 2^40 after preprocess's hashing or vocabularies.
+
+    `features[j]` is column j's feature (default: column j is feature j); a padding -1 gets a key no id has.
+    """
     ids = np.asarray(ids, dtype=np.int64)
-    return ids + (np.arange(ids.shape[1], dtype=np.int64) << 40)
+    features = np.arange(ids.shape[1], dtype=np.int64) if features is None else np.asarray(features, np.int64)
+    return ids + (features << 40)
 
 
 def _sigmoid(z: np.ndarray) -> np.ndarray:
@@ -63,15 +70,21 @@ def _sigmoid(z: np.ndarray) -> np.ndarray:
 
 
 def fit(ids: np.ndarray, dense: np.ndarray, labels: np.ndarray, l2: float = L2,
-        max_iterations: int = MAX_ITERATIONS, start: HashedLogistic | None = None) -> HashedLogistic:
+        max_iterations: int = MAX_ITERATIONS, start: HashedLogistic | None = None,
+        features: np.ndarray | None = None) -> HashedLogistic:
     """The hashed logistic regression of the module docstring on ids [N, F] (int), dense [N, D], labels [N].
 
     `start`, a fit on the same rows (another `l2`), is where L-BFGS starts; the optimum does not depend on it.
+    `features`: each column's feature when bags spread over several columns (-1 pads them).
     """
     labels = np.asarray(labels, dtype=np.float64)
     dense = np.asarray(dense, dtype=np.float64)
-    keys, index = np.unique(_keys(ids), return_inverse=True)
-    index = index.reshape(ids.shape)
+    ids = np.asarray(ids, dtype=np.int64)
+    present = ids >= 0
+    keys, inverse = np.unique(_keys(ids, features)[present], return_inverse=True)
+    # A padding entry points at one extra weight that stays 0 (its gradient is dropped below).
+    index = np.full(ids.shape, len(keys), dtype=np.int64)
+    index[present] = inverse
     mean, scale = dense.mean(axis=0), dense.std(axis=0)
     scale = np.where(scale > 0, scale, 1.0)
     x = (dense - mean) / scale
@@ -79,11 +92,12 @@ def fit(ids: np.ndarray, dense: np.ndarray, labels: np.ndarray, l2: float = L2,
     penalty = np.r_[0.0, np.full(n_dense + n_cat, l2)]
 
     def objective(w):
-        z = w[0] + x @ w[1:1 + n_dense] + w[1 + n_dense:][index].sum(axis=1)
+        z = w[0] + x @ w[1:1 + n_dense] + np.append(w[1 + n_dense:], 0.0)[index].sum(axis=1)
         r = _sigmoid(z) - labels
         value = np.sum(np.logaddexp(0.0, z) - labels * z) + 0.5 * np.sum(penalty * w * w)
         grad = np.concatenate([[r.sum()], x.T @ r,
-                               np.bincount(index.ravel(), weights=np.repeat(r, index.shape[1]), minlength=n_cat)])
+                               np.bincount(index.ravel(), weights=np.repeat(r, index.shape[1]),
+                                           minlength=n_cat + 1)[:n_cat]])
         return value, grad + penalty * w
 
     w0 = np.zeros(1 + n_dense + n_cat)
@@ -98,7 +112,7 @@ def holdout_rows(ids: np.ndarray, dense: np.ndarray, every: int = HOLDOUT_EVERY)
     ids = np.asarray(ids, dtype=np.int64).astype(np.uint64)
     bits = np.ascontiguousarray(dense, dtype=np.float32).view(np.uint32).astype(np.uint64)
     with np.errstate(over="ignore"):  # the hash wraps around by design
-        mixed = (ids * _ODD[: ids.shape[1]]).sum(axis=1) + (bits * _ODD[::-1][: bits.shape[1]]).sum(axis=1)
+        mixed = (ids * _odd(ids.shape[1])).sum(axis=1) + (bits * _ODD[::-1][: bits.shape[1]]).sum(axis=1)
         mixed ^= mixed >> np.uint64(31)
         mixed *= np.uint64(0xBF58476D1CE4E5B9)
         mixed ^= mixed >> np.uint64(29)
@@ -108,19 +122,29 @@ def holdout_rows(ids: np.ndarray, dense: np.ndarray, every: int = HOLDOUT_EVERY)
 _ODD = np.random.default_rng(18).integers(1, 2**62, 64, dtype=np.int64).astype(np.uint64) * np.uint64(2) + np.uint64(1)
 
 
+def _odd(n: int) -> np.ndarray:
+    """n odd multipliers; the first 64 are `_ODD` (the same draws), so one-hot rows hash as before bags."""
+    if n <= len(_ODD):
+        return _ODD[:n]
+    more = np.random.default_rng(18).integers(1, 2**62, n, dtype=np.int64).astype(np.uint64)
+    return more * np.uint64(2) + np.uint64(1)
+
+
 def fit_tuned(ids: np.ndarray, dense: np.ndarray, labels: np.ndarray, grid=L2_GRID,
-              holdout_every: int = HOLDOUT_EVERY) -> tuple[HashedLogistic, float, dict[float, float | None]]:
+              holdout_every: int = HOLDOUT_EVERY,
+              features: np.ndarray | None = None) -> tuple[HashedLogistic, float, dict[float, float | None]]:
     """(the fit with the best holdout AUC, its l2, holdout AUC per l2): each l2 of `grid` fitted on the rows
     outside the holdout (`holdout_rows`); on a tie the stronger l2. With fewer than two holdout rows of each
     class, no choice can be made: the fit at L2 on all rows."""
     holdout = holdout_rows(ids, dense, holdout_every)
     held = np.asarray(labels)[holdout]
     if min(held.sum(), len(held) - held.sum()) < 2:
-        return fit(ids, dense, labels), L2, {}
+        return fit(ids, dense, labels, features=features), L2, {}
     aucs, fits, previous = {}, {}, None
     for l2 in grid:
-        previous = fits[l2] = fit(ids[~holdout], dense[~holdout], labels[~holdout], l2, start=previous)
-        aucs[l2] = auc(held, previous.predict(ids[holdout], dense[holdout]))
+        previous = fits[l2] = fit(ids[~holdout], dense[~holdout], labels[~holdout], l2, start=previous,
+                                  features=features)
+        aucs[l2] = auc(held, previous.predict(ids[holdout], dense[holdout], features))
     best = max(grid, key=lambda l2: (aucs[l2], l2))
     return fits[best], best, aucs
 

@@ -27,10 +27,10 @@ def baseline_metrics(train_files, eval_files, metadata, eval_auc: float | None, 
     """metrics.json's baseline fields: baseline_auc, baseline_log_loss, positive_rate {train, eval},
     beats_baseline, baseline_warning (its advice depends on `early_stopping`), the rows used and the seconds."""
     start = time.perf_counter()
-    ids, dense, labels = split_arrays(train_files, metadata, max_rows)
-    fitted, l2, holdout_aucs = baseline.fit_tuned(ids, dense, labels)
-    eval_ids, eval_dense, eval_labels = split_arrays(eval_files, metadata, max_rows)
-    probabilities = fitted.predict(eval_ids, eval_dense)
+    ids, dense, labels, features = split_arrays(train_files, metadata, max_rows)
+    fitted, l2, holdout_aucs = baseline.fit_tuned(ids, dense, labels, features=features)
+    eval_ids, eval_dense, eval_labels, eval_features = split_arrays(eval_files, metadata, max_rows)
+    probabilities = fitted.predict(eval_ids, eval_dense, eval_features)
     baseline_auc = baseline.auc(eval_labels, probabilities)
     beats = None if eval_auc is None or baseline_auc is None else bool(eval_auc > baseline_auc)
     warning = None

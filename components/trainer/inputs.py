@@ -82,14 +82,30 @@ def distributed_dataset(strategy, patterns, metadata, global_batch, *, shuffle, 
 
 
 def split_arrays(patterns, metadata, max_rows: int):
-    """(ids [N, 26] int64, dense [N, 13] float32, labels [N]) of the first `max_rows` rows of a non-empty split, in
-    file order (what the model reads, for the baseline)."""
+    """(ids [N, W] int64, dense [N, 13] float32, labels [N], features [W]) of the first `max_rows` rows of a
+    non-empty split, in file order (what the model reads, for the baseline).
+
+    A one-hot feature is one column; a multi-hot (bag) feature as many as its longest bag, padded with -1.
+    `features[j]` is column j's index in `metadata.categorical_keys`.
+    """
     import numpy as np
 
+    keys = list(metadata.categorical_keys)
+    bags = set(getattr(metadata, "multi_hot_keys", None) or ())
     dataset = make_dataset(file_list(patterns), metadata, 4096, shuffle=False, num_epochs=1).unbatch().take(max_rows)
-    ids, dense, labels = [], [], []
+    columns = {k: [] for k in keys}
+    dense, labels = [], []
     for features, label in dataset.batch(65_536):
-        ids.append(np.concatenate([features[k].numpy().reshape(-1, 1) for k in metadata.categorical_keys], axis=1))
+        for k in keys:
+            value = features[k]
+            columns[k].append(value.to_tensor(default_value=-1).numpy() if k in bags
+                              else value.numpy().reshape(-1, 1))
         dense.append(features[metadata.dense_key].numpy())
         labels.append(label.numpy().reshape(-1))
-    return np.concatenate(ids), np.concatenate(dense), np.concatenate(labels)
+    blocks, owners = [], []
+    for f, k in enumerate(keys):
+        width = max(1, max(part.shape[1] for part in columns[k]))
+        blocks.append(np.concatenate([np.pad(part, ((0, 0), (0, width - part.shape[1])), constant_values=-1)
+                                      for part in columns[k]]))
+        owners.extend([f] * width)
+    return np.concatenate(blocks, axis=1), np.concatenate(dense), np.concatenate(labels), np.array(owners)

@@ -163,3 +163,49 @@ def test_a_model_below_the_baseline_is_warned_about(planted_data):
     text = cli.report(metrics, "/r")
     assert f"WARNING: {below['baseline_warning']}" in text and f"eval AUC {below['baseline_auc']:.4f}" in text
     assert "WARNING" not in cli.report(dict(metrics, **above), "/r")
+
+
+def bag_newton_reference(ids, features, dense, labels, l2):
+    """`newton_reference` for bags: the design counts each (feature, value) of a row's bags (-1 pads)."""
+    pairs = sorted({(features[j], v) for row in ids for j, v in enumerate(row) if v >= 0})
+    columns = {pair: i for i, pair in enumerate(pairs)}
+    mean, scale = dense.mean(axis=0), dense.std(axis=0)
+
+    def design_of(i, d):
+        counts = np.zeros((len(i), len(columns)))
+        for row, values in enumerate(i):
+            for j, value in enumerate(values):
+                if value >= 0 and (features[j], value) in columns:
+                    counts[row, columns[(features[j], value)]] += 1.0
+        return np.hstack([np.ones((len(i), 1)), (d - mean) / scale, counts])
+
+    x = design_of(ids, dense)
+    penalty = np.full(x.shape[1], l2)
+    penalty[0] = 0.0
+    w = np.zeros(x.shape[1])
+    for _ in range(50):
+        p = 1 / (1 + np.exp(-x @ w))
+        w -= np.linalg.solve(x.T @ (x * (p * (1 - p))[:, None]) + np.diag(penalty), x.T @ (p - labels) + penalty * w)
+    return lambda i, d: 1 / (1 + np.exp(-design_of(i, d) @ w))
+
+
+def test_fit_with_bags_sums_each_elements_weight():
+    """Issue 20: a bag feature over several columns (padded with -1), duplicates inside a bag counted twice."""
+    rng = np.random.default_rng(5)
+    rows = 400
+    features = np.array([0, 1, 1, 1, 1, 2])
+    ids = rng.integers(0, 6, size=(rows, len(features)))
+    lengths = rng.integers(0, 5, rows)  # bag of feature 1: 0..4 values, the rest padding
+    ids[:, 1:5][np.arange(4)[None, :] >= lengths[:, None]] = -1
+    dense = np.log1p(rng.exponential(3.0, size=(rows, 2)))
+    weights = rng.normal(0, 0.6, (3, 6))
+    logits = -0.5 + np.where(ids >= 0, weights[features, np.maximum(ids, 0)], 0.0).sum(axis=1) + dense @ [0.3, -0.2]
+    labels = (rng.random(rows) < 1 / (1 + np.exp(-logits))).astype(np.float64)
+    fitted = baseline.fit(ids, dense, labels, l2=1.0, features=features)
+    reference = bag_newton_reference(ids, features, dense, labels, 1.0)
+    np.testing.assert_allclose(fitted.predict(ids, dense, features), reference(ids, dense), atol=1e-4)
+    # Another width of padding (an eval split's longest bag differs): the same scores.
+    wider = np.hstack([ids[:, :5], np.full((rows, 3), -1), ids[:, 5:]])
+    wider_features = np.array([0, 1, 1, 1, 1, 1, 1, 1, 2])
+    np.testing.assert_allclose(fitted.predict(wider, dense, wider_features), reference(ids, dense), atol=1e-4)
+    assert baseline.holdout_rows(wider, dense).shape == (rows,)
