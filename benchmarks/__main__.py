@@ -23,7 +23,7 @@ from benchmarks import findings, results
 from components.cli import HelpFormatter, positive_int
 
 PROG = "embedopt bench"
-BENCHMARKS = ("fused_step", "step_time", "apply_bandwidth", "dense_parity", "preprocess_scaling", "input_pipeline",
+BENCHMARKS = ("fused_step", "bag_step", "step_time", "apply_bandwidth", "dense_parity", "preprocess_scaling", "input_pipeline",
               "memory", "multi_worker", "sharded_tables")
 NEEDS_WORKDIR = ("preprocess_scaling", "input_pipeline")
 

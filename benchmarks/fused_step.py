@@ -30,8 +30,13 @@ PEER_PYTHON_ENV = "EMBEDOPT_BENCH_PEER_PYTHON"
 REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
-def measure_ours(rows, dim, optimizers, batch, ids_per_example, warmup, steps, threads, learning_rate=1e-3) -> dict:
-    """Child process body: per optimizer, seconds per step on the fused and on the TF-ops path."""
+def measure_ours(rows, dim, optimizers, batch, warmup, steps, threads, ids_per_example=None, features=None,
+                 mean_bag=None, learning_rate=1e-3) -> dict:
+    """Child process body: per optimizer, seconds per step on the fused and on the TF-ops path.
+
+    Each example is one bag of `ids_per_example` ids, or (`bag_step`) `features` ragged bags of `mean_bag` ids on
+    average whose pooled rows are concatenated.
+    """
     import keras
     import tensorflow as tf
 
@@ -40,7 +45,14 @@ def measure_ours(rows, dim, optimizers, batch, ids_per_example, warmup, steps, t
     import optimizers as embedopt
     from optimizers import fast_path, kernels
 
-    ids = [tf.constant(b, tf.int64) for b in zipf_batches(rows, batch, ids_per_example)]
+    if features:
+        from benchmarks.bag_step import bag_batches
+
+        ids = [tf.RaggedTensor.from_row_splits(tf.constant(flat), tf.constant(splits))
+               for flat, splits in bag_batches(rows, batch, features, mean_bag)]
+    else:
+        ids = [tf.constant(b, tf.int64) for b in zipf_batches(rows, batch, ids_per_example)]
+    head_width = dim * (features or 1)
     labels = [tf.constant(np.random.default_rng(100 + i).integers(0, 2, batch).astype(np.float32))
               for i in range(len(ids))]
     out = {}
@@ -50,7 +62,7 @@ def measure_ours(rows, dim, optimizers, batch, ids_per_example, warmup, steps, t
             table = embedopt.SparseEmbedding(rows, dim, combiner="sum", validate_ids=False)
             head = keras.layers.Dense(1)
             table.build()
-            head.build((None, dim))
+            head.build((None, head_width))
             variables = table.trainable_variables + head.trainable_variables
             opt = embedopt.get(name, learning_rate=learning_rate)
             opt.build(variables)
@@ -59,7 +71,7 @@ def measure_ours(rows, dim, optimizers, batch, ids_per_example, warmup, steps, t
                 @tf.function
                 def step(x, y):
                     with tf.GradientTape() as tape:
-                        logits = tf.squeeze(head(table(x)), -1)
+                        logits = tf.squeeze(head(tf.reshape(table(x), [batch, head_width])), -1)
                         loss = tf.reduce_mean(tf.nn.sigmoid_cross_entropy_with_logits(labels=y, logits=logits))
                     opt.apply_gradients(zip(tape.gradient(loss, variables), variables))
                     return loss
@@ -104,22 +116,7 @@ def run(quick: bool, repeats: int | None = None, progress=None) -> dict:
     unique = float(np.mean([len(np.unique(b)) for b in zipf_batches(cfg["rows"], cfg["batch"], cfg["ids_per_example"])]))
     shape = dict(rows=cfg["rows"], dim=cfg["dim"], batch=cfg["batch"], ids_per_example=cfg["ids_per_example"],
                  warmup=cfg["warmup"], steps=steps, threads=cfg["threads"])
-    peer_ok, peer_why = _peer_available()
-    notes = [] if peer_ok else [f"peer not measured: {peer_why}"]
-    best: dict[str, dict] = {}
-    for round_ in range(cfg["rounds"]):
-        child = harness.run_child(f"{__name__}:measure_ours", dict(shape, optimizers=OPTIMIZERS))
-        cases = {key: dict(value, side="ours") for key, value in child["cases"].items()}
-        if peer_ok:
-            peer_child = harness.run_child("benchmarks.peer:measure", dict(shape, optimizers=list(peer.PEERS)),
-                                           python=_peer_python(), env={"PYTHONPATH": REPO_ROOT})
-            cases.update({f"{name}:peer": dict(value, side="peer") for name, value in peer_child["cases"].items()})
-        for key, case in cases.items():
-            median = float(np.median(case["repeats_s"]))
-            if key not in best or median < best[key]["median"]:
-                best[key] = dict(case, median=median, round=round_)
-        if progress:
-            progress(f"{NAME} round {round_ + 1}/{cfg['rounds']}")
+    best, notes, kernel_status = measure_rounds(shape, OPTIMIZERS, cfg["rounds"], progress, NAME)
     base = dict(rows=cfg["rows"], dim=cfg["dim"], batch=cfg["batch"], ids_per_example=cfg["ids_per_example"],
                 threads=cfg["threads"], unique_rows_per_batch=unique)
     measurements = []
@@ -128,7 +125,34 @@ def run(quick: bool, repeats: int | None = None, progress=None) -> dict:
         params = dict(base, optimizer=optimizer, path=path, best_round=case["round"])
         params["implementation"] = case.get("peer") or case.get("apply_path")
         measurements.append(results.measurement(params, case["repeats_s"]))
-    return _summary(cfg, quick, measurements, notes, child.get("kernels", ""))
+    return _summary(cfg, quick, measurements, notes, kernel_status)
+
+
+def measure_rounds(shape: dict, optimizers: list[str], rounds: int, progress, name: str):
+    """Alternates our child and the peer's `rounds` times on `shape`; keeps each case's best round.
+
+    Returns `({"<optimizer>:<fused|tf_ops|peer>": case}, notes, kernel status)`.
+    """
+    peer_ok, peer_why = _peer_available()
+    notes = [] if peer_ok else [f"peer not measured: {peer_why}"]
+    best: dict[str, dict] = {}
+    kernel_status = ""
+    for round_ in range(rounds):
+        child = harness.run_child(f"{__name__}:measure_ours", dict(shape, optimizers=optimizers))
+        kernel_status = child.get("kernels", "")
+        cases = {key: dict(value, side="ours") for key, value in child["cases"].items()}
+        if peer_ok:
+            peer_child = harness.run_child("benchmarks.peer:measure",
+                                           dict(shape, optimizers=[o for o in optimizers if o in peer.PEERS]),
+                                           python=_peer_python(), env={"PYTHONPATH": REPO_ROOT})
+            cases.update({f"{key}:peer": dict(value, side="peer") for key, value in peer_child["cases"].items()})
+        for key, case in cases.items():
+            median = float(np.median(case["repeats_s"]))
+            if key not in best or median < best[key]["median"]:
+                best[key] = dict(case, median=median, round=round_)
+        if progress:
+            progress(f"{name} round {round_ + 1}/{rounds}")
+    return best, notes, kernel_status
 
 
 def _summary(cfg, quick, measurements, notes, kernel_status) -> dict:

@@ -56,10 +56,11 @@ def _tbe(rows: int, dim: int, optimizer: str, learning_rate: float):
         eps=1e-7, pooling_mode=PoolingMode.SUM)
 
 
-def measure(rows: int, dim: int, optimizers: list[str], batch: int, ids_per_example: int, warmup: int, steps: int,
-            threads: int, learning_rate: float = 1e-3) -> dict:
-    """Child process body: seconds per step for each optimizer's peer, on `step_time.zipf_batches` (ours use the
-    same)."""
+def measure(rows: int, dim: int, optimizers: list[str], batch: int, warmup: int, steps: int, threads: int,
+            ids_per_example: int | None = None, features: int | None = None, mean_bag: int | None = None,
+            learning_rate: float = 1e-3) -> dict:
+    """Child process body: seconds per step for each optimizer's peer, on the ids ours use
+    (`step_time.zipf_batches`, or `bag_step.bag_batches` when `features` is given)."""
     import time
 
     import torch
@@ -68,30 +69,40 @@ def measure(rows: int, dim: int, optimizers: list[str], batch: int, ids_per_exam
 
     torch.set_num_threads(threads)
     torch.manual_seed(0)
-    ids = [torch.from_numpy(b) for b in zipf_batches(rows, batch, ids_per_example)]
-    batch, per_example = ids[0].shape
-    offsets = torch.arange(0, batch * per_example + 1, per_example, dtype=torch.int64)
+    if features:
+        from benchmarks.bag_step import bag_batches
+
+        data = [(torch.from_numpy(flat), torch.from_numpy(splits))
+                for flat, splits in bag_batches(rows, batch, features, mean_bag)]
+    else:
+        data = []
+        for b in zipf_batches(rows, batch, ids_per_example):
+            data.append((torch.from_numpy(b.reshape(-1)),
+                         torch.arange(0, b.size + 1, ids_per_example, dtype=torch.int64)))
+    ids = [flat for flat, _ in data]
+    offsets_of = [splits for _, splits in data]
+    head_width = dim * (features or 1)
     labels = [torch.randint(0, 2, (batch,), generator=torch.Generator().manual_seed(100 + i)).float()
               for i in range(len(ids))]
     out = {}
     for optimizer in optimizers:
-        head = torch.nn.Linear(dim, 1)
+        head = torch.nn.Linear(head_width, 1)
         head_opt = torch.optim.SGD(head.parameters(), lr=learning_rate)
         if optimizer == "lazy_adam":
             bag = torch.nn.EmbeddingBag(rows, dim, mode="sum", sparse=True)
             table_opt = torch.optim.SparseAdam(bag.parameters(), lr=learning_rate)
 
             def lookup(i):
-                return bag(ids[i].reshape(-1), offsets[:-1])
+                return bag(ids[i], offsets_of[i][:-1])
         else:
             tbe, table_opt = _tbe(rows, dim, optimizer, learning_rate), None
 
             def lookup(i):
-                return tbe(ids[i].reshape(-1), offsets)
+                return tbe(ids[i], offsets_of[i])
 
         def step(i):
             i %= len(ids)
-            pooled = lookup(i)
+            pooled = lookup(i).reshape(batch, head_width)
             loss = torch.nn.functional.binary_cross_entropy_with_logits(head(pooled).squeeze(-1), labels[i])
             head_opt.zero_grad()
             if table_opt is not None:

@@ -186,12 +186,15 @@ def plot_fused_step(bench, path):
         ys = [ms[(o, path_name)] for o in optimizers if (o, path_name) in ms]
         if xs:
             ax.bar(xs, ys, width, label=label, color=color)
-    if ("sgd", "peer") in ms:
+    params = bench["measurements"][0]["params"]
+    bags = "features" in params  # bag_step: each optimizer against its own peer, no common line
+    if ("sgd", "peer") in ms and not bags:
         ax.axhline(ms[("sgd", "peer")], color="#c44e52", linestyle="--", linewidth=1, label="goal: fbgemm's SGD step")
     ax.set_xticks(range(len(optimizers)), optimizers, rotation=20, ha="right", fontsize=8)
-    params = bench["measurements"][0]["params"]
+    workload = (f"{params['features']} bags of 0..{2 * params['mean_bag']} Zipf ids per example" if bags
+                else f"{params['ids_per_example']} Zipf ids")
     ax.set_title(f"one step, {params['rows']:,} x {params['dim']} table, batch {params['batch']} x "
-                 f"{params['ids_per_example']} Zipf ids, {params['threads']} threads", fontsize=10)
+                 f"{workload}, {params['threads']} threads", fontsize=10)
     ax.set_ylabel("ms per step (median)", fontsize=9)
     ax.legend(fontsize=8)
     _save(fig, path)
@@ -199,6 +202,7 @@ def plot_fused_step(bench, path):
 
 PLOTTERS = {
     "fused_step": plot_fused_step,
+    "bag_step": plot_fused_step,
     "step_time": plot_step_time,
     "apply_bandwidth": plot_apply_bandwidth,
     "dense_parity": plot_dense_parity,
