@@ -5,6 +5,10 @@ runs, so `embedopt --help` stays fast and a missing optional extra (kfp,
 kubernetes) only matters to the subcommand that needs it. A subcommand module
 exposes `main(argv: list[str]) -> int` and builds its own `argparse` parser
 with `prog="embedopt <name>"`, so Beam pipeline options can pass through.
+
+Whatever a subcommand raises ends here as one line, `embedopt <name>: <what>
+(<path>)`, and exit code 1 (components/failure.py); `--verbose` adds the
+traceback. Usage errors the subcommands catch themselves keep their exit 2.
 """
 
 from __future__ import annotations
@@ -110,7 +114,13 @@ def main(argv: list[str] | None = None) -> int:
             file=sys.stderr,
         )
         return 2
-    return int(module.main(rest) or 0)
+    from components.failure import one_line_failures
+    from components.quiet import verbose_requested
+
+    exit_codes = [0]
+    with one_line_failures(name, verbose_requested(rest), exit_codes):
+        exit_codes[0] = int(module.main(rest) or 0)
+    return exit_codes[0]
 
 
 if __name__ == "__main__":

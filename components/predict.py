@@ -9,7 +9,11 @@ rejected those, bytes that are not UTF-8). Output line k is always input line
 k. The refused lines' file, line number and reason go to OUTPUT.refused.tsv
 (a header and one row each; written on every run, empty but for the header
 when nothing was refused). With --strict the first refused line stops the run
-with exit code 2 instead. Both files appear only when the whole run succeeded.
+with exit code 2 instead. Both files appear only when the whole run succeeded
+(each is written to a temporary file beside it and renamed), with the mode
+any new file gets under the umask. An --output that is one of the input
+files (also through a symbolic or hard link) is refused before anything is
+read.
 
 The model itself finds the bad lines: a batch it rejects is split in halves
 until the offending lines are isolated, so the checks are exactly those of
@@ -28,11 +32,11 @@ import logging
 import os
 import re
 import sys
-import tempfile
 import time
 from typing import Callable, Iterator, Sequence
 
 from components.cli import HelpFormatter
+from components.staging import same_file, temp_file_beside
 
 PROG = "embedopt predict"
 DEFAULT_BATCH_SIZE = 4096
@@ -175,9 +179,7 @@ class _Progress:
 
 def _open_output(path: str):
     """A temporary file beside `path` (renamed onto it at the end), gzip when `path` ends in .gz."""
-    directory = os.path.dirname(os.path.abspath(path))
-    os.makedirs(directory, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{os.path.basename(path)}.", suffix=".partial", dir=directory)
+    fd, tmp = temp_file_beside(path)
     raw = os.fdopen(fd, "wb")
     return tmp, (gzip.GzipFile(fileobj=raw, mode="wb") if path.endswith(".gz") else raw), raw
 
@@ -199,15 +201,28 @@ def _write_refused(path: str, refused: list) -> None:
         raise
 
 
+def check_output_is_not_an_input(output: str, files: Sequence[str]) -> None:
+    """Raises ValueError when `output` or its refused-lines file is one of `files` (same device and inode, so
+    also through links): the rename at the end would replace those logs with their scores."""
+    for written in (output, output + REFUSED_SUFFIX):
+        for path in files:
+            if same_file(written, path):
+                link = "" if os.path.abspath(written) == os.path.abspath(path) else " (a link to it)"
+                raise ValueError(f"--output {output!r}{link} would overwrite the input file {path!r}: the scores "
+                                 "would replace the logs; choose another --output")
+
+
 def predict(model_dir: str, files: Sequence[str], output: str, *, batch_size: int = DEFAULT_BATCH_SIZE,
             strict: bool = False, progress_bar: bool = False) -> Summary:
     """Scores every line of `files` into `output` (refused lines: an empty line, listed in
     OUTPUT.refused.tsv); see the module docstring.
 
     Raises BadLineError for a refused line under `strict`, and ValueError when
-    the model has no serve_tsv signature.
+    the model has no serve_tsv signature or `output` is one of `files`.
     """
     import tensorflow as tf
+
+    check_output_is_not_an_input(output, files)
 
     serve = tf.saved_model.load(model_dir).signatures
     if SIGNATURE not in serve:

@@ -8,7 +8,9 @@ prints the rest) with file descriptor 2 pointed at a temporary file, then
 writes back every line that is not one of those. `configure_logging()` sets
 the Python loggers: ours at INFO, TensorFlow's, absl's and Beam's at WARNING
 (TensorFlow's through the root handler, not its own as well, which printed
-each line twice). `--verbose` keeps everything.
+each line twice), and drops Beam's log of a failing bundle's traceback,
+which the command reports in one line once the pipeline re-raises it.
+`--verbose` keeps everything.
 """
 
 from __future__ import annotations
@@ -78,12 +80,27 @@ def import_tensorflow(verbose: bool = False):
     return tf
 
 
+# Beam logs a failing bundle's error with its traceback here, then raises it to the pipeline's caller, where the
+# command reports it in one line (components/failure.py): the log would print the same error a second time.
+BEAM_BUNDLE_LOGGER = "apache_beam.runners.common"
+
+
+class _DropReraisedErrors(logging.Filter):
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not (record.levelno >= logging.ERROR and record.exc_info)
+
+
 def configure_logging(verbose: bool = False) -> None:
     """INFO lines of ours as plain messages; other libraries' below WARNING only with `verbose`."""
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     for name in QUIET_LOGGERS:
         logger = logging.getLogger(name)
         logger.setLevel(logging.INFO if verbose else logging.WARNING)
+    beam_bundles = logging.getLogger(BEAM_BUNDLE_LOGGER)
+    for existing in [f for f in beam_bundles.filters if isinstance(f, _DropReraisedErrors)]:
+        beam_bundles.removeFilter(existing)
+    if not verbose:
+        beam_bundles.addFilter(_DropReraisedErrors())
     tf_logger = logging.getLogger("tensorflow")
     # TensorFlow adds a handler of its own; with ours on the root logger each line came out twice.
     for handler in list(tf_logger.handlers):

@@ -6,19 +6,20 @@ it in only when everything, metadata.json included, is written. A crash or a
 kill mid-run leaves the previous output as it was; `--overwrite` replaces it
 only at that last step. Remote outputs (gs://, ...) have no directory
 rename: there the run writes in place, after clearing an earlier run's files
-when `--overwrite` is given.
+when `--overwrite` is given. An output that is, or holds, one of the
+inputs is refused, `--overwrite` or not: replacing it would delete them.
+The staging folders of runs that were killed are removed by the next run
+(components/staging.py).
 """
 
 from __future__ import annotations
 
 import os
 import shutil
-import uuid
 
 from apache_beam.io.filesystems import FileSystems
 
-_STAGING_TAG = ".embedopt-tmp-"
-_OLD_TAG = ".embedopt-old-"
+from components import staging as staged
 
 
 class OutputError(ValueError):
@@ -41,31 +42,33 @@ def check_output(output: str, overwrite: bool) -> None:
         raise OutputError(f"output directory {output!r} already has data; pass --overwrite to replace it")
 
 
+def check_not_an_input(output: str, inputs) -> None:
+    """Refuses an `output` folder that is, or holds, one of `inputs` (local paths, symbolic links resolved)."""
+    if not is_local(output):
+        return
+    for path in inputs:
+        if path and is_local(path) and staged.is_within(path, output):
+            raise OutputError(f"--output {output!r} is or holds the input {path!r}: writing the output (or replacing it "
+                              "with --overwrite) would delete the input; choose an output folder outside the input's")
+
+
 def stage(output: str, overwrite: bool) -> str:
     """The directory the run writes into: a new staging folder for a local output, else `output` itself."""
     if not is_local(output):
         if overwrite and FileSystems.exists(output):
             FileSystems.delete([output])
         return output
-    parent, name = os.path.split(os.path.abspath(output))
-    os.makedirs(parent, exist_ok=True)
-    staging = os.path.join(parent, f".{name}{_STAGING_TAG}{os.getpid()}-{uuid.uuid4().hex[:8]}")
+    os.makedirs(os.path.dirname(os.path.abspath(output)), exist_ok=True)
+    staged.remove_stale_staging(output)
+    staging = staged.staging_path(output)
     os.makedirs(staging)
     return staging
 
 
 def commit(staging: str, output: str) -> None:
     """Swaps the finished staging folder in as `output` (the old output, if any, is removed after)."""
-    if staging == output:
-        return
-    output = os.path.abspath(output)
-    old = None
-    if os.path.exists(output):
-        old = f"{os.path.dirname(output)}/.{os.path.basename(output)}{_OLD_TAG}{uuid.uuid4().hex[:8]}"
-        os.rename(output, old)
-    os.rename(staging, output)
-    if old:
-        shutil.rmtree(old, ignore_errors=True)
+    if staging != output:
+        staged.swap_in(staging, output)
 
 
 def discard(staging: str, output: str) -> None:

@@ -44,6 +44,7 @@ from apache_beam.io.filesystem import CompressionTypes
 from apache_beam.io.filesystems import FileSystems
 from apache_beam.options.pipeline_options import PipelineOptions, StandardOptions
 
+from components.failure import note_path
 from components.lockfile import LockedError, lock_beside
 from components.preprocess import metadata as md
 from components.preprocess import output as out_dir
@@ -189,6 +190,7 @@ def execute(spec: PreprocessSpec) -> md.Metadata:
     spec = resolve_spec(spec)
     plan = plan_input(spec)
     try:
+        out_dir.check_not_an_input(spec.output, _input_paths(spec, plan))
         out_dir.check_output(spec.output, spec.overwrite)
     except out_dir.OutputError as err:
         raise UsageError(str(err)) from None
@@ -201,9 +203,9 @@ def execute(spec: PreprocessSpec) -> md.Metadata:
             work = out_dir.stage(spec.output, spec.overwrite)
             try:
                 meta = _run_into(work, spec, plan, options)
-            except BaseException:
+            except BaseException as err:
                 out_dir.discard(work, spec.output)
-                raise
+                raise note_path(err, spec.output)  # Beam's wrapped errors name no path
             out_dir.commit(work, spec.output)
     except (LockedError, out_dir.OutputError) as err:
         raise UsageError(str(err)) from None
@@ -211,6 +213,11 @@ def execute(spec: PreprocessSpec) -> md.Metadata:
     total = sum(meta.row_counts.values()) + meta.dead_letter_count
     logging.info("%s: %d rows in %.1f s (%.0f rows/s)", PROG, total, seconds, total / max(seconds, 1e-9))
     return meta
+
+
+def _input_paths(spec: PreprocessSpec, plan: InputPlan) -> list[str]:
+    """The local files and folders the run reads, which its output must not hold."""
+    return [*(plan.files or ()), *([spec.tfds_data_dir] if spec.format == "tfds" and spec.tfds_data_dir else [])]
 
 
 def run(argv: list[str]) -> md.Metadata:

@@ -6,7 +6,10 @@ Layout:
   model_run_dir/logs/train/           TensorBoard scalars: loss, examples_per_second
   model_run_dir/logs/eval/            TensorBoard scalars: auc, log_loss
   model_run_dir/checkpoints/          tf.train.CheckpointManager checkpoints (resume point); a save
-                                      writes into PREFIX_temp/ first, which a kill mid-save leaves behind
+                                      writes into PREFIX_temp/ first: a failed save (disk full) removes it
+                                      at once, one a kill interrupted is removed by the next run
+  model_run_dir/run_record.json       what the checkpoints hold (model, optimizers, id mapping) and every
+                                      data source trained on; a restart checks it (resume_check.py)
   model_run_dir/losses.json           (step, loss) points of every run segment, for the curve
 """
 
@@ -20,6 +23,7 @@ import os
 METRICS_FILE = "metrics.json"
 CURVE_FILE = "training_curve.png"
 LOSSES_FILE = "losses.json"
+RUN_RECORD_FILE = "run_record.json"
 LOGS_DIR = "logs"
 CHECKPOINT_DIR = "checkpoints"
 # TensorFlow's sharded save writes PREFIX_temp/part-* and merges it into PREFIX.* when complete.
@@ -56,6 +60,21 @@ def remove_checkpoint_temps(ckpt_dir: str) -> list[tuple[str, int]]:
             tf.io.gfile.rmtree(path)
             removed.append((path, size))
     return removed
+
+
+def save_checkpoint(manager, checkpoint_number: int) -> str:
+    """`manager.save(checkpoint_number=...)`; a save that fails (a full disk) deletes its PREFIX_temp folder
+    before the error goes on, so a failed save never keeps holding the space it took."""
+    from components.failure import note_path
+
+    try:
+        return manager.save(checkpoint_number=checkpoint_number)
+    except BaseException as err:
+        # Saves run one at a time in a process, so the only temp folder now is this save's.
+        for path, size in remove_checkpoint_temps(manager.directory):
+            logging.getLogger(__name__).warning("removed %s (%.1f MB), left by the failed checkpoint save", path,
+                                                size / 1e6)
+        raise note_path(err, manager.directory)
 
 
 def merged_losses(run_dir: str, new_points: list[tuple[int, float]]) -> list[list[float]]:

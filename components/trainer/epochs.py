@@ -53,7 +53,7 @@ class BestCheckpoint:
 
     def save(self, step: int) -> None:
         if self.manager is not None:
-            self.manager.save(checkpoint_number=step)
+            artifacts.save_checkpoint(self.manager, step)
 
     def restore(self, strategy, step: int) -> None:
         barrier(strategy)  # the chief has written the checkpoint before the other workers read it
@@ -85,7 +85,7 @@ def train_with_early_stopping(job, restored, manager, train_epoch, evaluate_now)
         target = epoch * epoch_steps
         if step < target:
             results.append(train_epoch(target))
-            manager.save(checkpoint_number=target)
+            artifacts.save_checkpoint(manager, target)
         history.append(Evaluation(epoch, target, evaluate_now()))
         improved = best_index([e.auc for e in history]) == len(history) - 1
         if improved:

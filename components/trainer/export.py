@@ -18,12 +18,19 @@ The signatures are traced with embedopt's fused kernels off
 (`optimizers.fast_path.disabled()`): the SavedModel holds TensorFlow's own
 ops only, so TF Serving, `tf.saved_model.load` and any other process load it
 without embedopt's kernel library.
+
+The SavedModel is written into a staging folder beside `export_dir` and
+renamed into place when complete (components/staging.py): a failed, refused
+or killed export never leaves files inside `export_dir`, an earlier export
+there stays whole until the new one replaces it, and the next export
+removes what a killed one left beside it.
 """
 
 from __future__ import annotations
 
 import tensorflow as tf
 
+from components import staging
 from components.preprocess.metadata import Metadata
 from components.preprocess.reader import parse_serialized
 from components.trainer.raw_features import RawFeatureTransform
@@ -64,7 +71,7 @@ class ServingModule(tf.Module):
 
 
 def export_saved_model(model, metadata: Metadata, export_dir: str, preprocess_dir: str | None) -> str:
-    """Writes the SavedModel to `export_dir` and returns it.
+    """Writes the SavedModel to `export_dir` (staged, see the module docstring) and returns it.
 
     `preprocess_dir` is the preprocess output directory (the one holding
     metadata.json and vocab/); the vocabulary modes read their files from it.
@@ -76,6 +83,6 @@ def export_saved_model(model, metadata: Metadata, export_dir: str, preprocess_di
         SERVE_TSV: module.serve_tsv,
         SERVE_TRANSFORMED: module.serve_transformed,
     }
-    with fast_path.disabled():
-        tf.saved_model.save(module, export_dir, signatures=signatures)
+    with staging.staged_directory(export_dir) as folder, fast_path.disabled():
+        tf.saved_model.save(module, folder, signatures=signatures)
     return export_dir

@@ -100,7 +100,7 @@ def stop_workers(procs: list[subprocess.Popen], grace_seconds: float) -> None:
 
 def launch(worker_argv: list[str], num_workers: int, out=None, poll_seconds: float = 0.2,
            timeout_seconds: float | None = None, grace_seconds: float = GRACE_SECONDS) -> int:
-    """Runs `python -m components.trainer.cli WORKER_ARGV` N times; returns 0 or a non-zero exit code.
+    """Runs `python -m components.cli train WORKER_ARGV` N times; returns 0 or a non-zero exit code.
 
     The workers never outlive the launcher: on a failed worker, SIGTERM,
     SIGINT or `timeout_seconds` the others get SIGTERM, then SIGKILL after
@@ -122,7 +122,7 @@ def launch(worker_argv: list[str], num_workers: int, out=None, poll_seconds: flo
         for index, config in enumerate(tf_configs(free_ports(num_workers))):
             env = dict(os.environ, TF_CONFIG=config, **{LAUNCHER_PID_ENV: str(os.getpid())})
             proc = subprocess.Popen(
-                [sys.executable, "-m", "components.trainer.cli", *worker_argv],
+                [sys.executable, "-m", "components.cli", "train", *worker_argv],
                 env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, bufsize=1,
             )
             procs.append(proc)

@@ -5,6 +5,11 @@ With `table_sharding="row"` every worker saves and restores its own shard
 sharding.py); mirrored: the chief's checkpoint serves all. The chief (and
 with row sharding every worker) first deletes the temp folders of
 checkpoint saves that a kill interrupted.
+
+Before restoring, the chief checks that the checkpoint fits this run (the
+model, optimizers and id mapping recorded in `run_record.json`,
+resume_check.py) and every worker that each optimizer slot lands in the
+slot of the same name (checkpoint_slots.py).
 """
 
 from __future__ import annotations
@@ -15,7 +20,8 @@ import os
 
 import tensorflow as tf
 
-from components.trainer import artifacts
+from components.trainer import artifacts, resume_check
+from components.trainer.checkpoint_slots import check_slots_by_name
 from components.trainer.fn_args import TrainerConfig
 from components.trainer.loop import TrainState, build_optimizers
 from components.trainer.loss_scale import DynamicLossScale
@@ -33,6 +39,7 @@ class Restored:
     checkpoint: tf.train.Checkpoint
     place: CheckpointPlace  # where this worker's checkpoints go
     resumed_from: int
+    data_sources: list[dict] = dataclasses.field(default_factory=list)  # chief: every data source trained on
 
     @property
     def model(self):
@@ -53,8 +60,9 @@ def build_state(strategy, metadata, config: TrainerConfig) -> TrainState:
 
 
 def build_and_restore(strategy, metadata, config: TrainerConfig, model_run_dir: str, train_steps: int | None,
-                      is_chief: bool) -> Restored:
-    """Raises ValueError when the checkpoint is past `train_steps` (None: early stopping, no fixed end)."""
+                      is_chief: bool, metadata_path: str | None = None) -> Restored:
+    """Raises ValueError when the checkpoint is past `train_steps` (None: early stopping, no fixed end), or does
+    not fit this run (another model, optimizer or id mapping; see resume_check.py)."""
     state = build_state(strategy, metadata, config)
     checkpoint = state.checkpoint()
     row_sharded = config.table_sharding == "row"
@@ -65,17 +73,28 @@ def build_and_restore(strategy, metadata, config: TrainerConfig, model_run_dir: 
             log.info("removed %s (%.1f MB), left by a checkpoint save that was interrupted", path, size / 1e6)
     point = place.resume_point()
     latest = point.path if point else None
+    record, sources = None, []
+    if is_chief and metadata_path:
+        step = point.step if point else 0
+        record = resume_check.make_record(config, metadata, metadata_path, state.embedding_optimizer,
+                                          state.dense_optimizer)
+        sources = resume_check.check_resume(model_run_dir, record, resume_check.data_source(metadata, metadata_path,
+                                                                                            step), point is not None, step)
     if row_sharded and point and point.reshard_from:
         barrier(strategy)  # every worker has chosen its resume point before any writes a resharded one
         log.info("resharding the checkpoint of step %d from %d worker(s) onto %d", point.step, point.reshard_from,
                  place.num_shards)
         reshard(place, checkpoint, point)
     if latest:
+        check_slots_by_name(latest, {"embedding_optimizer": state.embedding_optimizer,
+                                     "dense_optimizer": state.dense_optimizer})
         checkpoint.restore(latest).assert_existing_objects_matched()
+    if record is not None:
+        resume_check.write_record(model_run_dir, record, sources)
     resumed_from = int(state.step.numpy())
     if train_steps is not None and resumed_from > train_steps:
         raise ValueError(f"checkpoint {latest} is at step {resumed_from}, past train_steps={train_steps}; "
                          "use a new model_run_dir or more steps")
     if resumed_from:
         log.info("resumed from checkpoint %s at step %d", latest, resumed_from)
-    return Restored(state, checkpoint, place, resumed_from)
+    return Restored(state, checkpoint, place, resumed_from, sources)

@@ -133,7 +133,7 @@ def _run(fn_args, config: TrainerConfig, cluster) -> dict:
     phases = {}
     phase_start = time.perf_counter()
     restored = build_and_restore(job.strategy, job.metadata, config, fn_args.model_run_dir, job.target_steps,
-                                 job.is_chief)
+                                 job.is_chief, job.metadata_path)
     phases["build_and_restore"] = time.perf_counter() - phase_start
     ckpt_dir = (restored.place.directory if job.is_chief or job.row_sharded
                 else os.path.join(job.scratch, artifacts.CHECKPOINT_DIR))
@@ -155,7 +155,7 @@ def _run(fn_args, config: TrainerConfig, cluster) -> dict:
     else:
         result = train_to(job.target_steps)
         with _timed(phases, "final_checkpoint"):
-            manager.save(checkpoint_number=int(restored.step.numpy()))
+            artifacts.save_checkpoint(manager, int(restored.step.numpy()))
         metrics = _evaluate(job, restored.model, eval_ds, phases)
         metrics["stopping"] = ({"mode": "train_steps"} if fn_args.train_steps is not None else
                                {"mode": "one_pass", "reason": "no eval split to stop on"})
@@ -228,7 +228,7 @@ def _train(job: _Job, restored: Restored, train_step, iterator, manager: tf.trai
         result = train(
             train_step, iterator, restored.state, target, global_batch,
             checkpoint_every=config.checkpoint_every,
-            save_checkpoint=lambda s: manager.save(checkpoint_number=s),
+            save_checkpoint=lambda s: artifacts.save_checkpoint(manager, s),
             # Off a terminal the bar's carriage returns would flood the log: log lines instead.
             log_every=config.log_every, progress=config.progress and job.is_chief and sys.stdout.isatty(),
             summary_writer=writer,
@@ -302,6 +302,8 @@ def _run_metrics(job: _Job, restored: Restored, result, phases: dict[str, float]
         config=job.config.to_json(),
         serving_model_dir=job.fn_args.serving_model_dir,
         metadata_path=job.metadata_path,
+        # Every preprocess output this run directory has trained on, with the step each began at.
+        data_sources=restored.data_sources,
     )
 
 
