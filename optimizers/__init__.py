@@ -20,6 +20,7 @@ import keras
 from optimizers.adagrad import Adagrad, RowWiseAdagrad
 from optimizers.adam import Adam, AdamW, LazyAdam
 from optimizers.base import SparseOptimizer
+from optimizers.dynamic import DynamicEmbedding
 from optimizers.embedding import SparseEmbedding
 from optimizers.ftrl import Ftrl
 from optimizers.initializers import RowUniform
@@ -71,6 +72,7 @@ def get(identifier, **kwargs) -> SparseOptimizer:
 
 __all__ = [
     "OPTIMIZERS",
+    "DynamicEmbedding",
     "SGD",
     "Adagrad",
     "Adam",
