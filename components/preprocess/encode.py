@@ -26,7 +26,7 @@ import pyarrow as pa
 
 from components.preprocess import metadata as md
 from components.preprocess.bags import ids_of_bags
-from components.preprocess.vocab import VocabularyLookup, hash_ids
+from components.preprocess.vocab import VocabularyLookup, fingerprint_ids, hash_ids
 
 
 def _list_column(values: np.ndarray, width: int) -> pa.ListArray:
@@ -51,9 +51,9 @@ def to_examples(label: np.ndarray, dense: np.ndarray, ids: Sequence[np.ndarray |
 class EncodeExampleFn(beam.DoFn):
     """ParsedBatch -> (shard, "train" | "eval", serialized examples).
 
-    Ids come from `hash_buckets` when given, else from the `vocabularies` side
-    input (feature index -> arrow array of the values in id order); an unseen
-    value gets id 0.
+    Ids come from `hash_buckets` when given (0 buckets: the full fingerprint,
+    `vocab.fingerprint_ids`), else from the `vocabularies` side input (feature
+    index -> arrow array of the values in id order); an unseen value gets id 0.
     """
 
     def __init__(self, hash_buckets: Sequence[int] | None = None):
@@ -62,7 +62,8 @@ class EncodeExampleFn(beam.DoFn):
 
     def _ids(self, batch, vocabularies) -> list[np.ndarray | pa.ListArray]:
         if self._hash_buckets is not None:
-            lookups = [lambda values, n=n: hash_ids(values, n) for n in self._hash_buckets]
+            lookups = [fingerprint_ids if n == 0 else (lambda values, n=n: hash_ids(values, n))
+                       for n in self._hash_buckets]
         else:
             if self._tables is None:
                 # The side input is the same for the whole run: build the lookups once per DoFn instance.

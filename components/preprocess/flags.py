@@ -59,7 +59,9 @@ def build_parser() -> argparse.ArgumentParser:
     vocab.add_argument("--min-frequency", type=int, help="keep values seen at least K times; the mode used when none of the three is given "
                        f"(default: K={DEFAULT_MIN_FREQUENCY})")
     vocab.add_argument("--hash-buckets", help="no vocabulary: id = 1 + hash(value) %% (N-1), 0 for missing; "
-                       "one N or 26 comma-separated values (size N)")
+                       "one N or 26 comma-separated values (size N). 0: id = the value's full 64-bit FarmHash "
+                       "fingerprint as a signed int64 (no modulo, no collisions to speak of), 0 for missing: keys "
+                       "for `embedopt train --table-kind dynamic` (metadata.json: id_kind fingerprint, vocab sizes 0)")
     parser.add_argument("--multi-hot-columns", metavar="C<i>[,C<j>...]",
                         help="categorical columns holding a bag of values (multi-hot), e.g. C3,C21: a text field "
                         "holds elements split at --multi-hot-separator, a Parquet or TFDS one a list; each element "

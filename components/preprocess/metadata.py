@@ -35,6 +35,15 @@ SPLITS = ("train", "eval")
 SPLIT_DIRS = {"train": TRAIN_DIR, "eval": EVAL_DIR}
 SYNTH_META_SUFFIX = ".meta.json"
 
+# What a categorical id is (metadata.json's `id_kind`). "index": a row number in [0, vocab size), 0 for missing
+# or out of vocabulary (every mode but one; metadata written before `id_kind` existed). "fingerprint"
+# (`--hash-buckets 0`): the value's full FarmHash Fingerprint64 as a signed int64, no modulo, no vocabulary;
+# its vocab sizes are 0 (no bound) and a missing value is `MISSING_KEY`.
+ID_KIND_INDEX = "index"
+ID_KIND_FINGERPRINT = "fingerprint"
+ID_KINDS = (ID_KIND_INDEX, ID_KIND_FINGERPRINT)
+MISSING_KEY = 0
+
 
 def vocab_file(output_dir: str, key: str) -> str:
     """DIR/vocab/<key>.txt: line k (1-based) holds the value with id k."""
@@ -121,7 +130,8 @@ class Metadata:
     categorical keys stored as bags (0..n ids per example; empty: every key
     is one-hot, as in metadata written before bags existed), and
     `bag_stats[key]` says how many ids their examples hold and how many the
-    cap (`options["max_bag_length"]`) cut off.
+    cap (`options["max_bag_length"]`) cut off. `id_kind` is one of `ID_KINDS`
+    (see there): with "fingerprint" every vocab size is 0 and an id is any int64.
     """
 
     vocab_sizes: dict[str, int]
@@ -139,6 +149,12 @@ class Metadata:
     synth_metadata: dict[str, Any] | None = None
     multi_hot_keys: tuple[str, ...] = ()
     bag_stats: dict[str, dict[str, int]] | None = None
+    id_kind: str = ID_KIND_INDEX
+
+    @property
+    def fingerprint_ids(self) -> bool:
+        """Whether the ids are raw 64-bit fingerprints (keys for dynamic tables), not rows of a fixed table."""
+        return self.id_kind == ID_KIND_FINGERPRINT
 
     def is_bag(self, key: str) -> bool:
         """Whether feature `key` holds a bag of ids (a ragged row) rather than one id."""
@@ -155,6 +171,8 @@ class Metadata:
             data["multi_hot_keys"] = list(self.multi_hot_keys)
         else:
             del data["multi_hot_keys"]
+        if self.id_kind == ID_KIND_INDEX:  # so that index ids write the metadata.json of before
+            del data["id_kind"]
         return data
 
 
@@ -174,9 +192,17 @@ def metadata_from_json(data: dict[str, Any], where: str = "metadata") -> Metadat
     keys = tuple(data["categorical_keys"])
     if set(data["vocab_sizes"]) != set(keys):
         raise ValueError(f"{where}: vocab_sizes keys {sorted(data['vocab_sizes'])} != categorical_keys {list(keys)}")
-    bad = {k: v for k, v in data["vocab_sizes"].items() if not isinstance(v, int) or v < 1}
-    if bad:
-        raise ValueError(f"{where}: vocab sizes must be integers >= 1, got {bad}")
+    id_kind = data.get("id_kind", ID_KIND_INDEX)
+    if id_kind not in ID_KINDS:
+        raise ValueError(f"{where}: id_kind {id_kind!r} must be one of {list(ID_KINDS)}")
+    if id_kind == ID_KIND_FINGERPRINT:
+        bad = {k: v for k, v in data["vocab_sizes"].items() if v != 0}
+        if bad:
+            raise ValueError(f"{where}: fingerprint ids have no vocabulary: vocab sizes must be 0, got {bad}")
+    else:
+        bad = {k: v for k, v in data["vocab_sizes"].items() if not isinstance(v, int) or v < 1}
+        if bad:
+            raise ValueError(f"{where}: vocab sizes must be integers >= 1, got {bad}")
     spec = data["feature_spec"]
     expected = {data["label_key"], data["dense_key"], *keys}
     if set(spec) != expected:

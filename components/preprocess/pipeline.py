@@ -253,6 +253,7 @@ def _run_into(work: str, spec: PreprocessSpec, plan: InputPlan, options: Pipelin
         feature_spec=md.feature_spec(spec.bag_layout.keys),
         multi_hot_keys=spec.bag_layout.keys,
         bag_stats=_bag_stats(counts, spec),
+        id_kind=spec.id_kind,
     )
     md.write_metadata(meta, work)
     return meta

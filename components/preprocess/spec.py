@@ -19,7 +19,7 @@ from components.preprocess.sink import DEFAULT_COMPRESSION_LEVEL
 FORMATS = ("tsv", "csv", "tfds", "parquet")
 DEFAULT_MIN_FREQUENCY = 2
 COMPRESSION_LEVELS = range(1, 10)
-VOCAB_MODES = ("top_n", "min_frequency", "hash")
+VOCAB_MODES = ("top_n", "min_frequency", "hash", "fingerprint")
 
 
 class UsageError(ValueError):
@@ -50,7 +50,8 @@ class PreprocessSpec:
     input: file pattern of the logs; with `format="tfds"` the TFDS dataset name unless `tfds_name` is given.
     output: the directory that becomes an `ExamplesLayout`.
     vocab_size / min_frequency / hash_buckets: at most one; 1 or 26 values for the per-feature ones, kept as 26.
-        With none, `min_frequency` is `DEFAULT_MIN_FREQUENCY`.
+        With none, `min_frequency` is `DEFAULT_MIN_FREQUENCY`. `hash_buckets` 0 (for every feature) keeps each
+        value's full 64-bit fingerprint as its id (`vocab_mode` "fingerprint", metadata `id_kind` "fingerprint").
     num_shards: output files per split; None sizes them from the input.
     negative_counts: "clamp" (a negative count becomes 0) or "reject" (its row goes to the dead letter); recorded
         in metadata.json, so serving and `embedopt predict` apply the same policy.
@@ -98,7 +99,7 @@ class PreprocessSpec:
         if len(modes) > 1:
             raise SpecError(modes[1], f"cannot be combined with {modes[0]}; give at most one of vocab_size, "
                             "min_frequency, hash_buckets")
-        self._set("hash_buckets", self._per_feature("hash_buckets", 2))
+        self._set("hash_buckets", self._hash_buckets())
         self._set("vocab_size", self._per_feature("vocab_size", 1))
         if not modes:
             self._set("min_frequency", DEFAULT_MIN_FREQUENCY)
@@ -174,6 +175,29 @@ class PreprocessSpec:
     def _set(self, name: str, value) -> None:
         object.__setattr__(self, name, value)
 
+    def _hash_buckets(self) -> tuple[int, ...] | None:
+        """`hash_buckets` as 26 values: each >= 2, or 0 for every feature (fingerprints)."""
+        value = self.hash_buckets
+        sizes = (value,) if _is_int(value) else tuple(value) if value is not None else ()
+        if sizes and all(_is_int(size) and size == 0 for size in sizes):
+            if len(sizes) not in (1, md.NUM_CATEGORICAL):
+                raise SpecError("hash_buckets", f"takes one value or {md.NUM_CATEGORICAL} comma-separated values; "
+                                f"got {_sizes_text(sizes)}")
+            return (0,) * md.NUM_CATEGORICAL
+        if 0 in sizes:
+            raise SpecError("hash_buckets", f"0 (full fingerprints, no modulo) must be given for every feature, "
+                            f"not mixed with bucket counts; got {_sizes_text(sizes)}")
+        return self._per_feature("hash_buckets", 2)
+
+    @property
+    def fingerprint_ids(self) -> bool:
+        """Whether ids are full fingerprints (`hash_buckets` 0)."""
+        return bool(self.hash_buckets) and not any(self.hash_buckets)
+
+    @property
+    def id_kind(self) -> str:
+        return md.ID_KIND_FINGERPRINT if self.fingerprint_ids else md.ID_KIND_INDEX
+
     def _per_feature(self, name: str, minimum: int) -> tuple[int, ...] | None:
         """One value or one per categorical feature -> one per feature, each >= minimum."""
         value = getattr(self, name)
@@ -191,6 +215,8 @@ class PreprocessSpec:
     @property
     def vocab_mode(self) -> str:
         """One of VOCAB_MODES."""
+        if self.fingerprint_ids:
+            return "fingerprint"
         return "hash" if self.hash_buckets else ("top_n" if self.vocab_size else "min_frequency")
 
     @property

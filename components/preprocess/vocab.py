@@ -9,6 +9,9 @@ hashing into N buckets, a value gets `1 + Fingerprint64(value) % (N - 1)`
 `tf.strings.to_hash_bucket_fast` computes), so the size is N; the exported
 SavedModel runs that op, so serving maps raw values to the ids the model was
 trained on. Here pyfarmhash computes it, so Beam workers need no TensorFlow.
+With `--hash-buckets 0` a value's id is that fingerprint itself, no modulo,
+as a signed int64 (the uint64's bits), and a missing value gets
+`metadata.MISSING_KEY` (0): keys for dynamic tables (`fingerprint_ids`).
 
 Counting: each batch contributes one (values, counts) pair of arrow arrays
 per feature (`pyarrow.compute.value_counts`), and `MergeCountsFn` sums them
@@ -41,6 +44,17 @@ def hash_ids(values: pa.Array, buckets: int) -> np.ndarray:
     modulus = buckets - 1
     ids = np.fromiter((1 + fingerprint64(v) % modulus if v else 0 for v in dictionary), np.int64, count=len(dictionary))
     return ids[encoded.indices.to_numpy(zero_copy_only=False)]
+
+
+def fingerprint_ids(values: pa.Array) -> np.ndarray:
+    """int64 keys of a string array: Fingerprint64(value)'s 64 bits as a signed int64; `MISSING_KEY` for ""."""
+    encoded = values.dictionary_encode()
+    dictionary = encoded.dictionary.to_pylist()
+    if not dictionary:
+        return np.full(len(values), md.MISSING_KEY, np.int64)
+    keys = np.fromiter((fingerprint64(v) if v else md.MISSING_KEY for v in dictionary), np.uint64,
+                       count=len(dictionary)).view(np.int64)
+    return keys[encoded.indices.to_numpy(zero_copy_only=False)]
 
 
 def hash_id(value: str, buckets: int) -> int:

@@ -106,10 +106,20 @@ def build_parser() -> argparse.ArgumentParser:
     model.add_argument("--embedding-dim", type=positive_int,
                        help="embedding width, also the bottom MLP's output width; tables have one more column for the "
                        f"wide term (default: {defaults.embedding_dim})")
-    model.add_argument("--table-layout", choices=keys.TABLE_LAYOUTS, default=defaults.table_layout,
+    model.add_argument("--table-layout", choices=keys.TABLE_LAYOUTS,
                        help="per_feature: one table per categorical feature, sized by metadata vocab_sizes; "
                        "shared: one table of sum(vocab sizes) rows with per-feature offsets, one lookup and one "
-                       "gradient all-reduce per step instead of 26")
+                       f"gradient all-reduce per step instead of 26 (default: {defaults.table_layout}; per_feature "
+                       "with --table-kind dynamic)")
+    model.add_argument("--table-kind", choices=keys.TABLE_KINDS, default=defaults.table_kind,
+                       help="fixed: a row per id (vocabulary or hash bucket); dynamic: a DynamicEmbedding per "
+                       "feature keyed by full fingerprints (data from `embedopt preprocess --hash-buckets 0`), "
+                       "--table-capacity rows each, a key admitted on first sight, the least recently used key "
+                       "evicted when full, unseen or evicted keys reading zeros; per_feature layout, one device only "
+                       "(docs/dynamic_tables.md)")
+    model.add_argument("--table-capacity", metavar="ROWS|C<i>:ROWS[,...]",
+                       help="with --table-kind dynamic: rows of each table: ROWS for every feature, C<i>:ROWS per raw "
+                       "column, or both (100000,C3:5000)")
     model.add_argument("--table-sharding", choices=keys.TABLE_SHARDINGS, default=defaults.table_sharding,
                        help="mirrored: every worker holds every table and its optimizer slots; row: worker r of N "
                        "holds the rows with id %% N == r (tables N times larger fit; ids and rows are exchanged "
@@ -195,8 +205,13 @@ def config_from_args(args: argparse.Namespace, batch_size: int | None = None):
             value = batch_size
         if value is not None:
             chosen[field] = tuple(value) if isinstance(value, (list, tuple)) else value
+    layout = args.table_layout or ("per_feature" if args.table_kind == "dynamic" else TrainerConfig.table_layout)
+    capacity = args.table_capacity
+    if capacity is not None and capacity.strip().isdigit():
+        capacity = int(capacity)
     config = TrainerConfig(
-        table_layout=args.table_layout, table_sharding=args.table_sharding, wide=not args.no_wide,
+        table_layout=layout, table_sharding=args.table_sharding, wide=not args.no_wide,
+        table_kind=args.table_kind, table_capacity=capacity,
         checkpoint_every=args.checkpoint_every, log_every=args.log_every, strategy=args.strategy,
         mixed_precision=args.mixed_precision, seed=args.seed, progress=not args.no_progress,
         patience=args.patience, max_epochs=args.max_epochs, baseline=not args.no_baseline,

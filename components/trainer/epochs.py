@@ -36,6 +36,7 @@ class BestCheckpoint:
         # The variables themselves: a Keras 3 model tracks only some of its layers for tf.train.Checkpoint (the
         # run's checkpoint reaches the rest through the optimizers).
         self.checkpoint = tf.train.Checkpoint(variables=list(model.variables))
+        self.dynamic_tables = model.dynamic_tables() if hasattr(model, "dynamic_tables") else []
         writes = job.is_chief or job.row_sharded
         self.manager = (tf.train.CheckpointManager(self.checkpoint, self.place.directory, max_to_keep=1)
                         if writes else None)
@@ -58,6 +59,8 @@ class BestCheckpoint:
     def restore(self, strategy, step: int) -> None:
         barrier(strategy)  # the chief has written the checkpoint before the other workers read it
         self.checkpoint.restore(self.path(step)).assert_existing_objects_matched()
+        for table in self.dynamic_tables:  # the key -> row hash tables follow the restored row keys
+            table.rebuild_index()
 
 
 @dataclasses.dataclass

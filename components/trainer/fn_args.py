@@ -29,6 +29,8 @@ BATCH_SIZE = "batch_size"
 EMBEDDING_DIM = "embedding_dim"
 TABLE_LAYOUT = "table_layout"
 TABLE_SHARDING = "table_sharding"
+TABLE_KIND = "table_kind"
+TABLE_CAPACITY = "table_capacity"
 INTERACTION = "interaction"
 BOTTOM_MLP = "bottom_mlp"
 TOP_MLP = "top_mlp"
@@ -55,6 +57,9 @@ OPTIMIZER_NAMES = ("sgd", "momentum", "decaying_sgd", "adam", "lazy_adam", "adam
                    "ftrl")
 TABLE_LAYOUTS = ("per_feature", "shared")
 TABLE_SHARDINGS = ("mirrored", "row")
+# fixed: a row per id of a vocabulary or hash bucket (index ids); dynamic: `optimizers.DynamicEmbedding`, keyed by
+# fingerprint ids (preprocess --hash-buckets 0), `table_capacity` rows each (components/trainer/dynamic_tables.py).
+TABLE_KINDS = ("fixed", "dynamic")
 INTERACTIONS = ("dot", "concat", "dcnv2")
 BAG_COMBINERS = ("sum", "mean", "sqrtn")
 STRATEGIES = ("auto", "mirrored", "multi_worker", "default")
@@ -116,6 +121,10 @@ class TrainerConfig:
     # DCN-v2 (interaction "dcnv2"): cross layers, and the rank of their W = U V^T (0: full-rank W).
     cross_layers: int = 3
     cross_rank: int = 0
+    # "dynamic": one DynamicEmbedding per feature, with `table_capacity` rows: an int for every feature, or the
+    # text "N", "C<i>:N,..." or "N,C<i>:N,..." (a default and per raw column C1..C26).
+    table_kind: str = "fixed"
+    table_capacity: int | str | None = None
     metadata_path: str | None = None
 
     def __post_init__(self):
@@ -137,6 +146,7 @@ class TrainerConfig:
                             (STRATEGY, STRATEGIES), (BAG_COMBINER, BAG_COMBINERS)):
             if getattr(self, name) not in valid:
                 raise ValueError(f"{name} must be one of {valid}, got {getattr(self, name)!r}")
+        self._check_table_kind()
         for name in (WIDE, BASELINE):
             if not isinstance(getattr(self, name), bool):
                 raise ValueError(f"{name} must be true or false, got {getattr(self, name)!r}")
@@ -144,6 +154,40 @@ class TrainerConfig:
             value = getattr(self, name)
             if not all(isinstance(u, int) and u >= 1 for u in value):
                 raise ValueError(f"{name} must be a list of layer widths >= 1, got {value!r}")
+
+    def _check_table_kind(self) -> None:
+        if self.table_kind not in TABLE_KINDS:
+            raise ValueError(f"{TABLE_KIND} must be one of {TABLE_KINDS}, got {self.table_kind!r}")
+        if self.table_kind == "fixed":
+            if self.table_capacity is not None:
+                raise ValueError(f"{TABLE_CAPACITY} {self.table_capacity!r} needs {TABLE_KIND} 'dynamic' "
+                                 "(fixed tables are sized by the metadata's vocab_sizes)")
+            return
+        if self.table_capacity is None:
+            raise ValueError(f"{TABLE_KIND} 'dynamic' needs {TABLE_CAPACITY}: rows per table (N, or C<i>:N per "
+                             "feature)")
+        table_capacities(self.table_capacity)
+        if self.table_layout != "per_feature":
+            raise ValueError(f"{TABLE_KIND} 'dynamic' needs {TABLE_LAYOUT} 'per_feature' (a dynamic table per "
+                             f"feature; one shared dynamic table is not built yet), got {self.table_layout!r}")
+        if self.table_sharding != "mirrored":
+            raise ValueError(f"{TABLE_KIND} 'dynamic' cannot be row-sharded yet ({TABLE_SHARDING} "
+                             f"{self.table_sharding!r}); use 'mirrored' on one device")
+
+    def capacities(self, categorical_keys) -> list[int]:
+        """Rows of each feature's dynamic table, in `categorical_keys` order (cat_i is raw column C<i+1>)."""
+        default, named = table_capacities(self.table_capacity)
+        from components.preprocess.metadata import RAW_CATEGORICAL
+
+        out = []
+        for i, key in enumerate(categorical_keys):
+            raw = RAW_CATEGORICAL[i] if i < len(RAW_CATEGORICAL) else key
+            rows = named.get(raw, default)
+            if rows is None:
+                raise ValueError(f"{TABLE_CAPACITY} {self.table_capacity!r} gives no capacity for {raw} ({key}); "
+                                 "add a default N or C<i>:N for it")
+            out.append(rows)
+        return out
 
     @classmethod
     def from_custom_config(cls, custom_config: dict[str, Any] | None) -> TrainerConfig:
@@ -170,7 +214,22 @@ class TrainerConfig:
     def to_json(self) -> dict[str, Any]:
         data = dataclasses.asdict(self)
         data[BOTTOM_MLP], data[TOP_MLP] = list(self.bottom_mlp), list(self.top_mlp)
+        if self.table_kind == "fixed":  # left out, so a fixed-table run records the config it recorded before
+            del data[TABLE_KIND], data[TABLE_CAPACITY]
         return data
+
+
+def table_capacities(value) -> tuple[int | None, dict[str, int]]:
+    """`table_capacity` (int or text "N", "C<i>:N,...", "N,C<i>:N") -> (default, {raw column: rows}); ValueError."""
+    from components.preprocess.bags import parse_caps
+
+    if isinstance(value, bool) or not isinstance(value, (int, str)):
+        raise ValueError(f"{TABLE_CAPACITY} must be an integer or text like '100000' or 'C1:100000,C2:5000', "
+                         f"got {value!r}")
+    try:
+        return parse_caps(str(value))
+    except ValueError as err:
+        raise ValueError(f"{TABLE_CAPACITY} takes N or C<i>:N parts (N >= 1): {err}") from None
 
 
 # Where a run's two output folders go under one output directory (`embedopt train --output`, the demo).

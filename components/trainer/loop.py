@@ -6,6 +6,9 @@ the GLOBAL batch size (`tf.nn.compute_average_loss`): the optimizers
 all-reduce gradients with SUM, which then gives the gradient of the mean
 loss over the global batch. Embedding tables and dense weights go to two
 optimizers, each applying its own variables in the same replica step.
+Dynamic tables (`optimizers.DynamicEmbedding`) reset the optimizer slots of
+the rows their forward pass (re)assigned after the gradient and before
+either optimizer applies it, as that layer's contract asks.
 """
 
 from __future__ import annotations
@@ -39,6 +42,11 @@ class TrainState:
                      dense_optimizer=self.dense_optimizer, step=self.step)
         if self.loss_scale is not None:
             items["loss_scale"] = self.loss_scale
+        dynamic = self.model.dynamic_tables() if hasattr(self.model, "dynamic_tables") else []
+        if dynamic:
+            # The layers themselves: keys, stamps, counters and the key -> row hash table, which a Keras 3 model
+            # does not hand to tf.train.Checkpoint (fixed-table checkpoints keep their layout).
+            items["dynamic_tables"] = dynamic
         return tf.train.Checkpoint(**items)
 
 
@@ -76,6 +84,7 @@ def make_train_step(strategy: tf.distribute.Strategy, state: TrainState, global_
     emb_vars, dense_vars = model.embedding_variables(), model.dense_variables()
     n_emb = len(emb_vars)
     scaler = state.loss_scale
+    dynamic_tables = model.dynamic_tables() if hasattr(model, "dynamic_tables") else []
 
     def replica_gradients(features, labels):
         with tf.GradientTape() as tape:
@@ -84,6 +93,8 @@ def make_train_step(strategy: tf.distribute.Strategy, state: TrainState, global_
             loss = tf.nn.compute_average_loss(per_example, global_batch_size=global_batch_size)
             target = scaler.scale_loss(loss) if scaler is not None else loss
         grads = tape.gradient(target, emb_vars + dense_vars)
+        for table in dynamic_tables:
+            table.reset_slots(state.embedding_optimizer)
         if scaler is not None:
             grads = scaler.unscale(grads)
         return loss, grads

@@ -35,6 +35,14 @@ feature's ids (one-hot ones as bags of one) become one ragged batch of
 F * B bags, offsets added to the values, for one pooled lookup. Without
 bags the model is the one-hot model of before: same lookups, same
 variables, same checkpoints.
+
+With `table_kind="dynamic"` (per-feature layout only) each feature's table
+is an `optimizers.DynamicEmbedding` of `table_capacities[i]` rows keyed by
+the raw int64 fingerprint ids: a training call admits (and evicts) keys,
+any other call only reads, and a key without a row reads zeros. A bag
+looks its elements up as one flat batch of keys and pools them like a
+fixed table's bag. The training step must call `reset_slots` on each of
+`dynamic_tables()` between the gradient and the apply (loop.py does).
 """
 
 from __future__ import annotations
@@ -74,12 +82,15 @@ class DLRM(keras.Model):
         bag_combiner: "sum", "mean" or "sqrtn": how a bag pools its rows.
         cross_layers, cross_rank: the DCN-v2 cross network's depth and the
             rank of its W = U V^T (0: full rank); "dcnv2" only.
+        table_kind: "fixed" (the tables above) or "dynamic" (a
+            `DynamicEmbedding` per feature; `vocab_sizes` is then ignored).
+        table_capacities: rows of each dynamic table, in `categorical_keys` order.
     """
 
     def __init__(self, vocab_sizes, categorical_keys, dense_key, embedding_dim=16, table_layout="per_feature",
                  interaction="dot", bottom_mlp=(64, 32), top_mlp=(64, 32), wide=True, seed=0,
                  table_sharding="mirrored", table_init=None, multi_hot_keys=(), bag_combiner="sum", cross_layers=3,
-                 cross_rank=0, **kwargs):
+                 cross_rank=0, table_kind="fixed", table_capacities=None, **kwargs):
         super().__init__(**kwargs)
         self.embedding_dim = int(embedding_dim)
         self.wide = bool(wide)
@@ -103,12 +114,28 @@ class DLRM(keras.Model):
         def init(i):
             return _row_init(seed, i) if table_init is None else table_init
 
+        if table_kind not in ("fixed", "dynamic"):
+            raise ValueError(f"table_kind must be 'fixed' or 'dynamic', got {table_kind!r}")
+        self.table_kind = table_kind
+
         # A combiner only where bags are: one-hot lookups stay plain gathers.
         if table_layout == "shared":
             self.offsets = tf.constant(np.cumsum([0] + self.vocab_sizes[:-1]), dtype=tf.int64)
             combiner = bag_combiner if self.multi_hot_keys else None
             self.tables = [tables(sum(self.vocab_sizes), width, embeddings_initializer=init(0),
                                   name="shared_table", combiner=combiner)]
+        elif table_layout == "per_feature" and table_kind == "dynamic":
+            if table_sharding != "mirrored":
+                raise ValueError(f"dynamic tables cannot be sharded yet, got table_sharding {table_sharding!r}")
+            capacities = list(table_capacities or ())
+            if len(capacities) != len(self.categorical_keys):
+                raise ValueError(f"table_capacities {capacities} must give one capacity per categorical key "
+                                 f"({len(self.categorical_keys)})")
+            self.tables = [
+                optimizers.DynamicEmbedding(width, capacity, init_scale=EMBEDDING_INIT_SCALE,
+                                            seed=(seed * 1000 + i) % 2**63, name=f"table_{key}")
+                for i, (key, capacity) in enumerate(zip(self.categorical_keys, capacities))
+            ]
         elif table_layout == "per_feature":
             self.tables = [
                 tables(size, width, embeddings_initializer=init(i), name=f"table_{key}",
@@ -117,6 +144,8 @@ class DLRM(keras.Model):
             ]
         else:
             raise ValueError(f"table_layout must be 'per_feature' or 'shared', got {table_layout!r}")
+        if table_kind == "dynamic" and table_layout != "per_feature":
+            raise ValueError(f"dynamic tables need table_layout 'per_feature', got {table_layout!r}")
         if interaction not in ("dot", "concat", "dcnv2"):
             raise ValueError(f"interaction must be 'dot', 'concat' or 'dcnv2', got {interaction!r}")
         dense_init = keras.initializers.GlorotUniform(seed=seed)
@@ -152,6 +181,10 @@ class DLRM(keras.Model):
     def build(self, input_shape):
         """Keras calls this on the first call, with the features' shapes (a dict)."""
         self.build_variables(int(input_shape[self.dense_key][-1]))
+
+    def dynamic_tables(self) -> list:
+        """The `DynamicEmbedding` tables (none with fixed tables)."""
+        return list(self.tables) if self.table_kind == "dynamic" else []
 
     def embedding_variables(self) -> list:
         """The table variables: these go to the sparse (embedding) optimizer."""
@@ -194,8 +227,23 @@ class DLRM(keras.Model):
             ids.append(column)
         return ids
 
-    def _embed(self, features):
+    def _dynamic_lookup(self, table, keys, training):
+        """[B] keys -> [B, d]; a bag [B, (n)] -> its elements looked up as one flat batch, pooled -> [B, d]."""
+        if not isinstance(keys, tf.RaggedTensor):
+            return table(keys, training=training)
+        rows = table(keys.values, training=training)
+        segments, count = keys.value_rowids(), keys.nrows()
+        pooled = tf.math.unsorted_segment_sum(rows, segments, count)
+        if self.bag_combiner != "sum":
+            lengths = tf.cast(keys.row_lengths(), rows.dtype)[:, None]
+            norm = lengths if self.bag_combiner == "mean" else tf.sqrt(lengths)
+            pooled = tf.math.divide_no_nan(pooled, norm)
+        return pooled
+
+    def _embed(self, features, training=False):
         ids = self._ids(features)
+        if self.table_kind == "dynamic":
+            return tf.stack([self._dynamic_lookup(t, i, training) for t, i in zip(self.tables, ids)], axis=1)
         if self.table_layout == "per_feature":
             return tf.stack([table(i) for table, i in zip(self.tables, ids)], axis=1)
         ids = self._checked_ids(ids)
@@ -221,7 +269,7 @@ class DLRM(keras.Model):
             x = tf.cast(tf.identity(dense), self.compute_dtype)
         for layer in self.bottom:
             x = layer(x)
-        rows = tf.cast(self._embed(features), x.dtype)  # [B, F, width]
+        rows = tf.cast(self._embed(features, training), x.dtype)  # [B, F, width]
         embedded = rows[:, :, : self.embedding_dim]
         vectors = tf.concat([x[:, None, :], embedded], axis=1)  # [B, F+1, d]
         if self.interaction == "dot":
@@ -238,6 +286,13 @@ class DLRM(keras.Model):
         if self.wide:
             logit += tf.reduce_sum(tf.cast(rows[:, :, self.embedding_dim], tf.float32), axis=1)
         return logit
+
+
+def _table_kind_args(metadata: Metadata, config) -> dict:
+    """DLRM's table_kind arguments: none for fixed tables (the call of before), capacities for dynamic ones."""
+    if getattr(config, "table_kind", "fixed") == "fixed":
+        return {}
+    return dict(table_kind="dynamic", table_capacities=config.capacities(metadata.categorical_keys))
 
 
 def _row_init(seed: int, table: int) -> optimizers.RowUniform:
@@ -269,6 +324,7 @@ def build_model(metadata: Metadata, config, table_sharding: str | None = None, t
         bag_combiner=config.bag_combiner,
         cross_layers=config.cross_layers,
         cross_rank=config.cross_rank,
+        **_table_kind_args(metadata, config),
     )
     if model.table_sharding == "row":
         model.build_variables(metadata.num_dense)

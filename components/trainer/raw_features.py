@@ -14,7 +14,9 @@ the preprocess contract (DESIGN.md 4.1), field by field:
   C1..C26  stripped; "" -> id 0; else, in hash mode with N buckets,
            1 + to_hash_bucket_fast(value, N - 1) (FarmHash64), and in the
            vocabulary modes the line number k of DIR/vocab/cat_i.txt holding
-           the value (unseen -> 0, the OOV id).
+           the value (unseen -> 0, the OOV id); in fingerprint mode
+           (`--hash-buckets 0`) the value's FarmHash Fingerprint64 as a
+           signed int64 (`tf.fingerprint`'s 8 bytes, bitcast), missing -> 0.
   bag C<i> (metadata's multi_hot_keys): the stripped field split at the
            stored separator (a raw tf.Example: its bytes_list values), each
            element stripped, empty ones dropped, the first max_bag_length
@@ -47,6 +49,7 @@ from components.trainer import raw_bags
 LEGACY_NEGATIVE_COUNTS = "reject"
 
 HASH_MODE = "hash"
+FINGERPRINT_MODE = "fingerprint"
 VOCABULARY_MODES = ("top_n", "min_frequency")
 # Criteo's test logs come without the label column.
 TSV_FIELDS = (1 + len(RAW_DENSE) + len(RAW_CATEGORICAL), len(RAW_DENSE) + len(RAW_CATEGORICAL))
@@ -211,8 +214,12 @@ class RawFeatureTransform(tf.Module):
                              f"{NEGATIVE_COUNT_POLICIES}")
         self._clamp_negative = policy == "clamp"
         self._hash_buckets = None
+        self._fingerprints = mode == FINGERPRINT_MODE
         self.tables = {}
-        if mode == HASH_MODE:
+        if self._fingerprints:
+            if not metadata.fingerprint_ids:
+                raise ValueError(f"metadata options['vocab_mode'] is {mode!r}, but its id_kind is {metadata.id_kind!r}")
+        elif mode == HASH_MODE:
             self._hash_buckets = _hash_buckets(metadata)
         elif mode in VOCABULARY_MODES:
             if not preprocess_dir:
@@ -222,8 +229,8 @@ class RawFeatureTransform(tf.Module):
                 if table is not None:
                     self.tables[key] = table
         else:
-            raise ValueError(f"metadata options['vocab_mode'] is {mode!r}; expected {HASH_MODE!r} "
-                             f"or one of {VOCABULARY_MODES}")
+            raise ValueError(f"metadata options['vocab_mode'] is {mode!r}; expected {HASH_MODE!r}, "
+                             f"{FINGERPRINT_MODE!r} or one of {VOCABULARY_MODES}")
 
     def from_tsv(self, lines) -> dict[str, tf.Tensor]:
         """[B] TSV lines: 40 fields (label first, ignored) or 39 (no label)."""
@@ -266,6 +273,8 @@ class RawFeatureTransform(tf.Module):
 
     def _ids(self, i: int, key: str, values: tf.Tensor) -> tf.Tensor:
         """Ids of the (stripped, non-missing) values of feature i, by the hash or vocabulary rule."""
+        if self._fingerprints:
+            return fingerprint_keys(values)
         if self._hash_buckets is not None:
             return 1 + tf.strings.to_hash_bucket_fast(values, self._hash_buckets[i] - 1)
         if key in self.tables:
@@ -282,6 +291,18 @@ class RawFeatureTransform(tf.Module):
             else:
                 features[key] = tf.where(tf.equal(column, ""), tf.constant(0, tf.int64), ids_of(column))
         return features
+
+
+def fingerprint_keys(values: tf.Tensor) -> tf.Tensor:
+    """int64 FarmHash Fingerprint64 of each string (any shape), the bits of preprocess's `fingerprint_ids`.
+
+    `tf.fingerprint` gives each element of a rank-1 string tensor its
+    Fingerprint64 as 8 little-endian bytes; the bitcast reads them back as
+    one int64 (little-endian hosts, which TensorFlow's CPUs and GPUs are).
+    """
+    flat = tf.reshape(values, [-1])
+    keys = tf.bitcast(tf.fingerprint(flat, method="farmhash64"), tf.int64)
+    return tf.reshape(keys, tf.shape(values))
 
 
 def _hash_buckets(metadata: Metadata) -> list[int]:

@@ -42,6 +42,7 @@ import tensorflow as tf
 
 from components.lockfile import LockedError, lock_inside
 from components.trainer import artifacts
+from components.trainer import dynamic_tables
 from components.trainer.baseline_run import baseline_metrics
 from components.trainer.early_stopping import steps_per_epoch
 from components.trainer.epochs import train_with_early_stopping
@@ -162,6 +163,9 @@ def _run(fn_args, config: TrainerConfig, cluster) -> dict:
     with _timed(phases, "export"):
         _export(job, restored.model)
     metrics.update(_run_metrics(job, restored, result, phases))
+    tables = dynamic_tables.table_metrics(restored.model)
+    if tables is not None:  # only for dynamic tables, so a fixed-table run's metrics.json keeps its fields
+        metrics[dynamic_tables.METRICS_KEY] = tables
     if job.is_chief and config.baseline and not job.eval_note:
         metrics.update(baseline_metrics(fn_args.train_files, fn_args.eval_files, job.metadata, metrics["eval_auc"],
                                         early_stopping=job.early_stopping))
@@ -178,6 +182,7 @@ def _prepare(fn_args, config: TrainerConfig, cluster) -> _Job:
     # Reading the files runs TF ops, which MultiWorkerMirroredStrategy must come before.
     check_train_split(train_files, fn_args.train_files, metadata, metadata_path)
     eval_note = empty_eval_note(fn_args.eval_files, metadata, metadata_path)
+    dynamic_tables.check_table_kind(config, metadata, metadata_path, strategy.num_replicas_in_sync)
     if config.batch_size % strategy.num_replicas_in_sync:
         raise ValueError(f"batch_size {config.batch_size} must be a multiple of the "
                          f"{strategy.num_replicas_in_sync} replicas")
@@ -293,7 +298,7 @@ def _run_metrics(job: _Job, restored: Restored, result, phases: dict[str, float]
         # Wall time of each phase of this run (the periodic checkpoints are inside "train").
         phase_seconds={k: round(v, 3) for k, v in phases.items()},
         final_train_loss=result.losses[-1][1] if result.losses else None,
-        table_rows=[int(t.input_dim) for t in model.tables],
+        table_rows=[int(t.input_dim) if hasattr(t, "input_dim") else int(t.capacity) for t in model.tables],
         table_sharding=job.config.table_sharding,
         apply_path=_apply_path(restored.state.embedding_optimizer, model),
         embedding_rows_per_replica=rows_per_replica(strategy, model),

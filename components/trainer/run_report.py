@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import os
 
+from components.trainer.dynamic_tables import report_lines
+
 PROG = "embedopt train"
 
 SUMMARY_KEYS = ("steps", "resumed_from_step", "eval_auc", "eval_log_loss", "mean_step_seconds", "examples_per_second",
@@ -60,6 +62,7 @@ def report(metrics: dict, run_dir: str, auto_batch: bool = False) -> str:
     apply_path = f"; sparse apply: {metrics['apply_path']}" if metrics.get("apply_path") else ""
     lines = [f"{PROG}: step {metrics['steps']:,} reached ({speed}{resumed}); {placement}; "
              f"tables {metrics['table_sharding']}{apply_path}",
-             f"  {quality}", *_baseline_lines(metrics), f"  {_stopping_line(metrics, auto_batch)}"]
+             f"  {quality}", *_baseline_lines(metrics), f"  {_stopping_line(metrics, auto_batch)}",
+             *report_lines(metrics)]
     lines += [f"  {name:<12}{path}" for name, path in where]
     return "\n".join(lines)
