@@ -1,4 +1,4 @@
-"""Item 7: two local workers under MultiWorkerMirroredStrategy, 100k vs 1M rows.
+"""Item 7: two local workers under MultiWorkerMirroredStrategy, 100k vs 1M rows; issue 21: the row exchanges over N.
 
 Two processes on localhost ports (`TF_CONFIG`, worker 0 the chief) train the
 item-1 model (`SparseEmbedding` + `LazyAdam`, batch 4096 x 26 Zipf ids split
@@ -6,6 +6,15 @@ item-1 model (`SparseEmbedding` + `LazyAdam`, batch 4096 x 26 Zipf ids split
 all-reduces the embedding gradient as `tf.IndexedSlices` (gathered slices,
 not a dense table), so the step time should not grow with the table. Both
 table sizes are measured in the same pair of processes, one after the other.
+
+Exchange scaling (issue 21, `result["exchange"]`): N = 1, 2, 3 (4 in the
+full run) local workers train a row-sharded `ShardedEmbedding` + `LazyAdam`
+with a fixed local batch (so the global batch grows with N), once with each
+exchange (`all_to_all`, `all_gather`), in the same N processes. Each worker
+reports the bytes its exchange sent per step (the layer's own `bytes_sent`
+counter, forward and backward) and the step time. `optimizers.exchange_cost`
+counts the same bytes from the ids (`model_exact`) and predicts them from the
+id distribution alone (`model_predicted`), also for N up to 64.
 """
 
 from __future__ import annotations
@@ -16,12 +25,30 @@ import subprocess
 import sys
 import tempfile
 
+import numpy as np
+
 from benchmarks import harness, results, step_time
 from components.trainer.local_workers import free_ports
 
 NAME = "multi_worker"
 FULL = dict(rows=[100_000, 1_000_000], dim=32, global_batch=4096, warmup=3, steps=20)
 QUICK = dict(rows=[10_000, 100_000], dim=32, global_batch=512, warmup=2, steps=4)
+# Exchange scaling: the local batch stays fixed as N grows (each worker's own traffic is the question).
+EXCHANGES = ("all_to_all", "all_gather")
+EXCHANGE_FULL = dict(workers=[1, 2, 3, 4], rows=1_000_000, dim=32, local_batch=1024, ids_per_example=26,
+                     warmup=3, steps=10)
+EXCHANGE_QUICK = dict(workers=[1, 2, 3], rows=100_000, dim=16, local_batch=128, ids_per_example=26,
+                      warmup=2, steps=3)
+ZIPF_EXPONENT = 1.1  # step_time.zipf_ids' default
+PREDICT_WORKERS = [2, 3, 4, 8, 16, 32, 64]
+BYTES_GOAL = 1.3  # issue 21: bytes per worker per step at the largest N <= 1.3 x those at N = 2
+MODEL_GOAL = 0.2  # the cost model within 20 % of the measured bytes
+
+
+def exchange_ids(rows, local_batch, ids_per_example, index, step) -> np.ndarray:
+    """The ids worker `index` looks up at `step` (the parent recomputes them for the cost model)."""
+    return step_time.zipf_ids(rows, (local_batch, ids_per_example), seed=1000 * index + step,
+                              exponent=ZIPF_EXPONENT)
 
 
 def worker(rows, dim, global_batch, warmup, steps) -> dict:
@@ -68,6 +95,52 @@ def worker(rows, dim, global_batch, warmup, steps) -> dict:
     return out
 
 
+def exchange_worker(rows, dim, local_batch, ids_per_example, warmup, steps) -> dict:
+    """Child process body: each exchange on this worker, its step time and its bytes per step."""
+    import keras
+    import tensorflow as tf
+
+    import optimizers
+
+    strategy = tf.distribute.MultiWorkerMirroredStrategy()
+    index = json.loads(os.environ["TF_CONFIG"])["task"]["index"]
+    n = strategy.num_replicas_in_sync
+    batches = [(tf.constant(exchange_ids(rows, local_batch, ids_per_example, index, i)),
+                tf.constant((np.arange(local_batch) % 2).astype(np.float32))) for i in range(warmup + steps)]
+    out = {"num_replicas": n, "cases": []}
+    for exchange in EXCHANGES:
+        with strategy.scope():
+            table = optimizers.ShardedEmbedding(rows, dim, validate_ids=False, exchange=exchange,
+                                                embeddings_initializer=optimizers.RowUniform(-0.05, 0.05, seed=0))
+            head = keras.layers.Dense(1)
+            table.build()
+            head.build((None, dim))
+            variables = [table.embeddings] + head.trainable_variables
+            opt = optimizers.LazyAdam(1e-3)
+            opt.build(variables)
+
+        def replica_step(ids, labels):
+            with tf.GradientTape() as tape:
+                logits = tf.squeeze(head(tf.reduce_sum(table(ids), axis=1)), -1)
+                per_example = tf.nn.sigmoid_cross_entropy_with_logits(labels=labels, logits=logits)
+                loss = tf.nn.compute_average_loss(per_example, global_batch_size=local_batch * n)
+            opt.apply_gradients(zip(tape.gradient(loss, variables), variables))
+            return loss
+
+        @tf.function
+        def train_step(ids, labels):
+            return strategy.reduce("SUM", strategy.run(replica_step, args=(ids, labels)), axis=None)
+
+        for i in range(warmup):
+            train_step(*batches[i]).numpy()
+        before = table.bytes_sent
+        times = harness.time_calls(lambda i: train_step(*batches[warmup + i]).numpy(), 0, steps)
+        out["cases"].append({"exchange": table.exchange_kind if n > 1 else exchange, "repeats_s": times,
+                             "bytes_per_step": (table.bytes_sent - before) / steps,
+                             "local_rows": int(table.embeddings.shape[0])})
+    return out
+
+
 def launch(kwargs: dict, num_workers: int = 2, timeout: float = 900,
            target: str = f"{__name__}:worker") -> list[dict]:
     """Runs `target(**kwargs)` ("module:function", this module's `worker` by default) in `num_workers`
@@ -102,6 +175,78 @@ def launch(kwargs: dict, num_workers: int = 2, timeout: float = 900,
         return reports
 
 
+def exchange_scaling(quick: bool, repeats: int | None = None, progress=None) -> dict:
+    """Bytes per worker per step and step time of both exchanges for each N; the cost model beside them."""
+    from optimizers import exchange_cost
+
+    cfg = dict(EXCHANGE_QUICK if quick else EXCHANGE_FULL)
+    if repeats:
+        cfg["steps"] = repeats
+    kwargs = {k: cfg[k] for k in ("rows", "dim", "local_batch", "ids_per_example", "warmup", "steps")}
+    ids_per_worker = cfg["local_batch"] * cfg["ids_per_example"]
+    sampler = exchange_cost.zipf_sampler(cfg["rows"], ZIPF_EXPONENT)
+    measurements = []
+    for n in cfg["workers"]:
+        reports = launch(kwargs, num_workers=n, target=f"{__name__}:exchange_worker")
+        for i, exchange in enumerate(EXCHANGES):
+            cases = [r["cases"][i] for r in reports]
+            timed = range(cfg["warmup"], cfg["warmup"] + cfg["steps"])
+            exact = np.mean([exchange_cost.step_bytes(exchange, [exchange_ids(
+                cfg["rows"], cfg["local_batch"], cfg["ids_per_example"], t, step) for t in range(n)],
+                cfg["dim"]).max() for step in timed])
+            predicted = exchange_cost.predicted_bytes_per_worker(exchange, n, cfg["dim"], ids_per_worker, sampler)
+            measured = max(c["bytes_per_step"] for c in cases)
+            # The slowest worker's repeats: a step ends for all when the last one's collectives finish.
+            slowest = max(cases, key=lambda c: float(np.median(c["repeats_s"])))
+            measurements.append(results.measurement(
+                dict(workers=n, exchange=exchange, rows=cfg["rows"], dim=cfg["dim"], local_batch=cfg["local_batch"],
+                     ids_per_example=cfg["ids_per_example"], optimizer="lazy_adam",
+                     strategy="MultiWorkerMirroredStrategy"),
+                slowest["repeats_s"], bytes_per_worker_per_step=measured, model_exact=float(exact),
+                model_predicted=predicted, local_rows=cases[0]["local_rows"]))
+            if progress:
+                progress(f"{NAME} exchange {exchange} N={n}")
+    by = {(m["params"]["exchange"], m["params"]["workers"]): m for m in measurements}
+    largest = max(cfg["workers"])
+    predictions = {exchange: {str(n): exchange_cost.predicted_bytes_per_worker(
+        exchange, n, cfg["dim"], ids_per_worker, sampler, trials=1) for n in PREDICT_WORKERS}
+        for exchange in EXCHANGES}
+    return {"config": cfg, "measurements": measurements, "predicted_bytes_per_worker": predictions,
+            "by": by, "largest": largest}
+
+
+def exchange_goals(scaling: dict) -> tuple[dict, list, list]:
+    """Ratios, goals and notes of the exchange scaling."""
+    by, largest = scaling["by"], scaling["largest"]
+    ratios, goals = {}, []
+    for exchange in EXCHANGES:
+        ratios[f"{exchange} bytes per worker N={largest}/N=2"] = (
+            by[(exchange, largest)]["bytes_per_worker_per_step"] / by[(exchange, 2)]["bytes_per_worker_per_step"])
+        ratios[f"{exchange} step N={largest}/N=2"] = by[(exchange, largest)]["median_s"] / by[(exchange, 2)]["median_s"]
+    ratios[f"all_to_all/all_gather bytes per worker @N={largest}"] = (
+        by[("all_to_all", largest)]["bytes_per_worker_per_step"] / by[("all_gather", largest)]["bytes_per_worker_per_step"])
+    measured = ratios[f"all_to_all bytes per worker N={largest}/N=2"]
+    share = ((largest - 1) / largest) / (1 / 2)
+    note = ("" if measured <= BYTES_GOAL else
+            f"missed by construction for bytes leaving a worker: with owners spread by id % N, (N - 1)/N of a "
+            f"worker's distinct ids go to other owners, {largest - 1}/{largest} at N={largest} against 1/2 at N=2, "
+            f"a factor {share:.2f} before padding; the bytes a worker handles (its own share included, x N/(N-1)) "
+            f"go N={largest}/N=2 "
+            f"{measured * (largest / (largest - 1)) / 2:.2f}; all_gather's grew {ratios[f'all_gather bytes per worker N={largest}/N=2']:.2f}")
+    goals.append(results.goal(f"exchange: all_to_all bytes per worker N={largest}/N=2", f"<= {BYTES_GOAL}",
+                              measured, measured <= BYTES_GOAL, note))
+    errors = [abs(m["model_predicted"] / m["bytes_per_worker_per_step"] - 1)
+              for m in scaling["measurements"] if m["params"]["workers"] > 1]
+    goals.append(results.goal("exchange: cost model, largest error vs measured bytes (N > 1)",
+                              f"<= {MODEL_GOAL}", max(errors), max(errors) <= MODEL_GOAL))
+    notes = [f"Exchange scaling: N = {', '.join(str(n) for n in scaling['config']['workers'])} workers on this "
+             f"machine's {os.cpu_count()} cores (step times of N > cores workers share cores; bytes do not depend "
+             "on it). Bytes per worker per step: the busiest worker's ShardedEmbedding.bytes_sent over the timed "
+             "steps; model_exact counts the same from the ids, model_predicted from the Zipf distribution alone "
+             "(optimizers.exchange_cost, docs/all_to_all.md); predicted_bytes_per_worker goes to N = 64."]
+    return ratios, goals, notes
+
+
 def run(quick: bool, repeats: int | None = None, progress=None) -> dict:
     cfg = dict(QUICK if quick else FULL)
     if repeats:
@@ -125,4 +270,9 @@ def run(quick: bool, repeats: int | None = None, progress=None) -> dict:
     notes = [f"{chief['num_replicas']} replicas; embedding gradient in the replica step: "
              f"{small['embedding_gradient']} (all-reduced by the optimizer as gathered slices). Both workers share "
              f"this machine's {os.cpu_count()} cores."]
-    return results.benchmark(__doc__.splitlines()[0], measurements, {f"2-worker step {label}": ratio}, goals, notes)
+    scaling = exchange_scaling(quick, repeats, progress)
+    exchange_ratios, more_goals, more_notes = exchange_goals(scaling)
+    exchange = {k: scaling[k] for k in ("config", "measurements", "predicted_bytes_per_worker")}
+    return results.benchmark(__doc__.splitlines()[0], measurements, {f"2-worker step {label}": ratio,
+                                                                     **exchange_ratios},
+                             goals + more_goals, notes + more_notes) | {"exchange": exchange}

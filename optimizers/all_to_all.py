@@ -28,7 +28,8 @@ ops deadlocks the same way. See docs/all_to_all.md for the evidence.
 Which exchange a job runs is `exchange_kind()`: "all_to_all" when this
 TensorFlow has `CollectiveAllToAllV2`, else "all_gather" (today's
 `optimizers.row_exchange`); `EMBEDOPT_EXCHANGE=all_gather` forces the
-fallback.
+fallback. Both count what they send in a `ByteCounter`;
+`optimizers.exchange_cost` predicts those counts without TensorFlow.
 """
 
 from __future__ import annotations
@@ -49,6 +50,10 @@ EXCHANGES = (ALL_TO_ALL, ALL_GATHER)
 EXCHANGE_ENV = "EMBEDOPT_EXCHANGE"
 # Group keys far above those MultiWorkerMirroredStrategy's CollectiveKeys hand out (it counts up from 1).
 GROUP_KEY_BASE = 0x2A2A0000
+# The padded blocks' instance keys are `key * WIDTH_KEYS + width`: the collective runtime caches each instance's
+# shape across tf.function calls (same step id), so one key must never see two widths. Trace-time keys stay
+# below WIDTH_KEYS, so they never meet these.
+WIDTH_KEYS = 1 << 20
 DEFAULT_TIMEOUT_S = 300.0
 
 _group_keys = itertools.count(GROUP_KEY_BASE)
@@ -62,6 +67,27 @@ bytes_sent: int64 scalar, bytes this replica put on the wire to the
     other replicas for this exchange (the padded block, its counts and the
     width agreement), counted from tensor sizes.
 """
+
+
+class ByteCounter:
+    """Bytes this process put on the wire to other replicas, summed over steps, forward and backward.
+
+    One int64 `tf.Variable` on `device`, made outside any strategy's variable
+    creator and held by a plain Python object, so that neither Keras nor
+    `tf.train.Checkpoint` tracks it: checkpoints stay as they were.
+    """
+
+    def __init__(self, device: str | None = None):
+        with tf.init_scope(), tf.device(device):
+            self.variable = resource_variable_ops.ResourceVariable(
+                tf.constant(0, tf.int64), trainable=False, name="exchange_bytes_sent")
+
+    def add(self, nbytes) -> None:
+        """Adds `nbytes` (a scalar, any integer dtype); inside a `tf.function` it runs with the step."""
+        self.variable.assign_add(tf.cast(nbytes, tf.int64))
+
+    def value(self) -> int:
+        return int(self.variable.numpy())
 
 
 def exchange_kind(requested: str | None = None) -> str:
@@ -98,6 +124,9 @@ class AllToAll:
         strategy: the strategy whose replicas exchange; default the current one.
         timeout_s: every collective fails with `DeadlineExceededError` after
             this many seconds instead of hanging on a missing peer.
+        counter: where every call adds the bytes it sends, forward and
+            backward (default: a new `ByteCounter` on the first local device,
+            `self.counter`).
 
     Example:
         >>> exchange = AllToAll(strategy)
@@ -109,12 +138,14 @@ class AllToAll:
         >>> strategy.run(step, args=(ids,))
     """
 
-    def __init__(self, strategy: tf.distribute.Strategy | None = None, timeout_s: float = DEFAULT_TIMEOUT_S):
+    def __init__(self, strategy: tf.distribute.Strategy | None = None, timeout_s: float = DEFAULT_TIMEOUT_S,
+                 counter: ByteCounter | None = None):
         self.strategy = strategy or tf.distribute.get_strategy()
         self.num_replicas = self.strategy.num_replicas_in_sync
         self.devices = tuple(self.strategy.extended.worker_devices)
         self.timeout_s = float(timeout_s)
         self.group_key = next(_group_keys)
+        self.counter = counter or ByteCounter(self.devices[0] if self.devices else None)
         # One counter per local replica: MirroredStrategy traces its replicas in threads, each drawing its keys.
         self._instance_keys = [itertools.count(1) for _ in self.devices]
         with tf.init_scope():
@@ -141,22 +172,34 @@ class AllToAll:
             width = collective_ops.all_reduce_v2(
                 tf.reduce_max(tf.concat([counts, received_counts], 0))[None], self.num_replicas, self.group_key,
                 keys[1], merge_op="Max", final_op="Id", timeout=self.timeout_s, ordering_token=token)[0]
-            exchanged = self._ragged(values, counts, received_counts, width, keys[2], keys[3], token)
-        row_bytes = tf.reduce_prod(tf.shape(values, out_type=tf.int64)[1:]) * values.dtype.size
+            # An empty exchange still moves one (zero) row each way: no collective ever sees a zero-sized chunk.
+            width = tf.maximum(width, 1)
+            row_bytes = tf.reduce_prod(tf.shape(values, out_type=tf.int64)[1:]) * values.dtype.size
+            exchanged = self._ragged(values, counts, received_counts, width, keys[2], keys[3], token, row_bytes)
         others = self.num_replicas - 1
         bytes_sent = others * (width * row_bytes + 8 + 8)  # the padded block, one count, the width
+        self.counter.add(bytes_sent)
         return Exchanged(exchanged, received_counts, bytes_sent)
 
     def _collective(self, block, instance_key, token):
         return collective_ops.all_to_all_v2(block, self.num_replicas, self.group_key, instance_key,
                                             timeout=self.timeout_s, ordering_token=token)
 
-    def _ragged(self, values, counts, received_counts, width, forward_key, backward_key, token):
+    def _ragged(self, values, counts, received_counts, width, forward_key, backward_key, token, row_bytes):
         """The padded exchange of `values` and, as its gradient, the same exchange with counts swapped."""
+
+        if forward_key >= (1 << 31) // WIDTH_KEYS:
+            raise RuntimeError(f"AllToAll: instance keys exhausted after {forward_key} traces of its exchanges; "
+                               "build a new AllToAll")
+        checked = tf.debugging.assert_less(width, tf.constant(WIDTH_KEYS, width.dtype), message=(
+            f"AllToAll: a block wider than {WIDTH_KEYS} rows (one worker asking one owner for that many ids)"))
+        with tf.control_dependencies([checked]):
+            width = tf.identity(width)
 
         def move(rows, send, receive, key):
             padded = pad_by_destination(rows, send, width, self.num_replicas)
-            return unpad_by_source(self._collective(padded, key, token), receive, width)
+            instance = tf.cast(key * WIDTH_KEYS + width, tf.int32)
+            return unpad_by_source(self._collective(padded, instance, token), receive, width)
 
         if not values.dtype.is_floating:
             return move(values, counts, received_counts, forward_key)
@@ -165,6 +208,7 @@ class AllToAll:
         def exchange(rows):
             def grad(upstream):
                 upstream = tf.convert_to_tensor(upstream)
+                self.counter.add((self.num_replicas - 1) * width * row_bytes)
                 return move(upstream, received_counts, counts, backward_key)
 
             return move(rows, counts, received_counts, forward_key), grad

@@ -7,8 +7,11 @@ GPU per pod), replica r holds only the rows with `id % N == r`, at local row
 padding, zero and never looked up), so collectives see equal shapes.
 
 A lookup and its gradient exchange the batch's distinct ids and rows with
-TF collectives, O(global batch x features x dim) per step, never O(table)
-(the protocol: `optimizers/row_exchange.py`). The optimizers apply the
+TF collectives, never O(table), in one of two ways (`exchange`): an
+all-to-all that sends each owner only the ids this replica asks of it,
+O(local batch x dim) per replica (`optimizers/all_to_all.py`), or the
+all-gather fallback, O(global batch x dim) (`optimizers/row_exchange.py`).
+The optimizers apply the
 gradient, `tf.IndexedSlices` on the local shard, directly, with no
 all-reduce (see `SparseOptimizer`).
 
@@ -29,6 +32,7 @@ import numpy as np
 import tensorflow as tf
 from tensorflow.python.ops import resource_variable_ops  # a variable that skips the strategy's creator
 
+from optimizers.all_to_all import ALL_TO_ALL, EXCHANGES, AllToAll, ByteCounter, exchange_kind, lookup_rows
 from optimizers.embedding import COMBINERS, check_ids, pooled_lookup_tf
 from optimizers.row_exchange import exchange_block, exchange_rows
 from optimizers.initializers import RowUniform, can_fill_now, fill_rows, shard_initializer
@@ -134,7 +138,13 @@ class ShardedEmbedding(keras.layers.Layer):
     a frequency-ordered vocabulary, spread over all replicas). The lookup
     and its gradient exchange the batch's distinct ids and rows with TF
     collectives; `SparseOptimizer`s apply the gradient to the local shard
-    and its slots only. See `optimizers/row_exchange.py` for the protocol.
+    and its slots only. Two exchanges: "all_to_all" sends each owner only
+    the distinct ids this replica asks of it and gets their rows back (per
+    replica traffic bounded by its local batch, `optimizers/all_to_all.py`);
+    "all_gather" all-gathers every replica's ids and all-reduces the block
+    of all their rows (traffic grows with the global batch,
+    `optimizers/row_exchange.py`). Both give the same rows and gradients;
+    `exchange_kind` says which one runs, `bytes_sent` what it has sent.
 
     Build it inside `strategy.scope()` of a `MultiWorkerMirroredStrategy`
     (one replica per process: `MirroredStrategy` over several devices is
@@ -153,6 +163,16 @@ class ShardedEmbedding(keras.layers.Layer):
             each replica builds its own rows, equal to the unsharded table's.
         validate_ids: check ids against `[0, input_dim)` (default True).
         combiner: None (one row per id), `"sum"`, `"mean"` or `"sqrtn"`.
+        exchange: `"auto"` (default: `optimizers.all_to_all.exchange_kind()`,
+            all_to_all where this TensorFlow has it, `EMBEDOPT_EXCHANGE`
+            overriding), `"all_to_all"` or `"all_gather"`. Every worker must
+            resolve the same one (same TensorFlow, same variable).
+
+    Attributes:
+        exchange_kind: after `build`, the exchange the lookups use when
+            N > 1 ("all_to_all" or "all_gather"), for a job to report.
+        bytes_sent: after `build`, bytes this worker has sent through the
+            exchange, forward and backward, since the build (0 when N = 1).
 
     Example:
         >>> strategy = tf.distribute.MultiWorkerMirroredStrategy()
@@ -163,7 +183,7 @@ class ShardedEmbedding(keras.layers.Layer):
     """
 
     def __init__(self, input_dim, output_dim, embeddings_initializer=None, validate_ids=True, combiner=None,
-                 **kwargs):
+                 exchange="auto", **kwargs):
         kwargs.setdefault("autocast", False)
         super().__init__(**kwargs)
         for name, value in (("input_dim", input_dim), ("output_dim", output_dim)):
@@ -180,7 +200,14 @@ class ShardedEmbedding(keras.layers.Layer):
         if combiner is not None and combiner not in COMBINERS:
             raise ValueError(f"ShardedEmbedding: `combiner` must be None or one of {COMBINERS}, got {combiner!r}")
         self.combiner = combiner
+        if exchange != "auto" and exchange not in EXCHANGES:
+            raise ValueError(f"ShardedEmbedding: `exchange` must be 'auto' or one of {EXCHANGES}, got {exchange!r}")
+        self.exchange = exchange
+        self.exchange_kind: str | None = None
         self.spec: ShardSpec | None = None
+        # Plain Python holders: neither Keras nor tf.train.Checkpoint tracks their variables.
+        self._counter: ByteCounter | None = None
+        self._all_to_all: AllToAll | None = None
 
     def build(self, input_shape=None):
         strategy = tf.distribute.get_strategy()
@@ -198,7 +225,23 @@ class ShardedEmbedding(keras.layers.Layer):
             with tf.init_scope():
                 fill_rows(self.embeddings, self.embeddings_initializer, global_ids[global_ids < self.input_dim])
         setattr(self.embeddings.value, SHARD_ATTRIBUTE, self.spec)
+        self.exchange_kind = exchange_kind(None if self.exchange == "auto" else self.exchange)
+        self._counter = ByteCounter(_worker_device(strategy))
+        if num_shards > 1 and self.exchange_kind == ALL_TO_ALL:
+            # Built here, in layer build order, so its collective keys agree on every worker.
+            self._all_to_all = AllToAll(strategy, counter=self._counter)
         self.built = True
+
+    @property
+    def bytes_sent(self) -> int:
+        """Bytes this worker has sent through the exchange since the build, forward and backward."""
+        return 0 if self._counter is None else self._counter.value()
+
+    def _lookup_rows(self, table, ids):
+        """Rows of `ids` (any shape) from the sharded table, through the exchange."""
+        if self._all_to_all is not None:
+            return lookup_rows(self._all_to_all, table, ids, self.spec.num_shards)[0]
+        return exchange_rows(table, ids, self.spec.num_shards, self.spec.shard_index, counter=self._counter)
 
     def call(self, ids, weights=None):
         if not ids.dtype.is_integer:
@@ -214,7 +257,7 @@ class ShardedEmbedding(keras.layers.Layer):
         if self.spec.num_shards == 1:
             rows = tf.gather(table, ids)
         else:
-            rows = exchange_rows(table, ids, self.spec.num_shards, self.spec.shard_index)
+            rows = self._lookup_rows(table, ids)
         return tf.cast(rows, self.compute_dtype)
 
     def _pooled(self, ids, weights):
@@ -230,8 +273,13 @@ class ShardedEmbedding(keras.layers.Layer):
             values = check_ids(f"ShardedEmbedding {self.name!r}", values, self.input_dim)
         if self.spec.num_shards == 1:
             return pooled_lookup_tf(table, ids.with_values(values), weights, self.combiner)
+        if self._all_to_all is not None:
+            # One row per id, in id order: pool them as a table indexed by position.
+            rows = lookup_rows(self._all_to_all, table, values, self.spec.num_shards)[0]
+            positions = tf.range(tf.size(values, out_type=tf.int64))
+            return pooled_lookup_tf(rows, ids.with_values(positions), weights, self.combiner)
         block, positions = exchange_block(table, values, self.spec.num_shards, self.spec.shard_index,
-                                          equal_counts=False)
+                                          equal_counts=False, counter=self._counter)
         return pooled_lookup_tf(block, ids.with_values(positions), weights, self.combiner)
 
     def compute_output_shape(self, input_shape):
@@ -243,7 +291,7 @@ class ShardedEmbedding(keras.layers.Layer):
         config = super().get_config()
         config.update(input_dim=self.input_dim, output_dim=self.output_dim,
                       embeddings_initializer=keras.initializers.serialize(self.embeddings_initializer),
-                      validate_ids=self.validate_ids, combiner=self.combiner)
+                      validate_ids=self.validate_ids, combiner=self.combiner, exchange=self.exchange)
         return config
 
 

@@ -1,13 +1,15 @@
-"""One worker of the row-sharded bag test (run as a subprocess, 2 of them); also the test's one-replica run.
+"""One worker of the row-sharded bag test (a subprocess, N of them); also the test's one-replica run.
 
 Usage: TF_CONFIG=... python -m tests.optimizers.sharded_bag_worker OUT_DIR CASE [CASE ...]
 
 A CASE is `optimizer:combiner[:weighted]`, e.g. `lazy_adam:mean`. For each
-case the worker trains a `ShardedEmbedding` with that combiner (bags of ids,
-ragged, their id counts different on the two workers) and a dense head under
-MultiWorkerMirroredStrategy, each worker feeding its half of every global
-batch, and saves the losses, the whole table and its slots (gathered with
-`gather_table`) and the head kernel to OUT_DIR/<case>-worker<i>.npz.
+case and each exchange (`all_to_all`, `all_gather`) the worker trains a
+`ShardedEmbedding` with that combiner (bags of ids, ragged, their id counts
+different on the workers) and a dense head under MultiWorkerMirroredStrategy,
+each worker feeding its share of every global batch, and saves the losses,
+the whole table and its slots (gathered with `gather_table`), the head
+kernel and the bytes the exchange sent to
+OUT_DIR/<case>-<exchange>-worker<i>.npz.
 """
 
 from __future__ import annotations
@@ -25,7 +27,8 @@ import tensorflow as tf  # noqa: E402
 import optimizers  # noqa: E402
 from optimizers.sharded import gather_table, shard_spec  # noqa: E402
 
-GLOBAL_BATCH, VOCAB, DIM, STEPS, SEED = 8, 19, 3, 4, 5
+GLOBAL_BATCH, VOCAB, DIM, STEPS, SEED = 12, 19, 3, 4, 5  # 12 examples split evenly over 2 or 3 workers
+EXCHANGES = ("all_to_all", "all_gather")
 
 
 def data():
@@ -47,12 +50,21 @@ def batch(start: int, stop: int):
             tf.constant(labels[start:stop]))
 
 
-def train(strategy, case: str, table_class, task: int = 0, num_tasks: int = 1) -> dict:
+def local_ids(step: int, task: int, num_tasks: int) -> np.ndarray:
+    """The ids (all bags' together) worker `task` of `num_tasks` looks up at `step`."""
+    share = GLOBAL_BATCH // num_tasks
+    start = step * GLOBAL_BATCH + task * share
+    lengths, ids, _, _ = data()
+    first = int(lengths[:start].sum())
+    return ids[first:first + int(lengths[start:start + share].sum())]
+
+
+def train(strategy, case: str, table_class, task: int = 0, num_tasks: int = 1, **table_kwargs) -> dict:
     """Trains `STEPS` steps, feeding this task's share of each global batch; the arrays the test compares."""
     name, combiner, *weighted = case.split(":")
     with strategy.scope():
         table = table_class(VOCAB, DIM, embeddings_initializer=optimizers.RowUniform(-0.5, 0.5, seed=SEED),
-                            combiner=combiner)
+                            combiner=combiner, **table_kwargs)
         head = keras.layers.Dense(1, kernel_initializer=keras.initializers.GlorotUniform(seed=1))
         table.build()
         head.build((None, DIM))
@@ -95,8 +107,11 @@ def train(strategy, case: str, table_class, task: int = 0, num_tasks: int = 1) -
         return out
 
     slots = {f"slot_{slot}": whole(emb_opt.get_slot(table.embeddings, slot)) for slot in emb_opt.slot_names}
-    return dict(losses=np.array(losses), table=whole(table.embeddings), kernel=head.kernel.numpy(),
-                local_rows=np.array(table.embeddings.shape[0]), **slots)
+    arrays = dict(losses=np.array(losses), table=whole(table.embeddings), kernel=head.kernel.numpy(), **slots)
+    if shard_spec(table.embeddings) is not None:
+        arrays.update(local_rows=np.array(table.embeddings.shape[0]), bytes_sent=np.array(table.bytes_sent),
+                      exchange=np.array(table.exchange_kind))
+    return arrays
 
 
 def main(out_dir, cases):
@@ -104,10 +119,11 @@ def main(out_dir, cases):
     strategy = tf.distribute.MultiWorkerMirroredStrategy(
         communication_options=tf.distribute.experimental.CommunicationOptions(
             implementation=tf.distribute.experimental.CommunicationImplementation.RING))
-    assert strategy.num_replicas_in_sync == 2, strategy.num_replicas_in_sync
+    n = strategy.num_replicas_in_sync
     for case in cases:
-        arrays = train(strategy, case, optimizers.ShardedEmbedding, task, 2)
-        np.savez(os.path.join(out_dir, f"{case}-worker{task}.npz"), **arrays)
+        for exchange in EXCHANGES:
+            arrays = train(strategy, case, optimizers.ShardedEmbedding, task, n, exchange=exchange)
+            np.savez(os.path.join(out_dir, f"{case}-{exchange}-worker{task}.npz"), **arrays)
 
 
 if __name__ == "__main__":

@@ -1,15 +1,16 @@
-"""One worker of the row-sharded table test (run as a subprocess, 2 of them).
+"""One worker of the row-sharded one-hot table test (a subprocess, N of them); also the test's one-replica run.
 
 Usage: TF_CONFIG=... python -m tests.optimizers.sharded_worker OUT_DIR CASE [CASE ...]
 
 A CASE is `optimizer[:option=value]`, e.g. `lazy_adam:clipnorm=0.05`. For
-each case the worker trains the same tiny model twice under
-MultiWorkerMirroredStrategy, once with a `ShardedEmbedding` (row) and once
-with a mirrored `SparseEmbedding` (mirrored), both initialized by
-`RowUniform` with one seed, each worker feeding its half of every global
-batch. It saves, per layout: the losses, the whole table and its slots (a
-sharded one gathered with `gather_table`), the head kernel, the shard's row
-count, and its shard's first row ids, to OUT_DIR/<case>-<layout>-worker<i>.npz.
+each case and each exchange (`all_to_all`, `all_gather`) the worker trains
+the same tiny model (a `ShardedEmbedding` of one-hot ids and a dense head,
+`RowUniform` rows with one seed) under MultiWorkerMirroredStrategy, feeding
+its share of every global batch. It saves the losses, the whole table and
+its slots (gathered with `gather_table`), the head kernel, the shard's row
+count and row ids, and the bytes the exchange sent, to
+OUT_DIR/<case>-<exchange>-worker<i>.npz. `train(default strategy, case,
+optimizers.SparseEmbedding)` is the same model on one replica.
 """
 
 from __future__ import annotations
@@ -25,10 +26,11 @@ import numpy as np  # noqa: E402
 import tensorflow as tf  # noqa: E402
 
 import optimizers  # noqa: E402
-from optimizers.sharded import gather_table  # noqa: E402
+from optimizers.sharded import gather_table, shard_spec  # noqa: E402
 
-GLOBAL_BATCH, VOCAB, DIM, STEPS, IDS = 16, 23, 4, 5, 3
+GLOBAL_BATCH, VOCAB, DIM, STEPS, IDS = 24, 23, 4, 5, 3  # 24 examples split evenly over 2 or 3 workers
 SEED = 5
+EXCHANGES = ("all_to_all", "all_gather")
 
 
 def data():
@@ -37,6 +39,13 @@ def data():
     x = np.minimum(rng.zipf(1.4, size=(GLOBAL_BATCH * STEPS, IDS)) - 1, VOCAB - 1).astype(np.int64)
     y = ((x.sum(axis=1) % 3) == 0).astype(np.float32)
     return x, y
+
+
+def local_ids(step: int, task: int, num_tasks: int) -> np.ndarray:
+    """The ids worker `task` of `num_tasks` looks up at `step`."""
+    share = GLOBAL_BATCH // num_tasks
+    start = step * GLOBAL_BATCH + task * share
+    return data()[0][start:start + share]
 
 
 def parse_case(case: str):
@@ -48,14 +57,12 @@ def parse_case(case: str):
     return name, kwargs
 
 
-def train(strategy, layout, case, task):
+def train(strategy, case: str, table_class, task: int = 0, num_tasks: int = 1, **table_kwargs) -> dict:
+    """Trains `STEPS` steps, feeding this task's share of each global batch; the arrays the test compares."""
     name, kwargs = parse_case(case)
     init = optimizers.RowUniform(-0.5, 0.5, seed=SEED)
     with strategy.scope():
-        if layout == "row":
-            table = optimizers.ShardedEmbedding(VOCAB, DIM, embeddings_initializer=init)
-        else:
-            table = optimizers.SparseEmbedding(VOCAB, DIM, embeddings_initializer=init)
+        table = table_class(VOCAB, DIM, embeddings_initializer=init, **table_kwargs)
         head = keras.layers.Dense(1, kernel_initializer=keras.initializers.GlorotUniform(seed=1))
         table.build()
         head.build((None, IDS * DIM))
@@ -70,6 +77,7 @@ def train(strategy, layout, case, task):
             per_example = tf.nn.sigmoid_cross_entropy_with_logits(labels=yb, logits=logits)
             loss = tf.nn.compute_average_loss(per_example, global_batch_size=GLOBAL_BATCH)
         grads = tape.gradient(loss, [table.embeddings] + head.trainable_variables)
+        assert isinstance(grads[0], tf.IndexedSlices), type(grads[0])
         emb_opt.apply_gradients([(grads[0], table.embeddings)])
         dense_opt.apply_gradients(zip(grads[1:], head.trainable_variables))
         return loss
@@ -79,14 +87,15 @@ def train(strategy, layout, case, task):
         return strategy.reduce(tf.distribute.ReduceOp.SUM, strategy.run(replica_step, args=(xb, yb)), axis=None)
 
     x, y = data()
-    half = GLOBAL_BATCH // 2
+    share = GLOBAL_BATCH // num_tasks
     losses = []
     for start in range(0, len(x), GLOBAL_BATCH):
-        mine = slice(start + task * half, start + (task + 1) * half)
+        mine = slice(start + task * share, start + (task + 1) * share)
         losses.append(float(step(tf.constant(x[mine]), tf.constant(y[mine]))))
 
     def whole(variable):
-        if layout == "mirrored":
+        spec = shard_spec(variable)
+        if spec is None or spec.num_shards == 1:
             return variable.numpy()
         out = np.full((VOCAB,) + tuple(variable.shape[1:]), np.nan, np.float32)
 
@@ -97,11 +106,10 @@ def train(strategy, layout, case, task):
         return out
 
     slots = {f"slot_{slot}": whole(emb_opt.get_slot(table.embeddings, slot)) for slot in emb_opt.slot_names}
-    arrays = dict(losses=np.array(losses), table=whole(table.embeddings), kernel=head.kernel.numpy(),
-                  local_rows=np.array(table.embeddings.shape[0]), iterations=np.array(int(emb_opt.iterations.numpy())),
-                  **slots)
-    if layout == "row":
-        arrays["shard_ids"] = table.spec.global_ids()
+    arrays = dict(losses=np.array(losses), table=whole(table.embeddings), kernel=head.kernel.numpy(), **slots)
+    if shard_spec(table.embeddings) is not None:
+        arrays.update(local_rows=np.array(table.embeddings.shape[0]), shard_ids=table.spec.global_ids(),
+                      bytes_sent=np.array(table.bytes_sent), exchange=np.array(table.exchange_kind))
     return arrays
 
 
@@ -110,11 +118,11 @@ def main(out_dir, cases):
     strategy = tf.distribute.MultiWorkerMirroredStrategy(
         communication_options=tf.distribute.experimental.CommunicationOptions(
             implementation=tf.distribute.experimental.CommunicationImplementation.RING))
-    assert strategy.num_replicas_in_sync == 2, strategy.num_replicas_in_sync
+    n = strategy.num_replicas_in_sync
     for case in cases:
-        for layout in ("row", "mirrored"):
-            arrays = train(strategy, layout, case, task)
-            np.savez(os.path.join(out_dir, f"{case}-{layout}-worker{task}.npz"), **arrays)
+        for exchange in EXCHANGES:
+            arrays = train(strategy, case, optimizers.ShardedEmbedding, task, n, exchange=exchange)
+            np.savez(os.path.join(out_dir, f"{case}-{exchange}-worker{task}.npz"), **arrays)
 
 
 if __name__ == "__main__":

@@ -1,4 +1,4 @@
-"""Row-sharded tables: `RowUniform`, `ShardedEmbedding`, and sharded == mirrored with 2 real workers."""
+"""Row-sharded tables: `RowUniform`, `ShardedEmbedding`, and both exchanges == one replica with 2 and 3 real workers."""
 
 from __future__ import annotations
 
@@ -10,14 +10,15 @@ import pytest
 import tensorflow as tf
 
 import optimizers
-from tests.optimizers.helpers import run_two_workers
 from optimizers.sharded import shard_spec
 from tests.optimizers import sharded_worker
+from tests.optimizers.worker_processes import run_workers
 
 # Each optimizer the issue names, plus clipping that needs the global norm, plus exact (non-lazy) Adam.
-CASES = ["lazy_adam", "lazy_adam:clipnorm=0.02", "adagrad", "adagrad:global_clipnorm=0.02", "rowwise_adagrad",
+CASES = ["sgd", "lazy_adam", "lazy_adam:clipnorm=0.02", "adagrad", "adagrad:global_clipnorm=0.02", "rowwise_adagrad",
          "ftrl", "adam"]
-# Float32 state after 5 steps; sums over the replicas run in another order than the mirrored concat + dedup.
+CASES_3 = ["sgd", "ftrl"]  # 3 workers: fewer cases, the shapes of the exchange differ
+# Float32 state after 5 steps; the replicas' sums run in another order than one replica's dedup.
 RTOL, ATOL = 1e-5, 1e-7
 
 
@@ -96,6 +97,22 @@ def test_sharded_embedding_refuses_several_replicas_in_one_process(mirrored_stra
             layer.build()
 
 
+def test_exchange_config_roundtrip_and_validation(monkeypatch):
+    monkeypatch.delenv("EMBEDOPT_EXCHANGE", raising=False)
+    layer = optimizers.ShardedEmbedding(9, 2, exchange="all_gather")
+    assert keras.layers.deserialize(keras.layers.serialize(layer)).exchange == "all_gather"
+    layer.build()
+    assert layer.exchange_kind == "all_gather" and layer.bytes_sent == 0
+    auto = optimizers.ShardedEmbedding(9, 2)
+    monkeypatch.setenv("EMBEDOPT_EXCHANGE", "all_gather")
+    auto.build()
+    assert auto.exchange == "auto" and auto.exchange_kind == "all_gather"
+    # The byte counter is not a layer weight, so checkpoints hold what they held before.
+    assert [w.name for w in auto.weights] == ["embeddings"]
+    with pytest.raises(ValueError, match="exchange.*'ring'"):
+        optimizers.ShardedEmbedding(9, 2, exchange="ring")
+
+
 def test_sharded_embedding_needs_a_row_initializer():
     with pytest.raises(ValueError, match="RowUniform"):
         optimizers.ShardedEmbedding(10, 2, embeddings_initializer="uniform")
@@ -152,28 +169,48 @@ def test_ema_is_refused_for_shards():
         optimizers.get("adam", use_ema=True).build([layer.embeddings])
 
 
-# -- two real workers ----------------------------------------------------------
+# -- real workers, both exchanges ---------------------------------------------------
+
+
+def reference_bytes(exchange, n):
+    """Bytes each worker sends over the whole run, from the ids alone (NumPy, per step, summed).
+
+    all_to_all: (N - 1) x (W x (8 + 8 dim) + 32) per step, W the widest (worker, owner) count of distinct
+    ids; all_gather: a ring all-gather of the ids, (N - 1) x (4 + 8 c), and two ring all-reduces of the
+    [global distinct, dim] float32 block, 2 (N - 1) / N of it each.
+    """
+    total = 0
+    for step in range(sharded_worker.STEPS):
+        ids = [sharded_worker.local_ids(step, t, n).ravel() for t in range(n)]
+        if exchange == "all_to_all":
+            widest = max(np.bincount(np.unique(x) % n, minlength=n).max() for x in ids)
+            total += (n - 1) * (widest * (8 + 8 * sharded_worker.DIM) + 32)
+        else:
+            distinct = len(np.unique(np.concatenate(ids)))
+            total += (n - 1) * (4 + 8 * ids[0].size) + 2 * (2 * (n - 1) * distinct * sharded_worker.DIM * 4 // n)
+    return total
 
 
 @pytest.mark.slow
-def test_row_sharded_matches_mirrored_with_two_workers(tmp_path):
-    run_two_workers("tests.optimizers.sharded_worker", str(tmp_path), *CASES, timeout=300)
-    for case in CASES:
-        row = [np.load(tmp_path / f"{case}-row-worker{i}.npz") for i in range(2)]
-        mirrored = [np.load(tmp_path / f"{case}-mirrored-worker{i}.npz") for i in range(2)]
-        init = optimizers.RowUniform(-0.5, 0.5, seed=sharded_worker.SEED)((sharded_worker.VOCAB, sharded_worker.DIM))
-        assert not np.allclose(mirrored[0]["table"], init.numpy()), f"{case}: training changed nothing"
-        for key in mirrored[0].files:
-            if key == "local_rows":
-                continue
-            np.testing.assert_allclose(row[0][key], mirrored[0][key], rtol=RTOL, atol=ATOL, err_msg=f"{case} {key}")
-            # Every worker ends with the same gathered state.
-            np.testing.assert_array_equal(row[1][key], row[0][key], err_msg=f"{case} {key}")
-        for i in range(2):
-            # Replica i holds ids i, i + 2, ...: ceil(23 / 2) = 12 rows, half of the mirrored table's 23.
-            assert int(row[i]["local_rows"]) == math.ceil(sharded_worker.VOCAB / 2)
-            assert int(mirrored[i]["local_rows"]) == sharded_worker.VOCAB
-            np.testing.assert_array_equal(row[i]["shard_ids"], np.arange(i, 2 * 12, 2))
+@pytest.mark.parametrize("n, cases", [(2, CASES), (3, CASES_3)], ids=["2-workers", "3-workers"])
+def test_row_sharded_matches_one_replica(tmp_path, n, cases):
+    """Each exchange, on n real workers, trains to the weights and slots of one replica on the global batch."""
+    run_workers("tests.optimizers.sharded_worker", n, str(tmp_path), *cases, timeout=300)
+    start = optimizers.RowUniform(-0.5, 0.5, seed=sharded_worker.SEED)((sharded_worker.VOCAB, sharded_worker.DIM))
+    for case in cases:
+        want = sharded_worker.train(tf.distribute.get_strategy(), case, optimizers.SparseEmbedding)
+        assert not np.allclose(want["table"], start.numpy()), f"{case}: training changed nothing"
+        for exchange in sharded_worker.EXCHANGES:
+            for i in range(n):
+                got = np.load(tmp_path / f"{case}-{exchange}-worker{i}.npz")
+                assert str(got["exchange"]) == exchange
+                for key in want:
+                    np.testing.assert_allclose(got[key], want[key], rtol=RTOL, atol=ATOL,
+                                               err_msg=f"{case} {exchange} worker {i} {key}")
+                # Replica i holds ids i, i + n, ...: ceil(23 / n) rows.
+                assert int(got["local_rows"]) == math.ceil(sharded_worker.VOCAB / n)
+                np.testing.assert_array_equal(got["shard_ids"], i + n * np.arange(math.ceil(sharded_worker.VOCAB / n)))
+                assert int(got["bytes_sent"]) == reference_bytes(exchange, n), (case, exchange, i)
 
 
 @pytest.mark.parametrize("cls", [optimizers.SparseEmbedding, optimizers.ShardedEmbedding])

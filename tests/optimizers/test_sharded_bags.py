@@ -1,4 +1,4 @@
-"""`ShardedEmbedding` pooling bags: NumPy reference on one replica, and row-sharded == one replica with 2 workers."""
+"""`ShardedEmbedding` pooling bags: NumPy reference on one replica; both exchanges == one replica, 2 and 3 workers."""
 
 from __future__ import annotations
 
@@ -11,11 +11,12 @@ import tensorflow as tf
 
 import optimizers
 from tests.optimizers import sharded_bag_worker as worker
-from tests.optimizers.helpers import run_two_workers
+from tests.optimizers.worker_processes import run_workers
 
 BAGS = [[2, 2, 5], [], [0], [7, 1, 7, 7]]
 WEIGHTS = [[0.5, 1.5, 2.0], [], [3.0], [1.0, 0.25, 0.5, 2.0]]
-CASES = ["adagrad:sum", "lazy_adam:mean", "adagrad:sqrtn:weighted"]
+CASES = ["sgd:sum", "adagrad:sum", "rowwise_adagrad:mean", "lazy_adam:mean", "ftrl:sqrtn:weighted"]
+CASES_3 = ["ftrl:sqrtn:weighted"]
 # Float32 state after 4 steps; the replicas' sums run in another order than one replica's.
 RTOL, ATOL = 1e-5, 1e-7
 
@@ -73,22 +74,47 @@ def test_combiner_config_roundtrip_and_validation():
         plain(tf.constant([1]), tf.constant([1.0]))
 
 
-def test_the_two_workers_get_different_id_counts():
+@pytest.mark.parametrize("n", [2, 3])
+def test_the_workers_get_different_id_counts(n):
     """The bags exchange must handle replicas with unequal numbers of ids; the test data makes sure they are."""
-    lengths = worker.data()[0].reshape(worker.STEPS, 2, worker.GLOBAL_BATCH // 2).sum(axis=2)
-    assert (lengths[:, 0] != lengths[:, 1]).any()
+    lengths = worker.data()[0].reshape(worker.STEPS, n, worker.GLOBAL_BATCH // n).sum(axis=2)
+    assert (lengths != lengths[:, :1]).any()
+
+
+def reference_bytes(exchange, n):
+    """Bytes each worker sends over the run, from the ids alone (NumPy).
+
+    all_to_all: (N - 1) x (W x (8 + 8 dim) + 32) per step, W the widest (worker, owner) count of distinct ids;
+    all_gather: the counts gathered, (N - 1) x 12, the ids padded to the longest, (N - 1) x (4 + 8 max c), and
+    two ring all-reduces of the [global distinct, dim] float32 block, 2 (N - 1) / N of it each.
+    """
+    total = 0
+    for step in range(worker.STEPS):
+        ids = [worker.local_ids(step, t, n) for t in range(n)]
+        if exchange == "all_to_all":
+            widest = max(max(np.bincount(np.unique(x) % n, minlength=n).max() for x in ids), 1)
+            total += (n - 1) * (widest * (8 + 8 * worker.DIM) + 32)
+        else:
+            distinct = len(np.unique(np.concatenate(ids)))
+            total += ((n - 1) * 12 + (n - 1) * (4 + 8 * max(x.size for x in ids))
+                      + 2 * (2 * (n - 1) * distinct * worker.DIM * 4 // n))
+    return total
 
 
 @pytest.mark.slow
-def test_row_sharded_bags_match_one_replica_with_two_workers(tmp_path):
-    run_two_workers("tests.optimizers.sharded_bag_worker", str(tmp_path), *CASES, timeout=300)
-    for case in CASES:
+@pytest.mark.parametrize("n, cases", [(2, CASES), (3, CASES_3)], ids=["2-workers", "3-workers"])
+def test_row_sharded_bags_match_one_replica(tmp_path, n, cases):
+    run_workers("tests.optimizers.sharded_bag_worker", n, str(tmp_path), *cases, timeout=300)
+    for case in cases:
         want = worker.train(tf.distribute.get_strategy(), case, optimizers.SparseEmbedding)
         start = optimizers.RowUniform(-0.5, 0.5, seed=worker.SEED)((worker.VOCAB, worker.DIM)).numpy()
         assert not np.allclose(want["table"], start), f"{case}: training changed nothing"
-        for i in range(2):
-            got = np.load(tmp_path / f"{case}-worker{i}.npz")
-            assert int(got["local_rows"]) == math.ceil(worker.VOCAB / 2)
-            for key in want:
-                if key != "local_rows":
-                    np.testing.assert_allclose(got[key], want[key], rtol=RTOL, atol=ATOL, err_msg=f"{case} {key}")
+        for exchange in worker.EXCHANGES:
+            for i in range(n):
+                got = np.load(tmp_path / f"{case}-{exchange}-worker{i}.npz")
+                assert str(got["exchange"]) == exchange
+                assert int(got["local_rows"]) == math.ceil(worker.VOCAB / n)
+                for key in want:
+                    np.testing.assert_allclose(got[key], want[key], rtol=RTOL, atol=ATOL,
+                                               err_msg=f"{case} {exchange} worker {i} {key}")
+                assert int(got["bytes_sent"]) == reference_bytes(exchange, n), (case, exchange, i)
