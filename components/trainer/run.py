@@ -277,6 +277,16 @@ def _apply_path(optimizer, model) -> str | None:
     return optimizer.apply_path(getattr(table, "value", table))
 
 
+def _exchange(model, steps: int) -> dict:
+    """Row-sharded tables: which exchange their lookups used, and the bytes this worker sent per step."""
+    sharded = [t for t in model.tables if hasattr(t, "exchange_kind")]
+    if not sharded:
+        return {"embedding_exchange": None, "exchange_bytes_per_step": None}
+    sent = sum(int(getattr(t, "bytes_sent", 0) or 0) for t in sharded)
+    return {"embedding_exchange": sharded[0].exchange_kind,
+            "exchange_bytes_per_step": sent / steps if steps else None}
+
+
 def _run_metrics(job: _Job, restored: Restored, result, phases: dict[str, float]) -> dict:
     """The metrics.json fields besides the eval metrics."""
     strategy, model, global_batch = job.strategy, restored.model, job.config.batch_size
@@ -301,6 +311,8 @@ def _run_metrics(job: _Job, restored: Restored, result, phases: dict[str, float]
         table_rows=[int(t.input_dim) if hasattr(t, "input_dim") else int(t.capacity) for t in model.tables],
         table_sharding=job.config.table_sharding,
         apply_path=_apply_path(restored.state.embedding_optimizer, model),
+        # Row-sharded tables: "all_to_all" or "all_gather" (EMBEDOPT_EXCHANGE overrides), and this worker's bytes.
+        **_exchange(model, result.steps_run),
         embedding_rows_per_replica=rows_per_replica(strategy, model),
         # Per-variable sums (a sharded table's over all shards): equal on every worker when they stayed in sync.
         weights_checksum=weights_checksum(strategy, model),

@@ -60,6 +60,8 @@ def report(metrics: dict, run_dir: str, auto_batch: bool = False) -> str:
              ("curve", metrics.get("training_curve") or "(not drawn: matplotlib is missing)"),
              ("TensorBoard", f"tensorboard --logdir {os.path.join(run_dir, artifacts.LOGS_DIR)}")]
     apply_path = f"; sparse apply: {metrics['apply_path']}" if metrics.get("apply_path") else ""
+    if metrics.get("embedding_exchange"):
+        apply_path += f"; exchange: {metrics['embedding_exchange']}"
     lines = [f"{PROG}: step {metrics['steps']:,} reached ({speed}{resumed}); {placement}; "
              f"tables {metrics['table_sharding']}{apply_path}",
              f"  {quality}", *_baseline_lines(metrics), f"  {_stopping_line(metrics, auto_batch)}",

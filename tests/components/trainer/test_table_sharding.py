@@ -73,6 +73,9 @@ def test_row_and_mirrored_train_alike_with_two_workers(two_layouts, planted_data
     rows = sum(load_metadata(ExamplesLayout(planted_data).metadata_path).vocab_sizes.values())
     assert mirrored["embedding_rows_per_replica"] == [rows, rows]
     assert row["embedding_rows_per_replica"] == [math.ceil(rows / 2)] * 2
+    # Issue 21: the job says which exchange its row-sharded lookups used, and what the chief sent.
+    assert row["embedding_exchange"] == "all_to_all" and row["exchange_bytes_per_step"] > 0
+    assert mirrored["embedding_exchange"] is None
 
 
 @pytest.mark.slow
