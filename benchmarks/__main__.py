@@ -24,7 +24,7 @@ from components.cli import HelpFormatter, positive_int
 
 PROG = "embedopt bench"
 BENCHMARKS = ("fused_step", "bag_step", "step_time", "apply_bandwidth", "dense_parity", "preprocess_scaling", "input_pipeline",
-              "memory", "multi_worker", "sharded_tables")
+              "memory", "multi_worker", "sharded_tables", "dynamic_tables")
 NEEDS_WORKDIR = ("preprocess_scaling", "input_pipeline")
 
 

@@ -91,6 +91,15 @@ REASONS: list[tuple[str, str]] = [
         "smaller record buffer (or whole parsed batches), or keep the categorical ids in one int64 feature of 26 "
         "values so parsing handles 3 features instead of 28.")),
     (r"^fused_step", FUSED_STEP),
+    (r"^dynamic_tables: dynamic / fixed step", (
+        "The fixed step's lookup is one gather; the dynamic forward adds a tf.unique of the batch's keys and a "
+        "MutableHashTable lookup of the distinct ones (~6 ms at 4096 x 26 keys, 2 cores), the LRU stamp scatter, "
+        "and on every step that admits keys a hash insert, and on a step that evicts a hash remove, the row "
+        "re-initialization and slot-reset scatters and one top_k over all `capacity` stamps (~5 ms for 10k of "
+        "100k): O(capacity) work on every evicting step. DenseHashTable measured no faster. Fix: evict ahead "
+        "into a free-row stack (a background or every-K-steps pass picks the next victims, so a step pops rows "
+        "in O(admitted)), and a fused kernel for unique + lookup + insert (one open-addressing table probed "
+        "once per key) instead of three TF ops.")),
     (r"^apply_bandwidth", (
         "With the fused kernel the apply reads each touched row of the variable and its slots once and writes it "
         "once, in parallel over rows, prefetching ahead (0.54-0.65 of memcpy for SGD, Momentum, Adagrad, LazyAdam "

@@ -200,6 +200,36 @@ def plot_fused_step(bench, path):
     _save(fig, path)
 
 
+def plot_dynamic_tables(bench, path):
+    """Left: step time, fixed vs dynamic table, per stream. Right: AUC per period on the drifting stream."""
+    plt = _pyplot()
+    fig, (left, right) = plt.subplots(1, 2, figsize=(10, 3.8))
+    steps = [m for m in bench["measurements"] if "stream" in m["params"]]
+    streams = list(dict.fromkeys(m["params"]["stream"] for m in steps))
+    ms = {(m["params"]["stream"], m["params"]["table"]): 1000 * m["median_s"] for m in steps}
+    for k, (table, color) in enumerate((("fixed", "#8c8c8c"), ("dynamic", "#4c72b0"))):
+        left.bar([i + (k - 0.5) * 0.4 for i in range(len(streams))], [ms[(s, table)] for s in streams], 0.4,
+                 label=f"{table} table", color=color)
+    left.set_xticks(range(len(streams)), streams, fontsize=8)
+    params = steps[0]["params"]
+    left.set_title(f"step, {params['capacity']:,} x {params['dim']} rows, batch {params['batch']} x "
+                   f"{params['ids_per_example']}, LazyAdam", fontsize=10)
+    left.set_ylabel("ms per step (median)", fontsize=9)
+    left.legend(fontsize=8)
+    quality = next(m for m in bench["measurements"] if m["params"].get("part") == "quality")
+    curves = quality["auc"]
+    periods = range(2, len(curves["bayes"]) + 2)
+    for name, style in (("dynamic", "-o"), ("hashed", "-s"), ("vocabulary", "-^"), ("bayes", "--")):
+        right.plot(periods, curves[name], style, markersize=3, label="Bayes (planted weights)" if name == "bayes"
+                   else f"{name} ({curves['rows']:,} rows)")
+    right.set_xticks(list(periods))
+    right.set_xlabel("period (evaluated before training on it)", fontsize=9)
+    right.set_ylabel("AUC", fontsize=9)
+    right.set_title("drifting ids: same memory, online training", fontsize=10)
+    right.legend(fontsize=7)
+    _save(fig, path)
+
+
 PLOTTERS = {
     "fused_step": plot_fused_step,
     "bag_step": plot_fused_step,
@@ -211,6 +241,7 @@ PLOTTERS = {
     "memory": plot_memory,
     "multi_worker": plot_multi_worker,
     "sharded_tables": plot_sharded_tables,
+    "dynamic_tables": plot_dynamic_tables,
 }
 
 
