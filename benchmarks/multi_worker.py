@@ -215,8 +215,8 @@ def exchange_scaling(quick: bool, repeats: int | None = None, progress=None) -> 
             "by": by, "largest": largest}
 
 
-def exchange_goals(scaling: dict) -> tuple[dict, list, list]:
-    """Ratios, goals and notes of the exchange scaling."""
+def exchange_goals(scaling: dict, quick: bool = False) -> tuple[dict, list, list]:
+    """Ratios, goals and notes of the exchange scaling (in --quick, its small batches pad differently: not judged)."""
     by, largest = scaling["by"], scaling["largest"]
     ratios, goals = {}, []
     for exchange in EXCHANGES:
@@ -233,12 +233,15 @@ def exchange_goals(scaling: dict) -> tuple[dict, list, list]:
             f"a factor {share:.2f} before padding; the bytes a worker handles (its own share included, x N/(N-1)) "
             f"go N={largest}/N=2 "
             f"{measured * (largest / (largest - 1)) / 2:.2f}; all_gather's grew {ratios[f'all_gather bytes per worker N={largest}/N=2']:.2f}")
+    sizes = (results.quick_note(f"local batch {scaling['config']['local_batch']}",
+                                f"local batch {EXCHANGE_FULL['local_batch']}") if quick else "")
     goals.append(results.goal(f"exchange: all_to_all bytes per worker N={largest}/N=2", f"<= {BYTES_GOAL}",
-                              measured, measured <= BYTES_GOAL, note))
+                              measured, measured <= BYTES_GOAL, sizes + note, full_run_only=quick))
     errors = [abs(m["model_predicted"] / m["bytes_per_worker_per_step"] - 1)
               for m in scaling["measurements"] if m["params"]["workers"] > 1]
     goals.append(results.goal("exchange: cost model, largest error vs measured bytes (N > 1)",
-                              f"<= {MODEL_GOAL}", max(errors), max(errors) <= MODEL_GOAL))
+                              f"<= {MODEL_GOAL}", max(errors), max(errors) <= MODEL_GOAL, sizes,
+                              full_run_only=quick))
     notes = [f"Exchange scaling: N = {', '.join(str(n) for n in scaling['config']['workers'])} workers on this "
              f"machine's {os.cpu_count()} cores (step times of N > cores workers share cores; bytes do not depend "
              "on it). Bytes per worker per step: the busiest worker's ShardedEmbedding.bytes_sent over the timed "
@@ -271,7 +274,7 @@ def run(quick: bool, repeats: int | None = None, progress=None) -> dict:
              f"{small['embedding_gradient']} (all-reduced by the optimizer as gathered slices). Both workers share "
              f"this machine's {os.cpu_count()} cores."]
     scaling = exchange_scaling(quick, repeats, progress)
-    exchange_ratios, more_goals, more_notes = exchange_goals(scaling)
+    exchange_ratios, more_goals, more_notes = exchange_goals(scaling, quick)
     exchange = {k: scaling[k] for k in ("config", "measurements", "predicted_bytes_per_worker")}
     return results.benchmark(__doc__.splitlines()[0], measurements, {f"2-worker step {label}": ratio,
                                                                      **exchange_ratios},

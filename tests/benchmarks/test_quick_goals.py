@@ -65,10 +65,22 @@ def _fake_dense_parity(monkeypatch):
 
 
 def _fake_multi_worker(monkeypatch):
-    monkeypatch.setattr(multi_worker, "launch", lambda cfg: [{
+    monkeypatch.setattr(multi_worker, "launch", lambda cfg, **unused: [{
         "num_replicas": 2, "peak_rss_bytes": 1,
         "cases": [{"rows": rows, "repeats_s": [rows * 1e-7], "unique_rows_per_worker_batch": 1.0,
                    "embedding_gradient": "IndexedSlices"} for rows in cfg["rows"]]}])
+
+    def fake_scaling(quick, repeats=None, progress=None):
+        # Bytes that double with N and a cost model 50% off: both exchange goals fail.
+        config = dict(multi_worker.EXCHANGE_QUICK if quick else multi_worker.EXCHANGE_FULL, workers=[2, 4])
+        measurements = [results.measurement(dict(workers=n, exchange=e), [0.01 * n],
+                                            bytes_per_worker_per_step=1000.0 * n, model_predicted=1500.0 * n)
+                        for e in multi_worker.EXCHANGES for n in (2, 4)]
+        by = {(m["params"]["exchange"], m["params"]["workers"]): m for m in measurements}
+        return {"config": config, "measurements": measurements, "predicted_bytes_per_worker": {}, "by": by,
+                "largest": 4}
+
+    monkeypatch.setattr(multi_worker, "exchange_scaling", fake_scaling)
     return multi_worker
 
 
