@@ -20,7 +20,6 @@ import csv
 import dataclasses
 import hashlib
 import itertools
-import math
 
 import apache_beam as beam
 import numpy as np
@@ -204,8 +203,6 @@ class BatchParser:
         )
 
 
-_LOG1P_TABLE_SIZE = 1 << 16
-_LOG1P_TABLE = np.array([math.log1p(v) for v in range(_LOG1P_TABLE_SIZE)], dtype=np.float64)
 
 
 def _log1p_counts(col: pa.Array) -> np.ndarray:
@@ -215,13 +212,7 @@ def _log1p_counts(col: pa.Array) -> np.ndarray:
     table of math.log1p; larger ones are computed one by one.
     """
     values = pc.cast(pc.if_else(pc.equal(col, ""), "0", col), pa.int64()).to_numpy(zero_copy_only=False)
-    values = np.maximum(values, 0)
-    small = values < _LOG1P_TABLE_SIZE
-    out = _LOG1P_TABLE[np.where(small, values, 0)]
-    large = np.flatnonzero(~small)
-    if len(large):
-        out[large] = [math.log1p(v) for v in values[large].tolist()]
-    return out
+    return parquet_rows.log1p_counts(np.maximum(values, 0))
 
 
 DEAD_LETTER_TAG = "dead_letter"

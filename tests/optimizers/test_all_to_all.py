@@ -2,10 +2,7 @@
 
 from __future__ import annotations
 
-import json
 import os
-import subprocess
-import sys
 
 import numpy as np
 import pytest
@@ -13,31 +10,14 @@ import tensorflow as tf
 
 from optimizers import all_to_all
 from tests.optimizers import all_to_all_worker as w
-from tests.optimizers.helpers import ROOT
+from tests.optimizers import worker_processes
 
 WORKER_TIMEOUT_S = 150  # a hung collective fails its worker after w.TIMEOUT_S; this bounds everything else
 
 
 def run_workers(n: int, out_dir: str) -> list[dict]:
     """Runs n `all_to_all_worker`s under MultiWorkerMirroredStrategy on localhost; returns their saved arrays."""
-    from components.trainer.local_workers import free_ports
-
-    workers = [f"127.0.0.1:{p}" for p in free_ports(n)]
-    procs = []
-    for index in range(n):
-        env = dict(os.environ, PYTHONPATH=ROOT,
-                   TF_CONFIG=json.dumps({"cluster": {"worker": workers}, "task": {"type": "worker", "index": index}}))
-        procs.append(subprocess.Popen([sys.executable, "-m", "tests.optimizers.all_to_all_worker", out_dir],
-                                      cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True))
-    try:
-        outputs = [proc.communicate(timeout=WORKER_TIMEOUT_S)[0] for proc in procs]
-    finally:
-        for proc in procs:
-            if proc.poll() is None:
-                proc.kill()
-                proc.wait()
-    for index, (proc, out) in enumerate(zip(procs, outputs)):
-        assert proc.returncode == 0, f"worker {index}:\n{out[-3000:]}"
+    worker_processes.run_workers("tests.optimizers.all_to_all_worker", n, out_dir, timeout=WORKER_TIMEOUT_S)
     return [dict(np.load(os.path.join(out_dir, f"worker{i}.npz"))) for i in range(n)]
 
 
