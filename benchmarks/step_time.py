@@ -4,8 +4,9 @@ One step = lookup of `batch x ids_per_example` Zipf ids in a `rows x dim`
 table, sum-pool, a linear head, binary cross-entropy, gradient and optimizer
 apply, all in one `tf.function`. "ours" is `SparseEmbedding` + an embedopt
 lazy optimizer; "keras" is `keras.layers.Embedding` + the matching
-`keras.optimizers` built-in. Each table size runs in its own child process
-(both pairs side by side in it); warm-up steps (tracing) are not timed.
+`keras.optimizers` built-in. Each table size runs in two child processes,
+ours in one and the Keras pairs in the other (a 10M-row Keras pair leaves
+GBs of freed dense slots behind); warm-up steps (tracing) are not timed.
 """
 
 from __future__ import annotations
@@ -17,6 +18,9 @@ import numpy as np
 from benchmarks import harness, results
 
 NAME = "step_time"
+
+# Issue 19's goal for our step at the largest table against the smallest (the earlier goal was 1.3).
+SCALE_GOAL = 1.1
 
 # Our optimizer -> the Keras built-in it is compared with.
 KERAS_PAIR = {
@@ -113,14 +117,14 @@ def time_pair(pair, rows, dim, optimizer, batches, warmup, steps, jit_compile=Fa
 
 
 def measure_size(rows, optimizers, keras_optimizers, dim, batch, ids_per_example, warmup, steps, keras_warmup,
-                 keras_steps, jit=False) -> dict:
-    """Child process body: every configuration at one table size."""
+                 keras_steps, jit=False, ours=True) -> dict:
+    """Child process body: our configurations (`ours`) or the Keras pairs (`keras_optimizers`) at one table size."""
     batches, unique = make_batches(rows, batch, ids_per_example)
     base = dict(rows=rows, dim=dim, batch=batch, ids_per_example=ids_per_example, unique_rows_per_batch=unique)
     out = []
     for optimizer in optimizers:
-        cases = [("ours", False, "raise", warmup, steps)]
-        if jit and optimizer == "lazy_adam":
+        cases = [("ours", False, "raise", warmup, steps)] if ours else []
+        if ours and jit and optimizer == "lazy_adam":
             # Both NaN policies under jit (before optimizers 5c82465 "raise" did not compile;
             # a failure is recorded as an error); jit on/off is compared with "skip".
             cases += [("ours", True, "raise", warmup, steps), ("ours", True, "skip", warmup, steps),
@@ -158,17 +162,24 @@ def run(quick: bool, repeats: int | None = None, progress=None) -> dict:
             keras_opts, keras_steps = cfg["keras_big_optimizers"], cfg["keras_big_steps"]
         else:
             keras_opts, keras_steps = cfg["optimizers"], cfg["keras_steps"]
-        child = harness.run_child(f"{__name__}:measure_size", dict(
-            rows=rows, optimizers=cfg["optimizers"], keras_optimizers=keras_opts, dim=cfg["dim"], batch=cfg["batch"],
-            ids_per_example=cfg["ids_per_example"], warmup=cfg["warmup"], steps=steps,
-            keras_warmup=cfg["keras_warmup"], keras_steps=repeats or keras_steps, jit=rows == cfg["jit_rows"]))
-        for case in child["cases"]:
-            if "error" in case:
-                errors.append(case)
-                notes.append(f"{case['params']}: {case['error']}")
-            else:
-                measurements.append(results.measurement(case["params"], case["repeats_s"],
-                                                        child_peak_rss_bytes=child["peak_rss_bytes"]))
+        shared = dict(rows=rows, dim=cfg["dim"], batch=cfg["batch"], ids_per_example=cfg["ids_per_example"],
+                      warmup=cfg["warmup"], steps=steps, keras_warmup=cfg["keras_warmup"],
+                      keras_steps=repeats or keras_steps)
+        # Ours and Keras's pairs in separate children: at 10M rows a Keras pair holds GBs of dense slots, and
+        # whatever it leaves behind (freed pages, a fragmented heap) must not be charged to our steps.
+        children = [harness.run_child(f"{__name__}:measure_size", dict(
+            shared, optimizers=cfg["optimizers"], keras_optimizers=[], jit=rows == cfg["jit_rows"], ours=True))]
+        if keras_opts:
+            children.append(harness.run_child(f"{__name__}:measure_size", dict(
+                shared, optimizers=keras_opts, keras_optimizers=keras_opts, ours=False)))
+        for child in children:
+            for case in child["cases"]:
+                if "error" in case:
+                    errors.append(case)
+                    notes.append(f"{case['params']}: {case['error']}")
+                else:
+                    measurements.append(results.measurement(case["params"], case["repeats_s"],
+                                                            child_peak_rss_bytes=child["peak_rss_bytes"]))
         if progress:
             progress(f"{NAME} {size_label(rows)}")
     if cfg["keras_big_rows"]:
@@ -191,7 +202,7 @@ def run(quick: bool, repeats: int | None = None, progress=None) -> dict:
             full_sizes = f"{size_label(max(FULL['rows']))}/{size_label(min(FULL['rows']))} rows"
             note = results.quick_note(f"{size_label(large)}/{size_label(small)} rows", full_sizes) if quick else ""
             goals.append(results.goal(f"step_time {optimizer}: ours @{size_label(large)} / ours @{size_label(small)}",
-                                      "<= 1.3", scale, scale <= 1.3, note, full_run_only=quick))
+                                      f"<= {SCALE_GOAL}", scale, scale <= SCALE_GOAL, note, full_run_only=quick))
         key = f"{optimizer}: keras/ours @{size_label(cfg['goal_rows'])}"
         if key in ratios:
             note = results.quick_note(f"{size_label(cfg['goal_rows'])} rows, where Keras's table-sized passes are "

@@ -169,7 +169,7 @@ class SparseOptimizer(keras.optimizers.Optimizer):
         grads = [g if s else next(reduced)[0] for g, s in zip(grads, sharded)]
         grads = [fast_path.dedup(g, fast_path.use_kernels(v, g.values.dtype)) if isinstance(g, tf.IndexedSlices) else g
                  for g, v in zip(grads, variables)]
-        flags = sparse.finite_flags(grads)
+        flags = fast_path.finite_flags(grads, variables)
         if any(sharded):
             flags = self._agreed_flags(flags, sharded)
         hyper_names, hyper_values = nonfinite.per_step_hypers(self, learning_rate)

@@ -75,6 +75,27 @@ def use_kernels(variable, dtype=None) -> bool:
     return reason is None
 
 
+def finite_flags(grads, variables) -> tf.Tensor:
+    """A bool vector: whether each gradient is free of NaN and Inf (`sparse.finite_flags`).
+
+    A sparse gradient of a variable the kernels serve is checked by
+    `EmbedoptAllFinite` (one parallel pass over its values, nothing written);
+    every other by `tf.reduce_all(tf.math.is_finite(...))`.
+    """
+    from optimizers import sparse
+
+    flags = []
+    for grad, variable in zip(grads, variables):
+        if (isinstance(grad, tf.IndexedSlices) and grad.values.dtype in KERNEL_DTYPES
+                and fallback_reason(variable, grad.values.dtype) is None):
+            from optimizers.kernels import ops
+
+            flags.append(ops.all_finite(grad.values))
+        else:
+            flags.append(sparse.all_finite(grad.values if isinstance(grad, tf.IndexedSlices) else grad))
+    return tf.stack(flags)
+
+
 def dedup(grad: tf.IndexedSlices, use_kernel: bool) -> tf.IndexedSlices:
     """`grad` with repeated indices summed: the kernel's (ids ascending, deterministic) or tf.unique + segment sum."""
     from optimizers import sparse

@@ -1,13 +1,14 @@
 """Native CPU kernels of the sparse path (DESIGN.md section 3.1).
 
-Four TensorFlow ops in one shared library, built from `cc/` on first use
+Five TensorFlow ops in one shared library, built from `cc/` on first use
 (`optimizers.kernels.build` says where and how):
 
 - `EmbedoptDedup`: sums the rows of repeated ids (sorted, deterministic);
 - `EmbedoptSparseApply`: dedup + gather + update rule + scatter in one pass
   over the touched rows of a variable and its slots;
 - `EmbedoptPooledLookup` / `EmbedoptPooledLookupGrad`: pooled lookup of bags
-  of ids and its gradient, already deduplicated.
+  of ids and its gradient, already deduplicated;
+- `EmbedoptAllFinite`: whether a gradient holds no NaN or Inf, in one pass.
 
 `optimizers.kernels.ops` holds the Python wrappers. The TF-ops path stays the
 fallback: callers ask `load()` or `status()` and take it when the kernels are

@@ -84,6 +84,15 @@ def dedup(indices, values):
     return tuple(_ops().embedopt_dedup(indices, values))
 
 
+def all_finite(values):
+    """A bool scalar: whether `values` (float32, float64, float16 or bfloat16) hold no NaN or Inf.
+
+    One parallel pass that keeps nothing, where `reduce_all(is_finite(x))`
+    writes and rereads a bool per element; an empty tensor is finite.
+    """
+    return _ops().embedopt_all_finite(values)
+
+
 def sparse_apply(variable, slots, indices, values, rule, hypers, *, nesterov=False, weight_decay=False,
                  assume_unique=False, use_locking=False):
     """Applies `rule` to the rows `indices` of `variable` and `slots`, in place.
@@ -214,4 +223,4 @@ def _pooled_lookup_gradient(op, upstream, *unused_group_grads):
     return [tf.IndexedSlices(summed, unique_ids, shape), None, None, None]
 
 
-__all__ = ["COMBINERS", "HYPERS", "SLOTS", "bags", "dedup", "pooled_lookup", "pooled_lookup_grad", "sparse_apply"]
+__all__ = ["COMBINERS", "HYPERS", "SLOTS", "all_finite", "bags", "dedup", "pooled_lookup", "pooled_lookup_grad", "sparse_apply"]

@@ -73,6 +73,7 @@ class PooledLookupOp : public OpKernel {
     OP_REQUIRES_OK(ctx, tensorflow::EnsureSparseVariableAccess<CPUDevice, T>(ctx, var.get()));
     tsl::tf_shared_lock lock(*var->mu());
     const Tensor& table = *var->tensor();
+    AdviseHugePages(table.tensor_data().data(), table.TotalBytes());
     OP_REQUIRES(ctx, table.dims() >= 1,
                 absl::InvalidArgumentError(absl::StrCat("table must have rank >= 1, got shape ",
                                                         table.shape().DebugString())));

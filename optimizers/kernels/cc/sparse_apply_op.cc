@@ -199,6 +199,7 @@ class SparseApplyOp : public OpKernel {
       OP_REQUIRES_OK(ctx, tensorflow::GetInputTensorFromVariable<CPUDevice, T>(ctx, i, use_locking_,
                                                                                /*sparse=*/true, &vars[i]));
     }
+    for (const Tensor& v : vars) AdviseHugePages(v.tensor_data().data(), v.TotalBytes());
     const Tensor& var = vars[0];
     OP_REQUIRES(ctx, var.dims() >= 1,
                 absl::InvalidArgumentError(absl::StrCat("var must have rank >= 1, got shape ",
