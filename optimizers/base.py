@@ -18,7 +18,10 @@ Steps 2 and 5 run in the fused CPU kernels of `optimizers.kernels` where they
 can (`optimizers.fast_path` decides per variable: CPU, no XLA, a supported
 dtype; the non-lazy `Adam` keeps the TF ops): one deterministic dedup, then
 one pass that gathers each touched row and its slots, applies the rule and
-writes them back. The TF-ops path stays the fallback and the reference.
+writes them back. A dense gradient of a variable of rank >= 1 takes the same
+kernel with every row touched once, and the finite check of step 3 reads a
+sparse gradient in one parallel pass (`EmbedoptAllFinite`). The TF-ops path
+stays the fallback and the reference.
 
 A row-sharded table (`optimizers.ShardedEmbedding`) is a plain variable
 local to each replica, whose gradient already is this replica's summed
@@ -290,6 +293,11 @@ class SparseOptimizer(keras.optimizers.Optimizer):
         return self._rule(var_value, slot_values, grad, lr)
 
     def _dense_update(self, variable, slots, grad, lr, decay):
+        if self._kernel_serves_dense(variable, grad):
+            # Every row touched once: the fused rule in one op instead of a dozen or more small TF ops per
+            # variable (their dispatch costs more than the arithmetic on a model's small dense weights).
+            self._kernel_apply(variable, slots, tf.range(tf.shape(variable, out_type=tf.int64)[0]), grad, lr, decay)
+            return
         new_var, *new_slots = self._apply_rule(variable.read_value(), [s.read_value() for s in slots], grad, lr, decay)
         for slot, value in zip(slots, new_slots):
             slot.assign(value)
@@ -299,12 +307,8 @@ class SparseOptimizer(keras.optimizers.Optimizer):
         indices = grad.indices
         values = tf.cast(grad.values, variable.dtype)
         if self.lazy and self.kernel_rule and fast_path.use_kernels(variable):
-            from optimizers.kernels import ops
-
-            hypers = self._kernel_hypers(variable.dtype, lr) + ([] if decay is None else [decay])
             # The indices are distinct: `_backend_update_step` deduplicated them.
-            ops.sparse_apply(variable, slots, indices, values, self.kernel_rule, hypers,
-                             weight_decay=decay is not None, assume_unique=True, **self._kernel_options())
+            self._kernel_apply(variable, slots, indices, values, lr, decay)
             return
         var_rows = tf.gather(variable, indices)
         slot_rows = [tf.gather(s, indices) for s in slots]
@@ -317,6 +321,24 @@ class SparseOptimizer(keras.optimizers.Optimizer):
         for slot, rows in zip(slots, new_slot_rows):
             slot.scatter_update(tf.IndexedSlices(rows, indices))
         variable.scatter_update(tf.IndexedSlices(new_var_rows, indices))
+
+    def _kernel_apply(self, variable, slots, indices, values, lr, decay):
+        """`kernel_rule` on the distinct rows `indices` of `variable` and its slots, in one fused op."""
+        from optimizers.kernels import ops
+
+        hypers = self._kernel_hypers(variable.dtype, lr) + ([] if decay is None else [decay])
+        ops.sparse_apply(variable, slots, indices, values, self.kernel_rule, hypers, weight_decay=decay is not None,
+                         assume_unique=True, **self._kernel_options())
+
+    def _kernel_serves_dense(self, variable, grad) -> bool:
+        """Whether a dense gradient of `variable` goes through the fused kernel (all rows, each once).
+
+        Needs a rule, a variable of rank >= 1 and a gradient of its full shape (not the scalar zero of the
+        non-lazy sweep), and the kernels serving the variable here; silent otherwise (a dense variable on a
+        GPU is not a sparse path falling back).
+        """
+        return (self.kernel_rule is not None and variable.shape.rank is not None and variable.shape.rank >= 1
+                and grad.shape == variable.shape and fast_path.fallback_reason(variable) is None)
 
     def _rule(self, var, slots, grad, lr):
         """Returns `(new_var, *new_slots)`; implemented by each optimizer."""

@@ -223,3 +223,39 @@ def test_the_embedding_lookup_takes_the_kernel_and_its_gradient_needs_no_dedup()
     (grad,) = tape.gradient(loss, layer.trainable_variables)
     assert grad.indices.numpy().tolist() == [0, 1, 5, ROWS - 1]  # already unique and ascending
     np.testing.assert_array_equal(grad.values.numpy()[:, 0], [1.0, 2.0, 2.0, 1.0])
+
+
+def _run_dense(case, shape, fused, steps=3):
+    rng = np.random.default_rng(3)
+    var = keras.Variable(rng.normal(0, 0.5, shape).astype(np.float32), name="dense")
+    grads = [tf.constant(rng.normal(0, 1, shape).astype(np.float32)) for _ in range(steps)]
+    opt = make(case)
+    opt.build([var])
+    with contextlib.nullcontext() if fused else fast_path.disabled():
+        step = tf.function(lambda g: opt.apply_gradients([(g, var)]))
+        for g in grads:
+            step(g)
+        graph_ops = {op.op for f in step.get_concrete_function(grads[0]).graph.as_graph_def().library.function
+                     for op in f.node_def}
+    return var.numpy(), {name: opt.get_slot(var, name).numpy() for name in case.slots}, graph_ops
+
+
+@pytest.mark.parametrize("shape", [(6, 3), (4,), (2, 3, 2)], ids=["matrix", "bias", "rank3"])
+@pytest.mark.parametrize("case", CASES, ids=str)
+def test_dense_gradients_take_the_kernel_and_equal_the_tf_step(case, shape):
+    # Every row touched once: the kernel's rule equals the TF rule on the whole tensor (Adam's too: its dense
+    # update is the same rule; only its sparse path sweeps the table).
+    fused_var, fused_slots, fused_ops = _run_dense(case, shape, fused=True)
+    tf_var, tf_slots, tf_ops = _run_dense(case, shape, fused=False)
+    assert "EmbedoptSparseApply" in fused_ops and "EmbedoptSparseApply" not in tf_ops
+    np.testing.assert_allclose(fused_var, tf_var, **_tolerance(case))
+    for name in case.slots:
+        np.testing.assert_allclose(fused_slots[name], tf_slots[name], err_msg=name, **_tolerance(case))
+
+
+def test_a_scalar_variable_keeps_the_tf_ops():
+    case = next(c for c in CASES if c.name == "lazy_adam")
+    fused_var, fused_slots, fused_ops = _run_dense(case, (), fused=True)
+    tf_var, tf_slots, _ = _run_dense(case, (), fused=False)
+    assert "EmbedoptSparseApply" not in fused_ops
+    np.testing.assert_allclose(fused_var, tf_var, rtol=1e-6)
