@@ -251,6 +251,23 @@ inline void PrefetchRow(const T* row, int64_t width, bool for_write = false) {
 // How many rows ahead the gather loops prefetch: enough to cover a DRAM miss.
 constexpr int64_t kPrefetchAhead = 16;
 
+// Calls fn(std::integral_constant<int64_t, W>) for the common row widths and
+// fn(std::integral_constant<int64_t, 0>) for any other (the caller then uses
+// its runtime width). With the width known at compile time a row loop
+// unrolls and its accumulator stays in registers, instead of being loaded
+// and stored again for every row added to it.
+template <typename F>
+inline void WithRowWidth(int64_t width, const F& fn) {
+  switch (width) {
+    case 8: return fn(std::integral_constant<int64_t, 8>{});
+    case 16: return fn(std::integral_constant<int64_t, 16>{});
+    case 32: return fn(std::integral_constant<int64_t, 32>{});
+    case 64: return fn(std::integral_constant<int64_t, 64>{});
+    case 128: return fn(std::integral_constant<int64_t, 128>{});
+    default: return fn(std::integral_constant<int64_t, 0>{});
+  }
+}
+
 // Row conversion between the stored type T and the compute type C. For
 // T == C the kernels use the stored rows in place and never call these.
 template <typename T, typename C>

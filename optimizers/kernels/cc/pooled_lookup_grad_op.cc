@@ -131,6 +131,10 @@ class PooledLookupGradOp : public OpKernel {
     const T* up = upstream.flat<T>().data();
     Tindex* out_ids = unique_ids->flat<Tindex>().data();
     T* out = summed->flat<T>().data();
+    if (bags.weights == nullptr) {
+      AccumulateUnweighted(ctx, groups, bags, bag_of, divisors, up, width, out_ids, out);
+      return;
+    }
     ParallelForGroups(groups, IntraOpPool{ctx}, width * 3, [&](int64_t begin, int64_t end) {
       std::vector<C> acc(width);
       for (int64_t u = begin; u < end; ++u) {
@@ -146,6 +150,46 @@ class PooledLookupGradOp : public OpKernel {
         out_ids[u] = bags.ids[groups.Position(groups.Begin(u))];
         StoreRow(acc.data(), width, out + u * width);
       }
+    });
+  }
+
+  // Without weights an occurrence's factor is its bag's (1 / divisor, exactly what Weight / divisor gives for
+  // a weight of 1), so one pass first lays out each sorted position's bag in order; the sums then read one
+  // sequential array and the upstream row, instead of position -> bag -> divisor -> row, three dependent
+  // loads per occurrence. A sum pools with factor 1 and adds the rows as they are (1 * x is x).
+  template <typename Groups, typename C>
+  void AccumulateUnweighted(OpKernelContext* ctx, const Groups& groups, const Bags<T, Tindex>& bags,
+                            const uint32_t* bag_of, const C* divisors, const T* up, int64_t width, Tindex* out_ids,
+                            T* out) {
+    const int64_t n = groups.num_ids();
+    ScratchBuffer<uint32_t> sorted_bag(n, /*slot=*/0);
+    ParallelFor(ctx, n, 4, [&](int64_t begin, int64_t end) {
+      for (int64_t k = begin; k < end; ++k) sorted_bag[k] = bag_of[groups.Position(k)];
+    });
+    const bool plain_sum = combiner_ == Combiner::kSum;
+    WithRowWidth(width, [&](auto fixed) {
+      constexpr int64_t kWidth = decltype(fixed)::value;  // 0: only known at run time
+      ParallelForGroups(groups, IntraOpPool{ctx}, width * 2, [&](int64_t begin, int64_t end) {
+        const int64_t w = kWidth > 0 ? kWidth : width;
+        C fixed_acc[kWidth > 0 ? kWidth : 1];
+        std::vector<C> runtime_acc(kWidth > 0 ? 0 : width);
+        C* acc = kWidth > 0 ? fixed_acc : runtime_acc.data();
+        for (int64_t u = begin; u < end; ++u) {
+          for (int64_t i = 0; i < w; ++i) acc[i] = C(0);
+          for (int64_t k = groups.Begin(u); k < groups.End(u); ++k) {
+            const uint32_t b = sorted_bag[k];
+            const T* row = up + static_cast<int64_t>(b) * w;
+            if (plain_sum) {
+              for (int64_t i = 0; i < w; ++i) acc[i] += static_cast<C>(row[i]);
+            } else {
+              const C f = C(1) / divisors[b];  // an id's bag is never empty, so its divisor is not 0
+              for (int64_t i = 0; i < w; ++i) acc[i] += f * static_cast<C>(row[i]);
+            }
+          }
+          out_ids[u] = bags.ids[groups.Position(groups.Begin(u))];
+          StoreRow(acc, w, out + u * w);
+        }
+      });
     });
   }
 

@@ -93,22 +93,41 @@ class PooledLookupOp : public OpKernel {
     const int64_t n = bags.num_ids;
     const int64_t chunks = std::max<int64_t>(1, std::min<int64_t>(64, bags.num_bags / 64));
     std::unique_ptr<IdGroups> groups;
-    auto gather = [&](int64_t begin, int64_t end) {
-      std::vector<C> acc(width);
+    // Unweighted ids add their rows as they are (a weight of 1 multiplies nothing away), and a sum's divisor
+    // of 1 divides nothing: the same bits, fewer operations. The width, when common, is a constant.
+    auto gather_fixed = [&](auto fixed, int64_t begin, int64_t end) {
+      constexpr int64_t kWidth = decltype(fixed)::value;  // 0: only known at run time
+      const int64_t w = kWidth > 0 ? kWidth : width;
+      C fixed_acc[kWidth > 0 ? kWidth : 1];
+      std::vector<C> runtime_acc(kWidth > 0 ? 0 : width);
+      C* acc = kWidth > 0 ? fixed_acc : runtime_acc.data();
+      const bool weighted = bags.weights != nullptr;
+      const bool plain_sum = !weighted && bags.combiner == Combiner::kSum;
       for (int64_t b = begin; b < end; ++b) {
-        std::fill(acc.begin(), acc.end(), C(0));
+        for (int64_t i = 0; i < w; ++i) acc[i] = C(0);
         for (int64_t k = bags.splits[b]; k < bags.splits[b + 1]; ++k) {
           if (k + kPrefetchAhead < n) {
-            PrefetchRow(rows_data + static_cast<int64_t>(bags.ids[k + kPrefetchAhead]) * width, width);
+            PrefetchRow(rows_data + static_cast<int64_t>(bags.ids[k + kPrefetchAhead]) * w, w);
           }
-          const C w = bags.template Weight<C>(k);
-          const T* row = rows_data + static_cast<int64_t>(bags.ids[k]) * width;
-          for (int64_t i = 0; i < width; ++i) acc[i] += w * static_cast<C>(row[i]);
+          const T* row = rows_data + static_cast<int64_t>(bags.ids[k]) * w;
+          if (weighted) {
+            const C weight = bags.template Weight<C>(k);
+            for (int64_t i = 0; i < w; ++i) acc[i] += weight * static_cast<C>(row[i]);
+          } else {
+            for (int64_t i = 0; i < w; ++i) acc[i] += static_cast<C>(row[i]);
+          }
+        }
+        T* dst = out + b * w;
+        if (plain_sum) {
+          for (int64_t i = 0; i < w; ++i) dst[i] = static_cast<T>(acc[i]);
+          continue;
         }
         const C divisor = bags.template Divisor<C>(b);
-        T* dst = out + b * width;
-        for (int64_t i = 0; i < width; ++i) dst[i] = static_cast<T>(divisor == C(0) ? C(0) : acc[i] / divisor);
+        for (int64_t i = 0; i < w; ++i) dst[i] = static_cast<T>(divisor == C(0) ? C(0) : acc[i] / divisor);
       }
+    };
+    auto gather = [&](int64_t begin, int64_t end) {
+      WithRowWidth(width, [&](auto fixed) { gather_fixed(fixed, begin, end); });
     };
     auto* pool = ctx->device()->tensorflow_cpu_worker_threads()->workers;
     pool->ParallelFor(chunks + 1, tsl::thread::ThreadPool::SchedulingParams::Fixed(1), [&](int64_t begin, int64_t end) {

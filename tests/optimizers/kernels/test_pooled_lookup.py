@@ -43,22 +43,24 @@ def numpy_table_gradient(upstream, bags, weights, combiner, rows):
     return grad
 
 
-def _inputs(dtype, weighted, seed=0):
+def _inputs(dtype, weighted, seed=0, width=WIDTH):
     rng = np.random.default_rng(seed)
-    table = rng.standard_normal((ROWS, WIDTH))
+    table = rng.standard_normal((ROWS, width))
     weights = [list(rng.random(len(b)) + 0.5) if weighted else [1.0] * len(b) for b in BAGS]
-    upstream = rng.standard_normal((len(BAGS), WIDTH))
+    upstream = rng.standard_normal((len(BAGS), width))
     ids = tf.ragged.constant(BAGS, dtype=tf.int64, ragged_rank=1, inner_shape=())
     ragged_weights = tf.RaggedTensor.from_row_splits(tf.constant(sum(weights, []), dtype), ids.row_splits)
     return table, weights, upstream, ids, (ragged_weights if weighted else None)
 
 
+# Widths the kernels unroll at compile time (8, 32, 128: common.h WithRowWidth) and others (3, 129).
+@pytest.mark.parametrize("width", [3, 8, 32, 128, 129])
 @pytest.mark.parametrize("index_dtype", [tf.int32, tf.int64], ids=["int32", "int64"])
 @pytest.mark.parametrize("dtype", [tf.float32, tf.float64], ids=["float32", "float64"])
 @pytest.mark.parametrize("weighted", [False, True], ids=["unweighted", "weighted"])
 @pytest.mark.parametrize("combiner", ["sum", "mean", "sqrtn"])
-def test_forward_and_gradient_match_numpy(combiner, weighted, dtype, index_dtype):
-    table_np, weights, upstream, ids, ragged_weights = _inputs(dtype, weighted)
+def test_forward_and_gradient_match_numpy(combiner, weighted, dtype, index_dtype, width):
+    table_np, weights, upstream, ids, ragged_weights = _inputs(dtype, weighted, width=width)
     table = tf.Variable(tf.constant(table_np, dtype))
     ids = tf.cast(ids, index_dtype)
     with tf.GradientTape() as tape:
@@ -69,7 +71,7 @@ def test_forward_and_gradient_match_numpy(combiner, weighted, dtype, index_dtype
     assert isinstance(grad, tf.IndexedSlices)
     assert grad.indices.dtype == index_dtype
     np.testing.assert_array_equal(grad.indices.numpy(), np.unique(sum(BAGS, [])))  # ascending, distinct
-    np.testing.assert_array_equal(grad.dense_shape.numpy(), [ROWS, WIDTH])
+    np.testing.assert_array_equal(grad.dense_shape.numpy(), [ROWS, width])
     dense = tf.math.unsorted_segment_sum(grad.values, grad.indices, ROWS).numpy()
     np.testing.assert_allclose(dense, numpy_table_gradient(upstream, BAGS, weights, combiner, ROWS), **TOL[dtype])
 
