@@ -124,24 +124,45 @@ class IdGroups {
     const int64_t buckets = int64_t{1} << digit_bits;
     const int64_t chunks = std::min(kMaxChunks, std::max<int64_t>(1, n / kIdsPerChunk));
     auto chunk_begin = [&](int64_t c) { return n * c / chunks; };
+    // With one chunk, every pass's digit counts come from this one read of the ids (the keys keep their
+    // digits through the passes, only their order changes). With several, a chunk's counts at pass p are of
+    // the keys it holds then, so they are taken before each pass.
     std::vector<int64_t> counts(chunks * buckets);
+    std::vector<int64_t> later_counts(chunks == 1 ? (passes > 1 ? (passes - 1) * buckets : 0) : 0);
     const int64_t chunk_cost = n / chunks * 4;
-    parallel_for(chunks, chunk_cost, [&](int64_t begin, int64_t end) {
-      for (int64_t c = begin; c < end; ++c) {
-        int64_t* count = counts.data() + c * buckets;
-        for (int64_t i = chunk_begin(c); i < chunk_begin(c + 1); ++i) {
-          keys[i] = offset(i) << 32 | static_cast<uint64_t>(i);
-          ++count[offset(i) & mask];
+    if (chunks == 1) {
+      int64_t* count = counts.data();
+      int64_t* second = passes > 1 ? later_counts.data() : nullptr;
+      for (int64_t i = 0; i < n; ++i) {
+        const uint64_t o = offset(i);
+        keys[i] = o << 32 | static_cast<uint64_t>(i);
+        ++count[o & mask];
+        if (passes == 2) {
+          ++second[(o >> digit_bits) & mask];
+        } else {
+          for (int p = 1; p < passes; ++p) ++later_counts[(p - 1) * buckets + ((o >> (p * digit_bits)) & mask)];
         }
       }
-    });
+    } else {
+      parallel_for(chunks, chunk_cost, [&](int64_t begin, int64_t end) {
+        for (int64_t c = begin; c < end; ++c) {
+          int64_t* count = counts.data() + c * buckets;
+          for (int64_t i = chunk_begin(c); i < chunk_begin(c + 1); ++i) {
+            keys[i] = offset(i) << 32 | static_cast<uint64_t>(i);
+            ++count[offset(i) & mask];
+          }
+        }
+      });
+    }
     if (passes == 0) return true;
     std::unique_ptr<Keys> other(new Keys(n, /*slot=*/1));
     for (int p = 0; p < passes; ++p) {
       const uint64_t* from = sorted_->get();
       uint64_t* to = other->get();
       const int shift = 32 + p * digit_bits;
-      if (p > 0) {
+      if (p > 0 && chunks == 1) {
+        std::copy(later_counts.begin() + (p - 1) * buckets, later_counts.begin() + p * buckets, counts.begin());
+      } else if (p > 0) {
         std::fill(counts.begin(), counts.end(), 0);
         parallel_for(chunks, chunk_cost, [&](int64_t begin, int64_t end) {
           for (int64_t c = begin; c < end; ++c) {

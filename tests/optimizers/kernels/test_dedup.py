@@ -70,6 +70,24 @@ def test_large_input_sorted_in_chunks_matches_numpy():
     np.testing.assert_allclose(summed.numpy(), want, rtol=1e-12, atol=1e-12)
 
 
+@pytest.mark.parametrize("n, span", [(5_000, 2**9), (5_000, 2**20), (5_000, 2**25), (100_000, 2**31),
+                                     (200_000, 2**20), (200_000, 2**25)],
+                         ids=["one_pass", "two_passes", "three_passes", "four_passes", "chunks_two_passes",
+                              "chunks_three_passes"])
+def test_every_radix_pass_count_and_chunking_matches_numpy(n, span):
+    """The sort takes ceil(bits / 11) passes over the ids' span, counted in one read with one chunk."""
+    rng = np.random.default_rng(n + span)
+    ids = np.concatenate([[0, span - 1], rng.integers(0, span, n - 2)])
+    ids[rng.integers(0, n, n // 3)] = ids[rng.integers(0, n, n // 3)]  # duplicates far apart
+    values = rng.standard_normal((ids.size, 1))
+    unique, summed = kops.dedup(tf.constant(ids - 7), tf.constant(values))
+    want_ids, inverse = np.unique(ids - 7, return_inverse=True)
+    want = np.zeros((want_ids.size, 1))
+    np.add.at(want, inverse, values)
+    np.testing.assert_array_equal(unique.numpy(), want_ids)
+    np.testing.assert_allclose(summed.numpy(), want, rtol=1e-12, atol=1e-12)
+
+
 def test_strictly_ascending_input_is_returned_unchanged():
     ids = tf.constant([0, 4, 9], tf.int32)
     values = tf.random.normal([3, 5])
