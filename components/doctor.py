@@ -3,7 +3,8 @@
 Prints the versions that matter (Python, TensorFlow, Keras, NumPy, Beam,
 pyarrow, and torch/fbgemm when the `torchrec` extra is there), the devices
 TensorFlow sees, whether the fused CPU kernels load (building them once if
-they are not built yet) and why not, and for each optimizer and the
+they are not built yet) and why not, whether they put large tables on huge
+pages, and for each optimizer and the
 embedding lookup the path a step takes on a table on the first CPU, or on the
 first GPU when there is one. `--json` prints the same as one JSON object.
 """
@@ -56,7 +57,8 @@ def diagnose() -> dict:
     lookup = fast_path.fallback_reason(table)
     paths["SparseEmbedding lookup"] = fast_path.FUSED if lookup is None else f"TF ops: {lookup}"
     return {"versions": _versions(), "devices": devices, "table_device": device,
-            "kernels": {"available": available, "detail": reason}, "apply_paths": paths}
+            "kernels": {"available": available, "detail": reason, "huge_pages": kernels.huge_pages()},
+            "apply_paths": paths}
 
 
 def report(found: dict) -> str:
@@ -66,6 +68,7 @@ def report(found: dict) -> str:
     lines = [f"{PROG}: {versions}" + (f" (not installed: {', '.join(missing)})" if missing else ""),
              f"  devices: {', '.join(found['devices'])}",
              f"  fused kernels: {'yes' if kernels['available'] else 'no'} ({kernels['detail']})",
+             f"  huge pages for large tables: {kernels['huge_pages']}",
              f"  sparse step of a table on {found['table_device']}:"]
     width = max(len(name) for name in found["apply_paths"])
     lines += [f"    {name:<{width}}  {path}" for name, path in found["apply_paths"].items()]

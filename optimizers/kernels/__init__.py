@@ -12,7 +12,10 @@ Five TensorFlow ops in one shared library, built from `cc/` on first use
 
 `optimizers.kernels.ops` holds the Python wrappers. The TF-ops path stays the
 fallback: callers ask `load()` or `status()` and take it when the kernels are
-unavailable. `EMBEDOPT_KERNELS=off` turns them off.
+unavailable. `EMBEDOPT_KERNELS=off` turns them off. Tables and slots of 16 MB
+or more are put on 2 MB pages the first time a kernel touches them (random
+rows of a large table otherwise pay a TLB miss and a page walk each);
+`EMBEDOPT_HUGE_PAGES=off` turns that off, `huge_pages()` says what applies.
 
 Example:
     >>> from optimizers import kernels
@@ -80,4 +83,34 @@ def _load():
     return module, f"loaded {path}"
 
 
-__all__ = ["load", "status"]
+HUGE_PAGES_ENV = "EMBEDOPT_HUGE_PAGES"
+HUGE_PAGES_MIN_BYTES = 16 << 20  # common.h AdviseHugePages: smaller tables are within the TLB's reach
+_THP_SETTING = "/sys/kernel/mm/transparent_hugepage/enabled"
+
+
+def huge_pages() -> str:
+    """One line: whether the kernels put large tables on 2 MB pages here, and why (for `embedopt doctor`).
+
+    The kernels advise every table and slot of 16 MB or more (MADV_HUGEPAGE,
+    then MADV_COLLAPSE for the pages already there) the first time they
+    touch it, unless `EMBEDOPT_HUGE_PAGES=off`; whether Linux honours it
+    depends on its transparent-huge-page setting.
+    """
+    setting = os.environ.get(HUGE_PAGES_ENV, "").strip().lower()
+    if setting in _OFF:
+        return f"off ({HUGE_PAGES_ENV}={setting})"
+    try:
+        with open(_THP_SETTING, encoding="utf-8") as f:
+            text = f.read()
+        mode = text[text.index("[") + 1:text.index("]")]
+    except (OSError, ValueError):
+        return "not available (no transparent huge pages on this system)"
+    if mode == "never":
+        return "no effect (transparent huge pages are 'never' here)"
+    threshold = f"tables and slots of {HUGE_PAGES_MIN_BYTES >> 20} MB or more"
+    if mode == "always":
+        return f"on ({threshold}; transparent huge pages are 'always' here, so every large heap gets them anyway)"
+    return f"on ({threshold} are advised; transparent huge pages: {mode})"
+
+
+__all__ = ["HUGE_PAGES_ENV", "huge_pages", "load", "status"]
