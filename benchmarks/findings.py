@@ -92,14 +92,17 @@ REASONS: list[tuple[str, str]] = [
         "values so parsing handles 3 features instead of 28.")),
     (r"^fused_step", FUSED_STEP),
     (r"^dynamic_tables: dynamic / fixed step", (
-        "The fixed step's lookup is one gather; the dynamic forward adds a tf.unique of the batch's keys and a "
-        "MutableHashTable lookup of the distinct ones (~6 ms at 4096 x 26 keys, 2 cores), the LRU stamp scatter, "
-        "and on every step that admits keys a hash insert, and on a step that evicts a hash remove, the row "
-        "re-initialization and slot-reset scatters and one top_k over all `capacity` stamps (~5 ms for 10k of "
-        "100k): O(capacity) work on every evicting step. DenseHashTable measured no faster. Fix: evict ahead "
-        "into a free-row stack (a background or every-K-steps pass picks the next victims, so a step pops rows "
-        "in O(admitted)), and a fused kernel for unique + lookup + insert (one open-addressing table probed "
-        "once per key) instead of three TF ops.")),
+        "The fixed step is one fused lookup and its fused gradient; the dynamic step adds a tf.unique_with_counts "
+        "of the batch's keys and a MutableHashTable lookup of the distinct ones (~3 ms at 4096 x 26 keys, 2 "
+        "cores), the stamp scatters, and on steps that admit and evict a hash insert and remove (~4-7 ms of "
+        "single-threaded table work for 12k keys), the new rows' stateless-uniform init (~2 ms for 12k x 32) "
+        "and the slot resets, spread over ~150 small TF ops. Fixed since the first cut (2.3-2.5x and 3.5-3.9x "
+        "before): TF's gradient of the lookup (concat + gather, its unsorted_segment_sum ~30 ms for 106k x 32 "
+        "on 2 cores) replaced by one custom gradient that sums rows per key with the fixed table's gradient "
+        "kernel; the LRU top_k over `capacity` replaced by an eviction log in (step, row) order (O(batch) "
+        "amortized, exact LRU; LFU keeps its top_k on evicting steps). Fix for the rest: one kernel for "
+        "unique + lookup + insert/remove + row init (an open-addressing table probed once per key), in a new "
+        "optimizers/kernels/cc/dynamic_table_op.cc; DenseHashTable measured no faster than MutableHashTable.")),
     (r"^apply_bandwidth", (
         "With the fused kernel the apply reads each touched row of the variable and its slots once and writes it "
         "once, in parallel over rows, prefetching ahead (0.54-0.65 of memcpy for SGD, Momentum, Adagrad, LazyAdam "

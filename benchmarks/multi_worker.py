@@ -14,7 +14,12 @@ exchange (`all_to_all`, `all_gather`), in the same N processes. Each worker
 reports the bytes its exchange sent per step (the layer's own `bytes_sent`
 counter, forward and backward) and the step time. `optimizers.exchange_cost`
 counts the same bytes from the ids (`model_exact`) and predicts them from the
-id distribution alone (`model_predicted`), also for N up to 64.
+id distribution alone (`model_predicted`), also for N up to 64. The same
+processes then train the other placements (components/trainer/planner.py):
+the table whole on worker 0 (`TableWiseEmbedding`, all_to_all), and
+replicated (`SparseEmbedding`, data_parallel, whose gradient all-gather
+nothing counts: its bytes are the model's only). `result["plans"]` is what
+the planner chooses for the demo and the MLPerf-size model at N = 8 and 64.
 """
 
 from __future__ import annotations
@@ -35,9 +40,11 @@ FULL = dict(rows=[100_000, 1_000_000], dim=32, global_batch=4096, warmup=3, step
 QUICK = dict(rows=[10_000, 100_000], dim=32, global_batch=512, warmup=2, steps=4)
 # Exchange scaling: the local batch stays fixed as N grows (each worker's own traffic is the question).
 EXCHANGES = ("all_to_all", "all_gather")
+# (placement, exchange) per case of the exchange workers; row_wise first, in EXCHANGES order.
+PLACEMENT_CASES = tuple(("row_wise", e) for e in EXCHANGES) + (("table_wise", "all_to_all"), ("data_parallel", None))
 EXCHANGE_FULL = dict(workers=[1, 2, 3, 4], rows=1_000_000, dim=32, local_batch=1024, ids_per_example=26,
                      warmup=3, steps=10)
-EXCHANGE_QUICK = dict(workers=[1, 2, 3], rows=100_000, dim=16, local_batch=128, ids_per_example=26,
+EXCHANGE_QUICK = dict(workers=[1, 2, 4], rows=100_000, dim=16, local_batch=128, ids_per_example=26,
                       warmup=2, steps=3)
 ZIPF_EXPONENT = 1.1  # step_time.zipf_ids' default
 PREDICT_WORKERS = [2, 3, 4, 8, 16, 32, 64]
@@ -108,12 +115,19 @@ def exchange_worker(rows, dim, local_batch, ids_per_example, warmup, steps) -> d
     batches = [(tf.constant(exchange_ids(rows, local_batch, ids_per_example, index, i)),
                 tf.constant((np.arange(local_batch) % 2).astype(np.float32))) for i in range(warmup + steps)]
     out = {"num_replicas": n, "cases": []}
-    for exchange in EXCHANGES:
+    init = optimizers.RowUniform(-0.05, 0.05, seed=0)
+    for placement, exchange in PLACEMENT_CASES:
         with strategy.scope():
-            table = optimizers.ShardedEmbedding(rows, dim, validate_ids=False, exchange=exchange,
-                                                embeddings_initializer=optimizers.RowUniform(-0.05, 0.05, seed=0))
+            if placement == "data_parallel":
+                table = optimizers.SparseEmbedding(rows, dim, validate_ids=False, embeddings_initializer=init)
+            elif placement == "table_wise":
+                table = optimizers.TableWiseEmbedding(rows, dim, owner=0, validate_ids=False, exchange=exchange,
+                                                      embeddings_initializer=init)
+            else:
+                table = optimizers.ShardedEmbedding(rows, dim, validate_ids=False, exchange=exchange,
+                                                    embeddings_initializer=init)
             head = keras.layers.Dense(1)
-            table.build()
+            table.build((None, None))
             head.build((None, dim))
             variables = [table.embeddings] + head.trainable_variables
             opt = optimizers.LazyAdam(1e-3)
@@ -133,10 +147,11 @@ def exchange_worker(rows, dim, local_batch, ids_per_example, warmup, steps) -> d
 
         for i in range(warmup):
             train_step(*batches[i]).numpy()
-        before = table.bytes_sent
+        before = getattr(table, "bytes_sent", None)
         times = harness.time_calls(lambda i: train_step(*batches[warmup + i]).numpy(), 0, steps)
-        out["cases"].append({"exchange": table.exchange_kind if n > 1 else exchange, "repeats_s": times,
-                             "bytes_per_step": (table.bytes_sent - before) / steps,
+        sent = None if before is None else (table.bytes_sent - before) / steps
+        out["cases"].append({"placement": placement, "exchange": getattr(table, "exchange_kind", None) or exchange,
+                             "repeats_s": times, "bytes_per_step": sent,
                              "local_rows": int(table.embeddings.shape[0])})
     return out
 
@@ -188,25 +203,29 @@ def exchange_scaling(quick: bool, repeats: int | None = None, progress=None) -> 
     measurements = []
     for n in cfg["workers"]:
         reports = launch(kwargs, num_workers=n, target=f"{__name__}:exchange_worker")
-        for i, exchange in enumerate(EXCHANGES):
+        for i, (placement, exchange) in enumerate(PLACEMENT_CASES):
             cases = [r["cases"][i] for r in reports]
             timed = range(cfg["warmup"], cfg["warmup"] + cfg["steps"])
-            exact = np.mean([exchange_cost.step_bytes(exchange, [exchange_ids(
+            kind = exchange or "all_to_all"
+            exact = np.mean([exchange_cost.step_bytes(kind, [exchange_ids(
                 cfg["rows"], cfg["local_batch"], cfg["ids_per_example"], t, step) for t in range(n)],
-                cfg["dim"]).max() for step in timed])
-            predicted = exchange_cost.predicted_bytes_per_worker(exchange, n, cfg["dim"], ids_per_worker, sampler)
-            measured = max(c["bytes_per_step"] for c in cases)
+                cfg["dim"], placement=placement).max() for step in timed])
+            predicted = exchange_cost.predicted_bytes_per_worker(kind, n, cfg["dim"], ids_per_worker, sampler,
+                                                                 placement=placement)
+            counted = [c["bytes_per_step"] for c in cases if c["bytes_per_step"] is not None]
             # The slowest worker's repeats: a step ends for all when the last one's collectives finish.
             slowest = max(cases, key=lambda c: float(np.median(c["repeats_s"])))
             measurements.append(results.measurement(
-                dict(workers=n, exchange=exchange, rows=cfg["rows"], dim=cfg["dim"], local_batch=cfg["local_batch"],
-                     ids_per_example=cfg["ids_per_example"], optimizer="lazy_adam",
+                dict(workers=n, placement=placement, exchange=exchange, rows=cfg["rows"], dim=cfg["dim"],
+                     local_batch=cfg["local_batch"], ids_per_example=cfg["ids_per_example"], optimizer="lazy_adam",
                      strategy="MultiWorkerMirroredStrategy"),
-                slowest["repeats_s"], bytes_per_worker_per_step=measured, model_exact=float(exact),
-                model_predicted=predicted, local_rows=cases[0]["local_rows"]))
+                slowest["repeats_s"], bytes_per_worker_per_step=max(counted) if counted else None,
+                model_exact=float(exact), model_predicted=predicted,
+                local_rows=[c["local_rows"] for c in cases]))
             if progress:
-                progress(f"{NAME} exchange {exchange} N={n}")
-    by = {(m["params"]["exchange"], m["params"]["workers"]): m for m in measurements}
+                progress(f"{NAME} {placement} {exchange or ''} N={n}")
+    by = {(m["params"]["exchange"], m["params"]["workers"]): m for m in measurements
+          if m["params"]["placement"] == "row_wise"}
     largest = max(cfg["workers"])
     predictions = {exchange: {str(n): exchange_cost.predicted_bytes_per_worker(
         exchange, n, cfg["dim"], ids_per_worker, sampler, trials=1) for n in PREDICT_WORKERS}
@@ -238,7 +257,7 @@ def exchange_goals(scaling: dict, quick: bool = False) -> tuple[dict, list, list
     goals.append(results.goal(f"exchange: all_to_all bytes per worker N={largest}/N=2", f"<= {BYTES_GOAL}",
                               measured, measured <= BYTES_GOAL, sizes + note, full_run_only=quick))
     errors = [abs(m["model_predicted"] / m["bytes_per_worker_per_step"] - 1)
-              for m in scaling["measurements"] if m["params"]["workers"] > 1]
+              for m in scaling["measurements"] if m["params"]["workers"] > 1 and m["bytes_per_worker_per_step"]]
     goals.append(results.goal("exchange: cost model, largest error vs measured bytes (N > 1)",
                               f"<= {MODEL_GOAL}", max(errors), max(errors) <= MODEL_GOAL, sizes,
                               full_run_only=quick))
@@ -276,6 +295,21 @@ def run(quick: bool, repeats: int | None = None, progress=None) -> dict:
     scaling = exchange_scaling(quick, repeats, progress)
     exchange_ratios, more_goals, more_notes = exchange_goals(scaling, quick)
     exchange = {k: scaling[k] for k in ("config", "measurements", "predicted_bytes_per_worker")}
+    plans, plan_note = planner_choices()
     return results.benchmark(__doc__.splitlines()[0], measurements, {f"2-worker step {label}": ratio,
                                                                      **exchange_ratios},
-                             goals + more_goals, notes + more_notes) | {"exchange": exchange}
+                             goals + more_goals, notes + more_notes + [plan_note]) | {"exchange": exchange,
+                                                                                     "plans": plans}
+
+
+def planner_choices() -> tuple[dict, str]:
+    """What `--table-sharding auto` chooses for the demo and the MLPerf-size model (trainer/plan_examples.py)."""
+    from components.trainer import plan_examples, planner
+
+    budget = planner.parse_budget(plan_examples.DEFAULT_BUDGET)
+    plans = {name: {str(n): plan_examples.summary(plan) for n, plan in by_n.items()}
+             for name, by_n in plan_examples.example_plans(budget).items()}
+    text = "; ".join(f"{name} N={n}: " + ", ".join(f"{k} {v}" for k, v in s["placements"].items() if v)
+                     + f", {s['max_worker_bytes'] / 2**30:.2f} GiB on the fullest worker"
+                     for name, by_n in plans.items() for n, s in by_n.items())
+    return plans, f"Planner (auto, {plan_examples.DEFAULT_BUDGET} per worker): {text}."

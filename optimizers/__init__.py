@@ -7,8 +7,9 @@ touched rows only (lazy) or exactly (`Adam`). DESIGN.md section 3 fixes the
 rules; `optimizers.rules` holds each one as a pure function.
 
 `ShardedEmbedding` splits a table by rows over the workers of a
-`MultiWorkerMirroredStrategy` job (`optimizers.sharded`); `RowUniform`
-initializes any subset of a table's rows alone.
+`MultiWorkerMirroredStrategy` job (`optimizers.sharded`), and
+`TableWiseEmbedding` holds a whole table on one of them (`optimizers.table_wise`);
+`RowUniform` initializes any subset of a table's rows alone.
 
 `optimizers.legacy` has `SGD`, `Momentum` and `DecayingSGD` for `tf_keras`.
 """
@@ -26,6 +27,7 @@ from optimizers.ftrl import Ftrl
 from optimizers.initializers import RowUniform
 from optimizers.sharded import ShardedEmbedding
 from optimizers.sgd import SGD, DecayingSGD, Momentum
+from optimizers.table_wise import TableWiseEmbedding
 
 OPTIMIZERS = {
     "sgd": SGD,
@@ -86,5 +88,6 @@ __all__ = [
     "ShardedEmbedding",
     "SparseEmbedding",
     "SparseOptimizer",
+    "TableWiseEmbedding",
     "get",
 ]

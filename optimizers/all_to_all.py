@@ -232,8 +232,12 @@ def unpad_by_source(block: tf.Tensor, counts: tf.Tensor, width: tf.Tensor) -> tf
     return tf.boolean_mask(block, keep)
 
 
-def lookup_rows(exchange: AllToAll, shard: tf.Variable, ids: tf.Tensor, num_shards: int) -> tuple[tf.Tensor, tf.Tensor]:
+def lookup_rows(exchange: AllToAll, shard: tf.Variable, ids: tf.Tensor, num_shards: int,
+                owner: int | None = None) -> tuple[tf.Tensor, tf.Tensor]:
     """`(rows of ids, bytes sent)` from a table row-sharded by `id % num_shards` (local row `id // num_shards`).
+
+    With an `owner`, the table is whole on replica `owner` (local row = id) and
+    every id goes there (a table_wise table).
 
     Ids go to their owners and rows come back, each replica moving only what
     its own batch asks for (its distinct ids); the gradient flows back along
@@ -244,11 +248,12 @@ def lookup_rows(exchange: AllToAll, shard: tf.Variable, ids: tf.Tensor, num_shar
     """
     flat = tf.reshape(tf.cast(ids, tf.int64), [-1])
     distinct, position = tf.unique(flat, out_idx=tf.int64)
-    owner = distinct % num_shards
-    order = tf.cast(tf.argsort(owner, stable=True), tf.int64)
-    counts = tf.math.bincount(owner, minlength=num_shards, maxlength=num_shards, dtype=tf.int64)
+    owners = distinct % num_shards if owner is None else tf.fill(tf.shape(distinct), tf.constant(owner, tf.int64))
+    order = tf.cast(tf.argsort(owners, stable=True), tf.int64)
+    counts = tf.math.bincount(owners, minlength=num_shards, maxlength=num_shards, dtype=tf.int64)
     asked = exchange(tf.gather(distinct, order), counts)
-    served = exchange(tf.gather(shard, asked.values // num_shards), asked.counts)
+    local = asked.values // num_shards if owner is None else asked.values
+    served = exchange(tf.gather(shard, local), asked.counts)
     # served.values is in the order the ids were sent: undo the sort, then expand to the batch.
     rows = tf.gather(tf.scatter_nd(order[:, None], served.values, tf.shape(served.values, out_type=tf.int64)),
                      position)

@@ -21,7 +21,14 @@ of first occurrence:
 4. a (re)assigned row is re-initialized, and recorded so that
    `reset_slots(optimizer)` can reset its optimizer slots.
 
-Outside training the layer only reads: unknown keys get the default.
+Under a `tf.distribute` strategy the policy runs once per step, in a
+`merge_call`, on the global batch's keys (the replicas' distinct keys in
+replica order), and writes every replica's copy of the state: replicas
+admit the same keys in the same order, to the same rows, as one replica on
+the global batch. Outside training the layer only reads: unknown keys get
+the default. `optimizers/dynamic_policy.py` runs the policy step,
+`optimizers/dynamic_lru.py` keeps the LRU order without a scan of the table,
+and `optimizers/dynamic_ops.py` holds the tensor functions.
 """
 
 from __future__ import annotations
@@ -31,30 +38,14 @@ import numpy as np
 import tensorflow as tf
 
 from optimizers.distributed import local_variable
+from optimizers.dynamic_lru import LruLog
+from optimizers.dynamic_ops import gather_resident, merge_replica_keys
+from optimizers.dynamic_policy import policy_step
+from optimizers.dynamic_training import train_step_with_reset  # noqa: F401  re-exported: part of this module's API
 
 EVICTIONS = ("lru", "lfu")
 DEFAULTS = ("zeros", "shared_row")
 INITIALIZERS = ("uniform", "zeros")
-_INT64_MAX = np.iinfo(np.int64).max
-_GOLDEN = 0x9E3779B97F4A7C15
-_MIX1 = 0xBF58476D1CE4E5B9
-_MIX2 = 0x94D049BB133111EB
-
-
-def sketch_buckets(keys: tf.Tensor, depth: int, width: int) -> tf.Tensor:
-    """int64 `[depth, n]`: the count-min sketch column of each key in each of `depth` rows.
-
-    Row `d` hashes `key + (d + 1) * golden` with SplitMix64's finalizer (wrapping
-    uint64 arithmetic) and keeps the low bits (`width` is a power of two).
-    """
-    keys = tf.cast(keys, tf.int64)
-    # Constants go in as NumPy uint64: inside tf.function a Python int above 2**63 is rounded through float64.
-    z = tf.bitcast(keys, tf.uint64)[None, :]
-    z = z + tf.constant(np.array([(d + 1) * _GOLDEN % 2**64 for d in range(depth)], np.uint64))[:, None]
-    z = (z ^ tf.bitwise.right_shift(z, tf.constant(30, tf.uint64))) * tf.constant(np.uint64(_MIX1))
-    z = (z ^ tf.bitwise.right_shift(z, tf.constant(27, tf.uint64))) * tf.constant(np.uint64(_MIX2))
-    z = z ^ tf.bitwise.right_shift(z, tf.constant(31, tf.uint64))
-    return tf.cast(z & tf.constant(np.uint64(width - 1)), tf.int64)
 
 
 def _positive_int(name, value, low=1):
@@ -78,18 +69,25 @@ class DynamicEmbedding(keras.layers.Layer):
     `default_row` `[1, output_dim]` (trainable, shared_row only), `row_keys`,
     `last_seen` (LRU) or `row_counts` (LFU) `[capacity]` int64, the count-min
     `sketch` `[sketch_depth, sketch_width]` int64 (only when `admit_after > 1`),
-    and the counters `admissions`, `evictions`, `default_lookups`, `lookups`,
-    `rows_in_use`, `steps`.
+    the LRU eviction log (`lru_log_rows`, `lru_log_steps` `[2 * capacity]`,
+    `lru_log_head`, `lru_log_tail`; LRU only), and the counters `admissions`,
+    `evictions`, `default_lookups`, `lookups`, `rows_in_use`, `steps`.
 
     Memory: `capacity * output_dim * 4 * (1 + optimizer slots per element)`
-    bytes + `capacity * 16` (keys and LRU/LFU stamp) + the hash table
-    (about `capacity * 40`) + `sketch_depth * sketch_width * 8`.
+    bytes + `capacity * 24` (keys, LRU/LFU stamp, assigned rows) + the hash
+    table (about `capacity * 40`) + `sketch_depth * sketch_width * 8` + for
+    LRU the eviction log, `capacity * 32`.
 
     Count-min sketch: an estimate never falls below the true count of a
     key's occurrences while it was not resident, and exceeds it by more than
     `e * N / sketch_width` with probability at most `exp(-sketch_depth)`,
     where N is the total of all such counts so far. A key may therefore be
-    admitted early, never late.
+    admitted early, never late. With `sketch_decay_every=K` every counter is
+    halved (rounded down) at the start of every K-th training step, before
+    that step's counts are added, so old sightings fade: a key must then be
+    seen `admit_after` times within a few K steps, and N stays bounded. The
+    bounds above then hold for the halved counts. The halving costs
+    `sketch_depth * sketch_width` once per K steps, independent of capacity.
 
     Slots: when a row is given to a new key, call `reset_slots(optimizer)`
     after the forward pass and before `optimizer.apply_gradients` (every
@@ -97,10 +95,15 @@ class DynamicEmbedding(keras.layers.Layer):
     step's (re)assigned rows of every slot of `embeddings` back to the slot's
     initial value, so the new key starts like a fresh row.
 
-    Cost per step: a `tf.unique` of the batch, a hash lookup, O(batch) sketch
-    and scatter work, plus, on a step that evicts, one `top_k` over the
-    `capacity` stamps (O(capacity)); steps that admit nothing or still have
-    never-used rows do no O(capacity) work.
+    Cost per step: a `tf.unique` of the batch, one hash lookup of its distinct
+    keys, O(batch) sketch and scatter work, a hash insert of the admitted and
+    a remove of the evicted keys. LRU victims come from the eviction log
+    (`optimizers/dynamic_lru.py`): O(batch) amortized, with one O(capacity)
+    compaction per at least `capacity` logged reads and one sort of the rows
+    when the table first fills. LFU victims are one `top_k` over the
+    `capacity` counts on each step that evicts (O(capacity)). The gradient
+    sums the batch's rows per distinct key with the embedopt kernels' dedup
+    when they load.
 
     Args:
         output_dim: embedding width, > 0.
@@ -113,6 +116,8 @@ class DynamicEmbedding(keras.layers.Layer):
             so replicas and restarts agree) or `"zeros"`.
         init_scale: half-width of the uniform initializer.
         sketch_depth, sketch_width: count-min sketch shape (width a power of 2).
+        sketch_decay_every: halve the sketch every this many training steps
+            (0: never; no effect when `admit_after` is 1: there is no sketch).
         seed: seed of the row initializer.
 
     Example:
@@ -122,6 +127,7 @@ class DynamicEmbedding(keras.layers.Layer):
 
     def __init__(self, output_dim, capacity, admit_after=1, eviction="lru", default="zeros",
                  embeddings_initializer="uniform", init_scale=0.05, sketch_depth=4, sketch_width=2**16, seed=0,
+                 sketch_decay_every=0,
                  **kwargs):
         kwargs.setdefault("autocast", False)
         super().__init__(**kwargs)
@@ -143,6 +149,7 @@ class DynamicEmbedding(keras.layers.Layer):
         if not self.init_scale >= 0:
             raise ValueError(f"DynamicEmbedding: `init_scale` must be >= 0, got {init_scale!r}")
         self.seed = int(seed)
+        self.sketch_decay_every = _positive_int("sketch_decay_every", sketch_decay_every, low=0)
 
     # -- state --------------------------------------------------------------
 
@@ -159,6 +166,7 @@ class DynamicEmbedding(keras.layers.Layer):
         self.row_keys = state("row_keys", (self.capacity,))
         self.row_stamps = state("last_seen" if self.eviction == "lru" else "row_counts", (self.capacity,))
         self.sketch = state("sketch", (self.sketch_depth, self.sketch_width)) if self.admit_after > 1 else None
+        self.lru_log = LruLog(self.capacity, state) if self.eviction == "lru" else None
         self.assigned_rows = state("assigned_rows", (self.capacity,))
         self.num_assigned = state("num_assigned", ())
         self.rows_in_use = state("rows_in_use", ())
@@ -194,93 +202,40 @@ class DynamicEmbedding(keras.layers.Layer):
         if not keys.dtype.is_integer:
             raise TypeError(f"DynamicEmbedding {self.name!r}: keys must be integers, got {keys.dtype.name}")
         keys = tf.cast(keys, tf.int64)
-        flat = tf.reshape(keys, [-1])
-        unique, position = tf.unique(flat)
-        rows = tf.reshape(self.key_to_row.lookup(unique), [-1])
+        unique, position, counts = tf.unique_with_counts(tf.reshape(keys, [-1]))
         if training:
-            rows = self._admit(unique, position, rows, tf.size(flat, out_type=tf.int64))
-        hit = rows >= 0
-        # Entry 0 is the default; entry i > 0 the i-th resident distinct key's row. Gathering only the
-        # resident rows keeps the gradient off every other row, and one gather per distinct key makes
-        # the gradient arrive with its indices already distinct.
-        slot = tf.where(hit, tf.cumsum(tf.cast(hit, tf.int32)), 0)
+            rows = self._policy_in_sync(unique, tf.cast(counts, tf.int64))
+        else:
+            rows = tf.reshape(self.key_to_row.lookup(unique), [-1])
         table = local_variable(self.embeddings.value)
         default = (tf.zeros([1, self.output_dim], table.dtype) if self.default_row is None
                    else local_variable(self.default_row.value))
-        entries = tf.concat([default, tf.gather(table, tf.boolean_mask(rows, hit))], axis=0)
-        out = tf.gather(entries, tf.gather(slot, position))
+        out = gather_resident(table, default, rows, position)
         out = tf.reshape(out, tf.concat([tf.shape(keys), [self.output_dim]], axis=0))
         return tf.cast(out, self.compute_dtype)
 
-    def _admit(self, unique, position, rows, num_lookups):
-        """Updates the policy state for one training batch; returns the rows of `unique` afterwards."""
-        counts = tf.math.unsorted_segment_sum(tf.ones_like(position, tf.int64), position, tf.size(unique))
-        step = self.steps.assign_add(1)
-        resident = rows >= 0
-        resident_rows = tf.boolean_mask(rows, resident)
-        if self.eviction == "lru":
-            self.row_stamps.value.scatter_update(
-                tf.IndexedSlices(tf.fill(tf.shape(resident_rows), step), resident_rows))
-        else:
-            self.row_stamps.value.scatter_add(tf.IndexedSlices(tf.boolean_mask(counts, resident), resident_rows))
+    def _policy_in_sync(self, unique, counts):
+        """Runs the policy once, on the global batch's keys, for all replicas; returns the rows of `unique`.
 
-        candidate_at = tf.where(tf.logical_not(resident))[:, 0]
-        candidate_keys = tf.gather(unique, candidate_at)
-        candidate_counts = tf.gather(counts, candidate_at)
-        if self.sketch is not None:
-            buckets = sketch_buckets(candidate_keys, self.sketch_depth, self.sketch_width)
-            depth = tf.broadcast_to(tf.range(self.sketch_depth, dtype=tf.int64)[:, None], tf.shape(buckets))
-            cells = tf.reshape(tf.stack([depth, buckets], axis=-1), [-1, 2])
-            self.sketch.value.scatter_nd_add(
-                cells, tf.reshape(tf.broadcast_to(candidate_counts[None, :], tf.shape(buckets)), [-1]))
-            estimate = tf.reduce_min(tf.reshape(tf.gather_nd(self.sketch.value, cells), tf.shape(buckets)), axis=0)
-            admit = estimate >= self.admit_after
-            candidate_at = tf.boolean_mask(candidate_at, admit)
-            candidate_keys = tf.boolean_mask(candidate_keys, admit)
-            candidate_counts = tf.boolean_mask(candidate_counts, admit)
+        In a replica context this is a `merge_call`: under a MirroredStrategy
+        the replicas' distinct keys are merged in replica order (the global
+        batch's order), the policy runs once in cross-replica context and
+        writes every replica's copy of the state, so the replicas admit the
+        same keys in the same order, to the same rows.
+        """
+        context = tf.distribute.get_replica_context()
+        if context is None:  # cross-replica context already: one call serves all replicas
+            return policy_step(self, unique, counts)
+        return context.merge_call(self._merged_policy_step, args=(unique, counts))
 
-        used = self.rows_in_use.value
-        free = self.capacity - used
-        evictable = used - tf.size(resident_rows, out_type=tf.int64)
-        num_admit = tf.minimum(tf.size(candidate_keys, out_type=tf.int64), free + evictable)
-        num_fresh = tf.minimum(num_admit, free)
-        num_evict = num_admit - num_fresh
-        new_at = candidate_at[:num_admit]
-        new_keys = candidate_keys[:num_admit]
-        victims = tf.cond(num_evict > 0, lambda: self._victims(num_evict, used, resident_rows),
-                          lambda: tf.zeros([0], tf.int64))
-        self.key_to_row.remove(tf.gather(self.row_keys.value, victims))
-        new_rows = tf.concat([tf.range(used, used + num_fresh), victims], axis=0)
-        self.key_to_row.insert(new_keys, new_rows)
-        self.row_keys.value.scatter_update(tf.IndexedSlices(new_keys, new_rows))
-        stamps = tf.fill(tf.shape(new_rows), step) if self.eviction == "lru" else candidate_counts[:num_admit]
-        self.row_stamps.value.scatter_update(tf.IndexedSlices(stamps, new_rows))
-        self.embeddings.value.scatter_update(tf.IndexedSlices(self._initial_rows(tf.size(new_rows), step), new_rows))
-        self.assigned_rows.value.scatter_update(tf.IndexedSlices(new_rows, tf.range(num_admit)))
-        self.num_assigned.assign(num_admit)
-        self.rows_in_use.assign_add(num_fresh)
-        self.admissions.assign_add(num_admit)
-        self.evictions.assign_add(num_evict)
-        rows = tf.tensor_scatter_nd_update(rows, new_at[:, None], new_rows)
-        self.lookups.assign_add(num_lookups)
-        self.default_lookups.assign_add(tf.reduce_sum(tf.where(rows < 0, counts, 0)))
-        return rows
-
-    def _victims(self, num_evict, used, protected_rows):
-        """The `num_evict` rows in use, not read by this batch, with the smallest stamps (ties: lower row)."""
-        stamps = tf.where(tf.range(self.capacity, dtype=tf.int64) < used, self.row_stamps.value, _INT64_MAX)
-        stamps = tf.tensor_scatter_nd_update(stamps, protected_rows[:, None],
-                                             tf.fill(tf.shape(protected_rows), tf.constant(_INT64_MAX, tf.int64)))
-        _, victims = tf.math.top_k(-stamps, k=tf.cast(num_evict, tf.int32), sorted=True)
-        return tf.cast(victims, tf.int64)
-
-    def _initial_rows(self, n, step):
-        dtype = self.embeddings.dtype
-        if self.embeddings_initializer == "zeros" or self.init_scale == 0:
-            return tf.zeros([n, self.output_dim], dtype)
-        seed = tf.stack([tf.constant(self.seed, tf.int64), step])
-        return tf.random.stateless_uniform([n, self.output_dim], seed=seed, minval=-self.init_scale,
-                                           maxval=self.init_scale, dtype=dtype)
+    def _merged_policy_step(self, strategy, unique, counts):
+        keys, total, parts = merge_replica_keys(strategy, unique, counts)
+        rows = policy_step(self, keys, total)
+        if len(parts) == 1:
+            return rows
+        per_replica = [tf.gather(rows, part) for part in parts]
+        return strategy.experimental_distribute_values_from_function(
+            lambda context: per_replica[context.replica_id_in_sync_group])
 
     # -- optimizer slots ----------------------------------------------------
 
@@ -315,28 +270,6 @@ class DynamicEmbedding(keras.layers.Layer):
         config.update(output_dim=self.output_dim, capacity=self.capacity, admit_after=self.admit_after,
                       eviction=self.eviction, default=self.default,
                       embeddings_initializer=self.embeddings_initializer, init_scale=self.init_scale,
-                      sketch_depth=self.sketch_depth, sketch_width=self.sketch_width, seed=self.seed)
+                      sketch_depth=self.sketch_depth, sketch_width=self.sketch_width, seed=self.seed,
+                      sketch_decay_every=self.sketch_decay_every)
         return config
-
-
-def train_step_with_reset(model, optimizer, loss_fn, inputs, targets, tables):
-    """One training step in the order `DynamicEmbedding` needs: forward, reset slots, apply.
-
-    Args:
-        model: a callable Keras model or layer.
-        optimizer: an embedopt optimizer.
-        loss_fn: `loss_fn(targets, predictions)` -> scalar.
-        inputs, targets: one batch.
-        tables: the `DynamicEmbedding` layers of `model`.
-
-    Returns:
-        The loss.
-    """
-    with tf.GradientTape() as tape:
-        loss = loss_fn(targets, model(inputs, training=True))
-    variables = model.trainable_variables
-    grads = tape.gradient(loss, variables)
-    for table in tables:
-        table.reset_slots(optimizer)
-    optimizer.apply_gradients(zip(grads, variables))
-    return loss

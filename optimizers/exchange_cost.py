@@ -28,6 +28,17 @@ worker whose batch has `c` ids of which `u` distinct, `d`-wide float32 rows:
 With ids spread over owners by `id % N`, W ~ u / N plus the spread of the
 largest of N^2 pair counts, so all_to_all sends ~ (N - 1) / N x u x (8 + 8d):
 bounded by the local batch. all_gather grows with G, i.e. with N.
+
+Other placements (components/trainer/planner.py), `placement=`:
+  table_wise (`owner` set): every worker asks the owner for all its distinct
+      ids, so W = the largest u of any worker and all_to_all sends
+      (N - 1) x (W x (8 + 8d) + 32): the padded block makes every worker pay
+      the owner's fan-out, ~ (N - 1) x u rows, N times row_wise's. all_gather
+      moves the same bytes as row_wise.
+  data_parallel: no exchange; MultiWorkerMirroredStrategy all-gathers the
+      `tf.IndexedSlices` gradient (ring): (N - 1) x (8 + c x (8 + 4d)) per
+      worker (its indices and values, and their shapes), a prediction only
+      (nothing counts these bytes in TensorFlow).
 """
 
 from __future__ import annotations
@@ -53,12 +64,17 @@ def all_to_all_width(local_ids: Sequence[np.ndarray]) -> int:
     return widest
 
 
-def all_to_all_step_bytes(local_ids: Sequence[np.ndarray], dim: int) -> np.ndarray:
-    """Bytes each worker sends in one step with the all-to-all exchange (the same for every worker)."""
+def all_to_all_step_bytes(local_ids: Sequence[np.ndarray], dim: int, owner: int | None = None) -> np.ndarray:
+    """Bytes each worker sends in one step with the all-to-all exchange (the same for every worker).
+
+    With an `owner`, the table is table_wise on that worker: every distinct id goes there."""
     n = len(local_ids)
     if n == 1:
         return np.zeros(1, np.int64)
-    width = all_to_all_width(local_ids)
+    if owner is None:
+        width = all_to_all_width(local_ids)
+    else:
+        width = max(1, max(np.unique(np.asarray(ids, np.int64).ravel()).size for ids in local_ids))
     per_worker = (n - 1) * (width * (ID_BYTES + 2 * ROW_BYTES * dim) + 32)
     return np.full(n, per_worker, np.int64)
 
@@ -79,10 +95,25 @@ def all_gather_step_bytes(local_ids: Sequence[np.ndarray], dim: int, bags: bool 
     return gathered + 2 * reduced
 
 
-def step_bytes(kind: str, local_ids: Sequence[np.ndarray], dim: int, bags: bool = False) -> np.ndarray:
-    """Bytes each worker sends in one step (forward and backward) for the given per-worker id batches."""
+def data_parallel_step_bytes(local_ids: Sequence[np.ndarray], dim: int) -> np.ndarray:
+    """Predicted bytes each worker sends in one step for a replicated table: the ring all-gather of its gradient."""
+    n = len(local_ids)
+    counts = np.array([np.asarray(ids).size for ids in local_ids], np.int64)
+    return (n - 1) * (8 + counts * (ID_BYTES + ROW_BYTES * dim))
+
+
+def step_bytes(kind: str, local_ids: Sequence[np.ndarray], dim: int, bags: bool = False,
+               placement: str = "row_wise") -> np.ndarray:
+    """Bytes each worker sends in one step (forward and backward) for the given per-worker id batches.
+
+    `placement`: "row_wise" (default), "table_wise" (owned by worker 0) or
+    "data_parallel" (no exchange: `kind` is ignored, the gradient all-gather)."""
+    if placement == "data_parallel":
+        return data_parallel_step_bytes(local_ids, dim)
+    if placement not in ("row_wise", "table_wise"):
+        raise ValueError(f"placement must be 'row_wise', 'table_wise' or 'data_parallel', got {placement!r}")
     if kind == ALL_TO_ALL:
-        return all_to_all_step_bytes(local_ids, dim)
+        return all_to_all_step_bytes(local_ids, dim, owner=0 if placement == "table_wise" else None)
     if kind == ALL_GATHER:
         return all_gather_step_bytes(local_ids, dim, bags)
     raise ValueError(f"kind must be {ALL_TO_ALL!r} or {ALL_GATHER!r}, got {kind!r}")
@@ -103,7 +134,7 @@ def zipf_sampler(rows: int, exponent: float = 1.1) -> Callable[[np.random.Genera
 
 def predicted_bytes_per_worker(kind: str, num_workers: int, dim: int, ids_per_worker: int,
                                sample_ids: Callable[[np.random.Generator, int], np.ndarray], bags: bool = False,
-                               trials: int = 3, seed: int = 0) -> float:
+                               trials: int = 3, seed: int = 0, placement: str = "row_wise") -> float:
     """Expected bytes the busiest worker sends per step, N local batches of `ids_per_worker` drawn from `sample_ids`.
 
     The mean over `trials` draws of `step_bytes(...).max()`. A draw of N x
@@ -114,6 +145,7 @@ def predicted_bytes_per_worker(kind: str, num_workers: int, dim: int, ids_per_wo
         raise ValueError(f"need num_workers >= 1, ids_per_worker >= 0, dim >= 1, trials >= 1; got {num_workers}, "
                          f"{ids_per_worker}, {dim}, {trials}")
     rng = np.random.default_rng(seed)
-    draws = [step_bytes(kind, [sample_ids(rng, ids_per_worker) for _ in range(num_workers)], dim, bags).max()
+    draws = [step_bytes(kind, [sample_ids(rng, ids_per_worker) for _ in range(num_workers)], dim, bags,
+                        placement).max()
              for _ in range(trials)]
     return float(np.mean(draws))

@@ -33,21 +33,24 @@ from __future__ import annotations
 import tensorflow as tf
 
 
-def exchange_rows(shard: tf.Variable, ids: tf.Tensor, num_shards: int, shard_index: int, counter=None) -> tf.Tensor:
+def exchange_rows(shard: tf.Variable, ids: tf.Tensor, num_shards: int, shard_index: int, counter=None,
+                  owner: int | None = None) -> tf.Tensor:
     """The rows of `ids` (global, any shape) from a table sharded over the replicas; see the module docstring."""
-    block, mine = exchange_block(shard, tf.reshape(ids, [-1]), num_shards, shard_index, counter=counter)
+    block, mine = exchange_block(shard, tf.reshape(ids, [-1]), num_shards, shard_index, counter=counter,
+                                 owner=owner)
     rows = tf.gather(block, mine)
     return tf.reshape(rows, tf.concat([tf.shape(ids), [shard.shape[1]]], axis=0))
 
 
 def exchange_block(shard: tf.Variable, ids: tf.Tensor, num_shards: int, shard_index: int,
-                   equal_counts: bool = True, counter=None) -> tuple[tf.Tensor, tf.Tensor]:
+                   equal_counts: bool = True, counter=None, owner: int | None = None) -> tuple[tf.Tensor, tf.Tensor]:
     """`(block, positions)`: the distinct rows of every replica's `ids` (a vector) and where this replica's are.
 
     `tf.gather(block, positions)` is the rows of `ids`. `equal_counts` says
     every replica has as many ids (a batch of one-hot ids); bags have not, and
     then the counts are all-gathered too. `counter.add(bytes)` is called in
-    the forward and the backward pass (see the module docstring).
+    the forward and the backward pass (see the module docstring). With an
+    `owner`, replica `owner` holds the whole table at local row = id (table_wise).
     """
     ctx = tf.distribute.get_replica_context()
     if ctx is None or ctx.num_replicas_in_sync != num_shards:
@@ -68,8 +71,12 @@ def exchange_block(shard: tf.Variable, ids: tf.Tensor, num_shards: int, shard_in
         start = tf.reduce_sum(counts[:shard_index])
         gathered_bytes = others * (4 + 8) + others * (4 + 8 * tf.reduce_max(counts))
     distinct, position = tf.unique(all_ids, out_idx=tf.int64)
-    owned = tf.where(tf.equal(distinct % num_shards, shard_index))[:, 0]
-    local_rows = tf.gather(distinct, owned) // num_shards
+    if owner is None:
+        owned = tf.where(tf.equal(distinct % num_shards, shard_index))[:, 0]
+        local_rows = tf.gather(distinct, owned) // num_shards
+    else:
+        owned = tf.range(tf.size(distinct, out_type=tf.int64) if shard_index == owner else 0, dtype=tf.int64)
+        local_rows = tf.gather(distinct, owned)
     num_distinct = tf.size(distinct, out_type=tf.int64)
     # Ring all-reduce of the [distinct, width] block: 2 (N - 1) / N of it leaves each replica.
     reduced_bytes = 2 * others * num_distinct * width * shard.dtype.size // num_shards

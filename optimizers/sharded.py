@@ -42,18 +42,27 @@ SHARD_ATTRIBUTE = "_embedopt_shard"
 
 @dataclasses.dataclass(frozen=True)
 class ShardSpec:
-    """Which rows a local shard variable holds: global id = `shard_index + num_shards * local row`."""
+    """Which rows a local shard variable holds: global id = `shard_index + num_shards * local row`.
+
+    With an `owner` (a table_wise table, `optimizers/table_wise.py`) worker
+    `owner` holds every row at local row = id, and the others hold none.
+    """
 
     num_shards: int
     shard_index: int
     rows: int  # rows of the whole table
+    owner: int | None = None
 
     @property
     def local_rows(self) -> int:
+        if self.owner is not None:
+            return self.rows if self.shard_index == self.owner else 0
         return math.ceil(self.rows / self.num_shards)
 
     def global_ids(self) -> np.ndarray:
         """Global id of each local row (padding rows get ids >= `rows`)."""
+        if self.owner is not None:
+            return np.arange(self.local_rows, dtype=np.int64)
         return self.shard_index + self.num_shards * np.arange(self.local_rows, dtype=np.int64)
 
 
@@ -211,8 +220,7 @@ class ShardedEmbedding(keras.layers.Layer):
 
     def build(self, input_shape=None):
         strategy = tf.distribute.get_strategy()
-        num_shards, shard_index = replica_layout(strategy)
-        self.spec = ShardSpec(num_shards, shard_index, self.input_dim)
+        self.spec = self._make_spec(*replica_layout(strategy))
         global_ids = self.spec.global_ids()
         fill = can_fill_now()
         with local_variables(_worker_device(strategy)):
@@ -227,10 +235,13 @@ class ShardedEmbedding(keras.layers.Layer):
         setattr(self.embeddings.value, SHARD_ATTRIBUTE, self.spec)
         self.exchange_kind = exchange_kind(None if self.exchange == "auto" else self.exchange)
         self._counter = ByteCounter(_worker_device(strategy))
-        if num_shards > 1 and self.exchange_kind == ALL_TO_ALL:
+        if self.spec.num_shards > 1 and self.exchange_kind == ALL_TO_ALL:
             # Built here, in layer build order, so its collective keys agree on every worker.
             self._all_to_all = AllToAll(strategy, counter=self._counter)
         self.built = True
+
+    def _make_spec(self, num_shards: int, shard_index: int) -> ShardSpec:
+        return ShardSpec(num_shards, shard_index, self.input_dim)
 
     @property
     def bytes_sent(self) -> int:
@@ -240,8 +251,9 @@ class ShardedEmbedding(keras.layers.Layer):
     def _lookup_rows(self, table, ids):
         """Rows of `ids` (any shape) from the sharded table, through the exchange."""
         if self._all_to_all is not None:
-            return lookup_rows(self._all_to_all, table, ids, self.spec.num_shards)[0]
-        return exchange_rows(table, ids, self.spec.num_shards, self.spec.shard_index, counter=self._counter)
+            return lookup_rows(self._all_to_all, table, ids, self.spec.num_shards, self.spec.owner)[0]
+        return exchange_rows(table, ids, self.spec.num_shards, self.spec.shard_index, counter=self._counter,
+                             owner=self.spec.owner)
 
     def call(self, ids, weights=None):
         if not ids.dtype.is_integer:
@@ -275,11 +287,11 @@ class ShardedEmbedding(keras.layers.Layer):
             return pooled_lookup_tf(table, ids.with_values(values), weights, self.combiner)
         if self._all_to_all is not None:
             # One row per id, in id order: pool them as a table indexed by position.
-            rows = lookup_rows(self._all_to_all, table, values, self.spec.num_shards)[0]
+            rows = lookup_rows(self._all_to_all, table, values, self.spec.num_shards, self.spec.owner)[0]
             positions = tf.range(tf.size(values, out_type=tf.int64))
             return pooled_lookup_tf(rows, ids.with_values(positions), weights, self.combiner)
         block, positions = exchange_block(table, values, self.spec.num_shards, self.spec.shard_index,
-                                          equal_counts=False, counter=self._counter)
+                                          equal_counts=False, counter=self._counter, owner=self.spec.owner)
         return pooled_lookup_tf(block, ids.with_values(positions), weights, self.combiner)
 
     def compute_output_shape(self, input_shape):
@@ -309,6 +321,9 @@ def gather_table(strategy: tf.distribute.Strategy, shard: tf.Variable, on_rows, 
     value = shard.value if isinstance(shard, keras.Variable) else shard
     width = int(np.prod(value.shape[1:]))  # 1 for a row-wise slot
     chunk = max(1, chunk_bytes // (value.dtype.size * width * spec.num_shards))
+    if spec.owner is not None:
+        _gather_owned(strategy, value, spec, chunk * spec.num_shards, on_rows)
+        return
 
     @tf.function
     def gathered(start):
@@ -325,3 +340,17 @@ def gather_table(strategy: tf.distribute.Strategy, shard: tf.Variable, on_rows, 
         ids = (np.arange(spec.num_shards, dtype=np.int64)[:, None] + spec.num_shards * local[None, :]).reshape(-1)
         keep = ids < spec.rows
         on_rows(ids[keep], rows[keep])
+
+
+def _gather_owned(strategy, value, spec: ShardSpec, chunk: int, on_rows) -> None:
+    """`gather_table` of a table_wise table: the owner's rows, a chunk at a time (the others send none)."""
+    @tf.function
+    def gathered(start):
+        def replica():
+            return tf.distribute.get_replica_context().all_gather(value[start:start + chunk], axis=0)
+
+        return strategy.experimental_local_results(strategy.run(replica))[0]
+
+    for start in range(0, spec.rows, chunk):
+        rows = gathered(tf.constant(start, tf.int64)).numpy()
+        on_rows(start + np.arange(rows.shape[0], dtype=np.int64), rows)

@@ -46,6 +46,15 @@ def _widths(text: str) -> list[int]:
     return widths
 
 
+def _memory_budget(text: str) -> int:
+    from components.trainer.planner import parse_budget
+
+    try:
+        return parse_budget(text)
+    except ValueError as err:
+        raise argparse.ArgumentTypeError(str(err)) from None
+
+
 def build_parser() -> argparse.ArgumentParser:
     from components.preprocess.metadata import METADATA_FILE, TRAIN_DIR, ExamplesLayout
     from components.trainer import early_stopping as stopping
@@ -114,17 +123,44 @@ def build_parser() -> argparse.ArgumentParser:
     model.add_argument("--table-kind", choices=keys.TABLE_KINDS, default=defaults.table_kind,
                        help="fixed: a row per id (vocabulary or hash bucket); dynamic: a DynamicEmbedding per "
                        "feature keyed by full fingerprints (data from `embedopt preprocess --hash-buckets 0`), "
-                       "--table-capacity rows each, a key admitted on first sight, the least recently used key "
-                       "evicted when full, unseen or evicted keys reading zeros; per_feature layout, one device only "
-                       "(docs/dynamic_tables.md)")
+                       "--table-capacity rows each, a key admitted after --admit-after sightings, --eviction "
+                       "choosing the key that loses its row when full, unseen or evicted keys reading --default-row; "
+                       "per_feature layout, one worker (several local devices are fine) (docs/dynamic_tables.md)")
     model.add_argument("--table-capacity", metavar="ROWS|C<i>:ROWS[,...]",
                        help="with --table-kind dynamic: rows of each table: ROWS for every feature, C<i>:ROWS per raw "
                        "column, or both (100000,C3:5000)")
+    model.add_argument("--admit-after", type=positive_int,
+                       help="with --table-kind dynamic: occurrences of a key (counted in a count-min sketch) before it "
+                       f"gets a row; until then it reads the default row (default: {defaults.admit_after})")
+    model.add_argument("--eviction", choices=keys.EVICTIONS,
+                       help="with --table-kind dynamic: which key loses its row when the table is full: lru (least "
+                       "recently read) or lfu (fewest reads since admission); never one the batch reads "
+                       f"(default: {defaults.eviction})")
+    model.add_argument("--default-row", choices=keys.DEFAULT_ROWS,
+                       help="with --table-kind dynamic: what a key without a row reads: zeros (no parameter) or "
+                       f"shared_row (one trainable row per table) (default: {defaults.default_row})")
+    model.add_argument("--sketch-decay-every", type=int, metavar="STEPS",
+                       help="with --table-kind dynamic and --admit-after > 1: halve the admission counts every STEPS "
+                       f"steps, so old sightings fade; 0: never (default: {defaults.sketch_decay_every})")
     model.add_argument("--table-sharding", choices=keys.TABLE_SHARDINGS, default=defaults.table_sharding,
-                       help="mirrored: every worker holds every table and its optimizer slots; row: worker r of N "
-                       "holds the rows with id %% N == r (tables N times larger fit; ids and rows are exchanged "
-                       "each step). row needs one replica per process: --local-workers N or a multi-worker job "
+                       help="where each table lives (docs/sharding.md): data_parallel (alias mirrored): every worker "
+                       "holds it and its optimizer slots; row_wise (alias row): worker r of N holds the rows with "
+                       "id %% N == r; table_wise: whole tables on one worker each, packed over the workers; auto: "
+                       "chosen per table from its size, --memory-budget-per-worker and N (small tables "
+                       "data_parallel, mid-size table_wise, the largest row_wise). The plan is logged before "
+                       "training and saved as checkpoints/plan.json. Placements other than data_parallel need one "
+                       "replica per process: --local-workers N or a multi-worker job "
                        f"(default: {defaults.table_sharding})")
+    model.add_argument("--memory-budget-per-worker", metavar="BYTES", type=_memory_budget,
+                       help="bytes of tables and optimizer slots one worker may hold, for the table plan: a "
+                       "Kubernetes quantity (16Gi, 500M) or a number; a plan that does not fit is refused naming "
+                       "the table (default: the least memory any worker reports available)")
+    model.add_argument("--exchange", choices=keys.EXCHANGE_KINDS, default=defaults.exchange,
+                       help="how row- and table-wise tables exchange ids and rows: all_to_all sends each owner only "
+                       "the ids this worker asks of it (bytes per worker bounded by its local batch); all_gather gathers every "
+                       "worker's ids and all-reduces their rows (grows with N); auto: all_to_all where this "
+                       "TensorFlow has CollectiveAllToAllV2, else all_gather, or $EMBEDOPT_EXCHANGE when set. "
+                       f"metrics.json's embedding_exchange says which ran (default: {defaults.exchange})")
     model.add_argument("--bag-combiner", choices=keys.BAG_COMBINERS, default=defaults.bag_combiner,
                        help="how a multi-hot feature (the metadata's multi_hot_keys) pools its bag of ids into one "
                        "vector: sum, mean (divided by the bag's length) or sqrtn (by its square root); an empty bag "
@@ -192,7 +228,7 @@ def config_from_args(args: argparse.Namespace, batch_size: int | None = None):
     """
     import dataclasses
 
-    from components.trainer.fn_args import TrainerConfig
+    from components.trainer.fn_args import DYNAMIC_POLICY, TrainerConfig
     from components.trainer.presets import preset_values
 
     preset = preset_values(args.preset) if args.preset else {}
@@ -212,10 +248,12 @@ def config_from_args(args: argparse.Namespace, batch_size: int | None = None):
     config = TrainerConfig(
         table_layout=layout, table_sharding=args.table_sharding, wide=not args.no_wide,
         table_kind=args.table_kind, table_capacity=capacity,
+        **{name: getattr(args, name) for name in DYNAMIC_POLICY if getattr(args, name) is not None},
         checkpoint_every=args.checkpoint_every, log_every=args.log_every, strategy=args.strategy,
         mixed_precision=args.mixed_precision, seed=args.seed, progress=not args.no_progress,
         patience=args.patience, max_epochs=args.max_epochs, baseline=not args.no_baseline,
-        bag_combiner=args.bag_combiner,
+        bag_combiner=args.bag_combiner, exchange=args.exchange,
+        memory_budget_per_worker=args.memory_budget_per_worker,
     )
     return dataclasses.replace(config, **chosen)
 

@@ -6,16 +6,21 @@ fingerprints of `embedopt preprocess --hash-buckets 0` (metadata `id_kind`
 kind's ids is refused before anything is built: a fixed table cannot hold
 2^64 rows, and a dynamic table on indices would work but waste its point.
 
-The layer's admission and eviction state is updated on the replica that
-runs the step; replicas of a MirroredStrategy would each update their own
-copy (not synchronised yet), and row sharding has no key exchange yet, so a
-dynamic run needs one replica (one device, one worker).
+Replicas: the layer runs its admission and eviction policy once per step,
+on the global batch's keys (a `merge_call` gathers the replicas' keys in
+replica order), and writes every replica's copy of its state, so the
+replicas of a MirroredStrategy (several local devices) admit the same keys
+to the same rows. Across workers there is no key exchange yet: the key ->
+row hash table lives in each worker's process, so a run with several
+workers (`--local-workers`, TF_CONFIG) is refused, and so is row sharding
+(fn_args).
 
-metrics.json gets `dynamic_tables`: per feature key, the table's capacity,
-`rows_in_use`, `admissions`, `evictions`, `lookups`, `default_lookups`
-(training lookups of a key without a row, which read zeros) and
-`default_share` = default_lookups / lookups (null before any lookup); the
-counters run over the whole run, resumed segments included.
+metrics.json gets `dynamic_tables`: per feature key, the table's capacity
+and policy (`admit_after`, `eviction`, `default_row`), `rows_in_use`,
+`admissions`, `evictions`, `lookups`, `default_lookups` (training lookups
+of a key without a row, which read the default row: zeros or the shared
+row) and `default_share` = default_lookups / lookups (null before any
+lookup); the counters run over the whole run, resumed segments included.
 """
 
 from __future__ import annotations
@@ -23,8 +28,8 @@ from __future__ import annotations
 METRICS_KEY = "dynamic_tables"
 
 
-def check_table_kind(config, metadata, metadata_path: str, num_replicas: int) -> None:
-    """Raises ValueError when the table kind does not fit the ids of `metadata`, or the placement."""
+def check_table_kind(config, metadata, metadata_path: str, num_workers: int) -> None:
+    """Raises ValueError when the table kind does not fit the ids of `metadata`, or the run has several workers."""
     from components.trainer.fn_args import TABLE_KIND
 
     fingerprints = metadata.fingerprint_ids
@@ -36,10 +41,11 @@ def check_table_kind(config, metadata, metadata_path: str, num_replicas: int) ->
         raise ValueError(f"{metadata_path} holds full 64-bit fingerprint ids (preprocessed with --hash-buckets 0), "
                          "which fixed tables cannot index: train with --table-kind dynamic --table-capacity ROWS, "
                          "or preprocess with --hash-buckets N >= 2 or a vocabulary")
-    if config.table_kind == "dynamic" and num_replicas > 1:
-        raise ValueError(f"--table-kind dynamic runs on one replica for now (custom_config {TABLE_KIND!r}); this "
-                         f"run has {num_replicas} (several devices or workers): use --strategy default and no "
-                         "--local-workers")
+    if config.table_kind == "dynamic" and num_workers > 1:
+        raise ValueError(f"--table-kind dynamic runs in one worker for now (custom_config {TABLE_KIND!r}): its key "
+                         f"-> row index is not exchanged between workers, and this run has {num_workers} workers. "
+                         "Several devices of one worker are fine (--strategy mirrored); drop --local-workers and "
+                         "TF_CONFIG's other workers")
 
 
 def table_metrics(model) -> dict | None:
@@ -51,7 +57,8 @@ def table_metrics(model) -> dict | None:
     for key, table in zip(model.categorical_keys, tables):
         counters = table.counters()
         lookups = counters["lookups"]
-        out[key] = {"capacity": int(table.capacity), "rows_in_use": counters["rows_in_use"],
+        out[key] = {"capacity": int(table.capacity), "admit_after": int(table.admit_after),
+                    "eviction": table.eviction, "default_row": table.default, "rows_in_use": counters["rows_in_use"],
                     "admissions": counters["admissions"], "evictions": counters["evictions"],
                     "lookups": lookups, "default_lookups": counters["default_lookups"],
                     "default_share": counters["default_lookups"] / lookups if lookups else None}

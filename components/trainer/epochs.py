@@ -31,8 +31,7 @@ class BestCheckpoint:
     """The model weights of the best evaluation: written by the chief (mirrored) or by every worker (row)."""
 
     def __init__(self, job, model):
-        self.place = place_for(os.path.join(job.fn_args.model_run_dir, BEST_CHECKPOINT_DIR),
-                               job.config.table_sharding, model)
+        self.place = place_for(os.path.join(job.fn_args.model_run_dir, BEST_CHECKPOINT_DIR), model)
         # The variables themselves: a Keras 3 model tracks only some of its layers for tf.train.Checkpoint (the
         # run's checkpoint reaches the rest through the optimizers).
         self.checkpoint = tf.train.Checkpoint(variables=list(model.variables))

@@ -31,6 +31,12 @@ TABLE_LAYOUT = "table_layout"
 TABLE_SHARDING = "table_sharding"
 TABLE_KIND = "table_kind"
 TABLE_CAPACITY = "table_capacity"
+# The dynamic tables' policy (optimizers.DynamicEmbedding's admit_after, eviction and default).
+ADMIT_AFTER = "admit_after"
+EVICTION = "eviction"
+DEFAULT_ROW = "default_row"
+SKETCH_DECAY_EVERY = "sketch_decay_every"
+DYNAMIC_POLICY = (ADMIT_AFTER, EVICTION, DEFAULT_ROW, SKETCH_DECAY_EVERY)
 INTERACTION = "interaction"
 BOTTOM_MLP = "bottom_mlp"
 TOP_MLP = "top_mlp"
@@ -48,6 +54,8 @@ METADATA_PATH = "metadata_path"
 BAG_COMBINER = "bag_combiner"
 CROSS_LAYERS = "cross_layers"
 CROSS_RANK = "cross_rank"
+EXCHANGE = "exchange"
+MEMORY_BUDGET = "memory_budget_per_worker"
 # Not a field: `from_custom_config` expands it (components/trainer/presets.py).
 PRESET = "preset"
 
@@ -56,10 +64,15 @@ PRESET = "preset"
 OPTIMIZER_NAMES = ("sgd", "momentum", "decaying_sgd", "adam", "lazy_adam", "adamw", "adagrad", "rowwise_adagrad",
                    "ftrl")
 TABLE_LAYOUTS = ("per_feature", "shared")
-TABLE_SHARDINGS = ("mirrored", "row")
+# Per-table placements (components/trainer/planner.py); "mirrored" and "row" stay as aliases of the first two.
+TABLE_SHARDINGS = ("auto", "data_parallel", "row_wise", "table_wise", "mirrored", "row")
+# How row- and table-wise tables exchange ids and rows (optimizers/all_to_all.py); auto: all_to_all where TF has it.
+EXCHANGE_KINDS = ("auto", "all_to_all", "all_gather")
 # fixed: a row per id of a vocabulary or hash bucket (index ids); dynamic: `optimizers.DynamicEmbedding`, keyed by
 # fingerprint ids (preprocess --hash-buckets 0), `table_capacity` rows each (components/trainer/dynamic_tables.py).
 TABLE_KINDS = ("fixed", "dynamic")
+EVICTIONS = ("lru", "lfu")  # optimizers.dynamic.EVICTIONS, kept here so that --help needs no TensorFlow
+DEFAULT_ROWS = ("zeros", "shared_row")  # optimizers.dynamic.DEFAULTS
 INTERACTIONS = ("dot", "concat", "dcnv2")
 BAG_COMBINERS = ("sum", "mean", "sqrtn")
 STRATEGIES = ("auto", "mirrored", "multi_worker", "default")
@@ -125,7 +138,17 @@ class TrainerConfig:
     # text "N", "C<i>:N,..." or "N,C<i>:N,..." (a default and per raw column C1..C26).
     table_kind: str = "fixed"
     table_capacity: int | str | None = None
+    # Dynamic tables only: occurrences before a key gets a row, "lru" or "lfu", what a key without a row reads,
+    # and every how many steps the admission sketch's counts are halved (0: never).
+    admit_after: int = 1
+    eviction: str = "lru"
+    default_row: str = "zeros"
+    sketch_decay_every: int = 0
     metadata_path: str | None = None
+    # Row- and table-wise tables: "auto", "all_to_all" or "all_gather" (EMBEDOPT_EXCHANGE overrides "auto").
+    exchange: str = "auto"
+    # Bytes of tables and slots a worker may hold, for the planner; None: what the device reports.
+    memory_budget_per_worker: int | None = None
 
     def __post_init__(self):
         for name in (OPTIMIZER, DENSE_OPTIMIZER):
@@ -143,9 +166,13 @@ class TrainerConfig:
         if isinstance(self.cross_rank, bool) or not isinstance(self.cross_rank, int) or self.cross_rank < 0:
             raise ValueError(f"{CROSS_RANK} must be an integer >= 0 (0: full rank), got {self.cross_rank!r}")
         for name, valid in ((TABLE_LAYOUT, TABLE_LAYOUTS), (TABLE_SHARDING, TABLE_SHARDINGS), (INTERACTION, INTERACTIONS),
-                            (STRATEGY, STRATEGIES), (BAG_COMBINER, BAG_COMBINERS)):
+                            (STRATEGY, STRATEGIES), (BAG_COMBINER, BAG_COMBINERS),
+                            (EXCHANGE, EXCHANGE_KINDS)):
             if getattr(self, name) not in valid:
                 raise ValueError(f"{name} must be one of {valid}, got {getattr(self, name)!r}")
+        budget = self.memory_budget_per_worker
+        if budget is not None and (isinstance(budget, bool) or not isinstance(budget, int) or budget < 1):
+            raise ValueError(f"{MEMORY_BUDGET} must be a number of bytes >= 1, got {budget!r}")
         self._check_table_kind()
         for name in (WIDE, BASELINE):
             if not isinstance(getattr(self, name), bool):
@@ -158,10 +185,26 @@ class TrainerConfig:
     def _check_table_kind(self) -> None:
         if self.table_kind not in TABLE_KINDS:
             raise ValueError(f"{TABLE_KIND} must be one of {TABLE_KINDS}, got {self.table_kind!r}")
+        value = self.admit_after
+        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+            raise ValueError(f"{ADMIT_AFTER} must be an integer >= 1 (1: a key gets a row on first sight), "
+                             f"got {value!r}")
+        value = self.sketch_decay_every
+        if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+            raise ValueError(f"{SKETCH_DECAY_EVERY} must be an integer >= 0 (0: never), got {value!r}")
+        if value and self.admit_after == 1:
+            raise ValueError(f"{SKETCH_DECAY_EVERY} {value} needs {ADMIT_AFTER} >= 2: with {ADMIT_AFTER} 1 there is "
+                             "no admission sketch to decay")
+        for name, valid in ((EVICTION, EVICTIONS), (DEFAULT_ROW, DEFAULT_ROWS)):
+            if getattr(self, name) not in valid:
+                raise ValueError(f"{name} must be one of {valid}, got {getattr(self, name)!r}")
         if self.table_kind == "fixed":
             if self.table_capacity is not None:
                 raise ValueError(f"{TABLE_CAPACITY} {self.table_capacity!r} needs {TABLE_KIND} 'dynamic' "
                                  "(fixed tables are sized by the metadata's vocab_sizes)")
+            changed = [name for name in DYNAMIC_POLICY if getattr(self, name) != getattr(TrainerConfig, name)]
+            if changed:
+                raise ValueError(f"{', '.join(changed)} set, but they only apply to {TABLE_KIND} 'dynamic'")
             return
         if self.table_capacity is None:
             raise ValueError(f"{TABLE_KIND} 'dynamic' needs {TABLE_CAPACITY}: rows per table (N, or C<i>:N per "
@@ -170,9 +213,14 @@ class TrainerConfig:
         if self.table_layout != "per_feature":
             raise ValueError(f"{TABLE_KIND} 'dynamic' needs {TABLE_LAYOUT} 'per_feature' (a dynamic table per "
                              f"feature; one shared dynamic table is not built yet), got {self.table_layout!r}")
-        if self.table_sharding != "mirrored":
+        if self.table_sharding not in ("mirrored", "data_parallel"):
             raise ValueError(f"{TABLE_KIND} 'dynamic' cannot be row-sharded yet ({TABLE_SHARDING} "
                              f"{self.table_sharding!r}); use 'mirrored' on one device")
+
+    def dynamic_policy(self) -> dict:
+        """`optimizers.DynamicEmbedding` keyword arguments of the dynamic tables' policy."""
+        return dict(admit_after=self.admit_after, eviction=self.eviction, default=self.default_row,
+                    sketch_decay_every=self.sketch_decay_every)
 
     def capacities(self, categorical_keys) -> list[int]:
         """Rows of each feature's dynamic table, in `categorical_keys` order (cat_i is raw column C<i+1>)."""
@@ -215,7 +263,13 @@ class TrainerConfig:
         data = dataclasses.asdict(self)
         data[BOTTOM_MLP], data[TOP_MLP] = list(self.bottom_mlp), list(self.top_mlp)
         if self.table_kind == "fixed":  # left out, so a fixed-table run records the config it recorded before
-            del data[TABLE_KIND], data[TABLE_CAPACITY]
+            for name in (TABLE_KIND, TABLE_CAPACITY, *DYNAMIC_POLICY):
+                del data[name]
+        # Likewise the table plan's inputs (issue 21) at their defaults.
+        if self.exchange == "auto":
+            del data[EXCHANGE]
+        if self.memory_budget_per_worker is None:
+            del data[MEMORY_BUDGET]
         return data
 
 

@@ -53,7 +53,9 @@ import tensorflow as tf
 
 import optimizers
 from components.preprocess.metadata import Metadata
+from components.trainer import planner
 from components.trainer.dcn import CrossNetwork
+from components.trainer.table_plan import table_layer, table_placements
 
 
 EMBEDDING_INIT_SCALE = 0.001
@@ -72,9 +74,16 @@ class DLRM(keras.Model):
         bottom_mlp, top_mlp: hidden layer widths.
         wide: add the first-order term (one more column per table row).
         seed: initialization seed (tables and MLPs).
-        table_sharding: "mirrored" (every replica holds every table) or "row"
-            (`ShardedEmbedding`; build inside a MultiWorkerMirroredStrategy's
-            scope with `build_variables`, call inside `strategy.run`).
+        table_sharding: the placement of every table, "data_parallel" (alias
+            "mirrored": every replica holds it) or "row_wise" (alias "row":
+            `ShardedEmbedding`; build inside a MultiWorkerMirroredStrategy's
+            scope with `build_variables`, call inside `strategy.run`);
+            "table_wise" and "auto" need `placements`.
+        placements: `(placement, owner)` per table (a `planner.Plan.layout()`),
+            overriding `table_sharding`; table_wise tables are
+            `TableWiseEmbedding`s held by their owner.
+        exchange: how row- and table-wise tables exchange rows ("auto",
+            "all_to_all", "all_gather"; see `ShardedEmbedding`).
         table_init: initializer of the tables (mirrored only; default
             `RowUniform` per table, which row sharding requires).
         multi_hot_keys: the keys of `categorical_keys` whose ids come as bags
@@ -85,12 +94,15 @@ class DLRM(keras.Model):
         table_kind: "fixed" (the tables above) or "dynamic" (a
             `DynamicEmbedding` per feature; `vocab_sizes` is then ignored).
         table_capacities: rows of each dynamic table, in `categorical_keys` order.
+        dynamic_policy: `DynamicEmbedding` keyword arguments of every dynamic
+            table (`admit_after`, `eviction`, `default`); None: the layer's defaults.
     """
 
     def __init__(self, vocab_sizes, categorical_keys, dense_key, embedding_dim=16, table_layout="per_feature",
                  interaction="dot", bottom_mlp=(64, 32), top_mlp=(64, 32), wide=True, seed=0,
                  table_sharding="mirrored", table_init=None, multi_hot_keys=(), bag_combiner="sum", cross_layers=3,
-                 cross_rank=0, table_kind="fixed", table_capacities=None, **kwargs):
+                 cross_rank=0, table_kind="fixed", table_capacities=None, placements=None, exchange="auto",
+                 dynamic_policy=None, **kwargs):
         super().__init__(**kwargs)
         self.embedding_dim = int(embedding_dim)
         self.wide = bool(wide)
@@ -108,9 +120,14 @@ class DLRM(keras.Model):
         if bag_combiner not in optimizers.embedding.COMBINERS:
             raise ValueError(f"bag_combiner must be one of {optimizers.embedding.COMBINERS}, got {bag_combiner!r}")
         self.bag_combiner = bag_combiner
-        tables = {"mirrored": optimizers.SparseEmbedding, "row": optimizers.ShardedEmbedding}.get(table_sharding)
-        if tables is None:
-            raise ValueError(f"table_sharding must be 'mirrored' or 'row', got {table_sharding!r}")
+        count = len(self.vocab_sizes) if table_layout == "per_feature" else 1
+        self.placements = table_placements(table_sharding, placements, count)
+        # Any table split over the workers: each worker then checkpoints its own part (components/trainer/sharding.py).
+        self.sharded = any(p != planner.DATA_PARALLEL for p, _ in self.placements)
+
+        def tables(i, *args, **kw):
+            return table_layer(*self.placements[i], exchange)(*args, **kw)
+
         def init(i):
             return _row_init(seed, i) if table_init is None else table_init
 
@@ -122,10 +139,10 @@ class DLRM(keras.Model):
         if table_layout == "shared":
             self.offsets = tf.constant(np.cumsum([0] + self.vocab_sizes[:-1]), dtype=tf.int64)
             combiner = bag_combiner if self.multi_hot_keys else None
-            self.tables = [tables(sum(self.vocab_sizes), width, embeddings_initializer=init(0),
+            self.tables = [tables(0, sum(self.vocab_sizes), width, embeddings_initializer=init(0),
                                   name="shared_table", combiner=combiner)]
         elif table_layout == "per_feature" and table_kind == "dynamic":
-            if table_sharding != "mirrored":
+            if any(p != planner.DATA_PARALLEL for p, _ in self.placements):
                 raise ValueError(f"dynamic tables cannot be sharded yet, got table_sharding {table_sharding!r}")
             capacities = list(table_capacities or ())
             if len(capacities) != len(self.categorical_keys):
@@ -133,12 +150,13 @@ class DLRM(keras.Model):
                                  f"({len(self.categorical_keys)})")
             self.tables = [
                 optimizers.DynamicEmbedding(width, capacity, init_scale=EMBEDDING_INIT_SCALE,
-                                            seed=(seed * 1000 + i) % 2**63, name=f"table_{key}")
+                                            seed=(seed * 1000 + i) % 2**63, name=f"table_{key}",
+                                            **(dynamic_policy or {}))
                 for i, (key, capacity) in enumerate(zip(self.categorical_keys, capacities))
             ]
         elif table_layout == "per_feature":
             self.tables = [
-                tables(size, width, embeddings_initializer=init(i), name=f"table_{key}",
+                tables(i, size, width, embeddings_initializer=init(i), name=f"table_{key}",
                        combiner=bag_combiner if key in self.multi_hot_keys else None)
                 for i, (key, size) in enumerate(zip(self.categorical_keys, self.vocab_sizes))
             ]
@@ -292,7 +310,8 @@ def _table_kind_args(metadata: Metadata, config) -> dict:
     """DLRM's table_kind arguments: none for fixed tables (the call of before), capacities for dynamic ones."""
     if getattr(config, "table_kind", "fixed") == "fixed":
         return {}
-    return dict(table_kind="dynamic", table_capacities=config.capacities(metadata.categorical_keys))
+    return dict(table_kind="dynamic", table_capacities=config.capacities(metadata.categorical_keys),
+                dynamic_policy=config.dynamic_policy())
 
 
 def _row_init(seed: int, table: int) -> optimizers.RowUniform:
@@ -300,12 +319,14 @@ def _row_init(seed: int, table: int) -> optimizers.RowUniform:
     return optimizers.RowUniform(-EMBEDDING_INIT_SCALE, EMBEDDING_INIT_SCALE, seed=(seed * 1000 + table) % 2**63)
 
 
-def build_model(metadata: Metadata, config, table_sharding: str | None = None, table_init=None) -> DLRM:
+def build_model(metadata: Metadata, config, table_sharding: str | None = None, table_init=None,
+                placements=None) -> DLRM:
     """A built DLRM (variables created) for `metadata`'s features and `config`'s sizes.
 
     `table_sharding` overrides `config.table_sharding`, and `table_init` the
     tables' initializer: the export builds a whole-table twin of a
     row-sharded model with zero tables, then fills them from the shards.
+    `placements` (a `planner.Plan.layout()`) places each table.
     """
     model = DLRM(
         vocab_sizes=[metadata.vocab_sizes[key] for key in metadata.categorical_keys],
@@ -320,13 +341,15 @@ def build_model(metadata: Metadata, config, table_sharding: str | None = None, t
         seed=config.seed,
         table_sharding=table_sharding or config.table_sharding,
         table_init=table_init,
+        placements=placements,
+        exchange=getattr(config, "exchange", "auto"),
         multi_hot_keys=getattr(metadata, "multi_hot_keys", None) or (),
         bag_combiner=config.bag_combiner,
         cross_layers=config.cross_layers,
         cross_rank=config.cross_rank,
         **_table_kind_args(metadata, config),
     )
-    if model.table_sharding == "row":
+    if model.sharded:
         model.build_variables(metadata.num_dense)
         return model
     example = {metadata.dense_key: tf.zeros([1, metadata.num_dense])}

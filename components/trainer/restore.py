@@ -1,6 +1,6 @@
 """Build the model and optimizers in the strategy's scope and restore the latest checkpoint, if any.
 
-With `table_sharding="row"` every worker saves and restores its own shard
+With row- or table-wise tables every worker saves and restores its own shard
 (and reshards a checkpoint written by another number of workers, see
 sharding.py); mirrored: the chief's checkpoint serves all. The chief (and
 with row sharding every worker) first deletes the temp folders of
@@ -20,7 +20,7 @@ import os
 
 import tensorflow as tf
 
-from components.trainer import artifacts, resume_check
+from components.trainer import artifacts, resume_check, table_plan
 from components.trainer.checkpoint_slots import check_slots_by_name
 from components.trainer.fn_args import TrainerConfig
 from components.trainer.loop import TrainState, build_optimizers
@@ -50,9 +50,9 @@ class Restored:
         return self.state.step
 
 
-def build_state(strategy, metadata, config: TrainerConfig) -> TrainState:
+def build_state(strategy, metadata, config: TrainerConfig, plan=None) -> TrainState:
     with strategy.scope():
-        model = build_model(metadata, config)
+        model = build_model(metadata, config, placements=plan.layout() if plan is not None else None)
         embedding_optimizer, dense_optimizer = build_optimizers(model, config, config.mixed_precision)
         step = tf.Variable(0, dtype=tf.int64, trainable=False, name="global_step")
         return TrainState(model, embedding_optimizer, dense_optimizer, step,
@@ -60,14 +60,14 @@ def build_state(strategy, metadata, config: TrainerConfig) -> TrainState:
 
 
 def build_and_restore(strategy, metadata, config: TrainerConfig, model_run_dir: str, train_steps: int | None,
-                      is_chief: bool, metadata_path: str | None = None) -> Restored:
+                      is_chief: bool, metadata_path: str | None = None, plan=None) -> Restored:
     """Raises ValueError when the checkpoint is past `train_steps` (None: early stopping, no fixed end), or does
-    not fit this run (another model, optimizer or id mapping; see resume_check.py)."""
-    state = build_state(strategy, metadata, config)
+    not fit this run (another model, optimizer, id mapping or table plan; see resume_check.py, planner.py)."""
+    state = build_state(strategy, metadata, config, plan)
     checkpoint = state.checkpoint()
-    row_sharded = config.table_sharding == "row"
-    # Row sharding: every worker saves and restores its own shard; mirrored: the chief's checkpoint serves all.
-    place = place_for(os.path.join(model_run_dir, artifacts.CHECKPOINT_DIR), config.table_sharding, state.model)
+    row_sharded = state.model.sharded
+    # Split tables: every worker saves and restores its own shard; mirrored: the chief's checkpoint serves all.
+    place = place_for(os.path.join(model_run_dir, artifacts.CHECKPOINT_DIR), state.model)
     if is_chief or row_sharded:
         for path, size in artifacts.remove_checkpoint_temps(place.directory):
             log.info("removed %s (%.1f MB), left by a checkpoint save that was interrupted", path, size / 1e6)
@@ -80,6 +80,8 @@ def build_and_restore(strategy, metadata, config: TrainerConfig, model_run_dir: 
                                           state.dense_optimizer)
         sources = resume_check.check_resume(model_run_dir, record, resume_check.data_source(metadata, metadata_path,
                                                                                             step), point is not None, step)
+    if point and plan is not None:  # after the record's check, which names a changed flag more precisely
+        table_plan.check_saved_plan(model_run_dir, plan)
     if row_sharded and point and point.reshard_from:
         barrier(strategy)  # every worker has chosen its resume point before any writes a resharded one
         log.info("resharding the checkpoint of step %d from %d worker(s) onto %d", point.step, point.reshard_from,
@@ -91,6 +93,8 @@ def build_and_restore(strategy, metadata, config: TrainerConfig, model_run_dir: 
         checkpoint.restore(latest).assert_existing_objects_matched()
     if record is not None:
         resume_check.write_record(model_run_dir, record, sources)
+    if is_chief and plan is not None:
+        table_plan.write_plan(model_run_dir, plan)
     resumed_from = int(state.step.numpy())
     if train_steps is not None and resumed_from > train_steps:
         raise ValueError(f"checkpoint {latest} is at step {resumed_from}, past train_steps={train_steps}; "

@@ -40,7 +40,7 @@ RECORD_VERSION = 1
 # (optimizers), or what the checkpoint contains (the loss scale of mixed precision).
 STRUCTURE = ("optimizer", "dense_optimizer", "embedding_dim", "table_layout", "table_sharding", "interaction",
              "bottom_mlp", "top_mlp", "wide", "cross_layers", "cross_rank", "mixed_precision", "table_kind",
-             "table_capacity")
+             "table_capacity", "admit_after", "eviction", "default_row")
 # Fields that shape variables only under one interaction.
 _ONLY_WITH = {"cross_layers": ("interaction", "dcnv2"), "cross_rank": ("interaction", "dcnv2")}
 # How the CLI spells a field when it is not "--" + the field with dashes.

@@ -15,9 +15,10 @@ is still exported. The
 chief deletes the temp folders of checkpoint saves that a kill interrupted.
 Every worker runs every step (collectives need all of them); only the chief
 writes to the real directories, the others write to temporary ones that are
-deleted afterwards. With `table_sharding="row"` every worker also checkpoints
-its own shard under `model_run_dir`, and the chief exports the tables
-gathered whole (`components/trainer/sharding.py`).
+deleted afterwards. The table plan (components/trainer/planner.py) is logged
+before training; with any row- or table-wise table every worker also
+checkpoints its own shard under `model_run_dir`, and the chief exports the
+tables gathered whole (`components/trainer/sharding.py`).
 
 `_run` reads as that list of steps: the input checks live in inputs.py,
 building and restoring in restore.py, and each remaining step is a function
@@ -50,7 +51,9 @@ from components.trainer.export import export_saved_model
 from components.trainer.fn_args import TrainerConfig, check_fn_args
 from components.trainer.inputs import check_train_split, distributed_dataset, empty_eval_note, load_run_metadata
 from components.trainer.loop import evaluate, make_predict_step, make_train_step, train
+from components.trainer.planner import DATA_PARALLEL, Plan
 from components.trainer.restore import Restored, build_and_restore
+from components.trainer.table_plan import make_plan
 from components.trainer.sharding import rows_per_replica, weights_checksum, whole_table_model
 from components.trainer.strategy import choose_strategy, cluster_from_env
 from components.trainer.tf_errors import training_error
@@ -106,6 +109,7 @@ class _Job:
     scratch: str | None  # a non-chief worker's temporary directory
     epoch_steps: int  # steps of one pass over the train split
     target_steps: int | None  # where training ends; None: early stopping
+    plan: Plan | None = None  # where each table lives (planner.py); None for dynamic tables
 
     @property
     def early_stopping(self) -> bool:
@@ -117,7 +121,8 @@ class _Job:
 
     @property
     def row_sharded(self) -> bool:
-        return self.config.table_sharding == "row"
+        """Any table split over the workers (row_wise or table_wise): each worker checkpoints its part."""
+        return self.plan is not None and any(p != DATA_PARALLEL for p, _ in self.plan.layout())
 
     @property
     def run_dir(self) -> str:
@@ -134,7 +139,7 @@ def _run(fn_args, config: TrainerConfig, cluster) -> dict:
     phases = {}
     phase_start = time.perf_counter()
     restored = build_and_restore(job.strategy, job.metadata, config, fn_args.model_run_dir, job.target_steps,
-                                 job.is_chief, job.metadata_path)
+                                 job.is_chief, job.metadata_path, plan=job.plan)
     phases["build_and_restore"] = time.perf_counter() - phase_start
     ckpt_dir = (restored.place.directory if job.is_chief or job.row_sharded
                 else os.path.join(job.scratch, artifacts.CHECKPOINT_DIR))
@@ -182,7 +187,7 @@ def _prepare(fn_args, config: TrainerConfig, cluster) -> _Job:
     # Reading the files runs TF ops, which MultiWorkerMirroredStrategy must come before.
     check_train_split(train_files, fn_args.train_files, metadata, metadata_path)
     eval_note = empty_eval_note(fn_args.eval_files, metadata, metadata_path)
-    dynamic_tables.check_table_kind(config, metadata, metadata_path, strategy.num_replicas_in_sync)
+    dynamic_tables.check_table_kind(config, metadata, metadata_path, cluster.num_workers)
     if config.batch_size % strategy.num_replicas_in_sync:
         raise ValueError(f"batch_size {config.batch_size} must be a multiple of the "
                          f"{strategy.num_replicas_in_sync} replicas")
@@ -195,8 +200,12 @@ def _prepare(fn_args, config: TrainerConfig, cluster) -> _Job:
         target = epoch_steps
         log.warning("no train_steps and an empty eval split, so nothing to stop early on: training one pass over "
                     "the train split (%d steps)", epoch_steps)
+    plan = make_plan(strategy, metadata, config)
+    if plan is not None and cluster.is_chief:
+        log.info("%s", plan.describe())
     scratch = None if cluster.is_chief else tempfile.mkdtemp(prefix=f"embedopt-worker{cluster.task_index}-")
-    return _Job(fn_args, config, cluster, strategy, metadata, metadata_path, eval_note, scratch, epoch_steps, target)
+    return _Job(fn_args, config, cluster, strategy, metadata, metadata_path, eval_note, scratch, epoch_steps, target,
+                plan)
 
 
 # More passes than this over the train split earn a warning: on click logs the eval AUC falls after about one.
@@ -278,7 +287,7 @@ def _apply_path(optimizer, model) -> str | None:
 
 
 def _exchange(model, steps: int) -> dict:
-    """Row-sharded tables: which exchange their lookups used, and the bytes this worker sent per step."""
+    """Row- and table-wise tables: which exchange their lookups used, and the bytes this worker sent per step."""
     sharded = [t for t in model.tables if hasattr(t, "exchange_kind")]
     if not sharded:
         return {"embedding_exchange": None, "exchange_bytes_per_step": None}
@@ -310,8 +319,11 @@ def _run_metrics(job: _Job, restored: Restored, result, phases: dict[str, float]
         final_train_loss=result.losses[-1][1] if result.losses else None,
         table_rows=[int(t.input_dim) if hasattr(t, "input_dim") else int(t.capacity) for t in model.tables],
         table_sharding=job.config.table_sharding,
+        # Each table's placement and owner, as in plan.json (None for dynamic tables).
+        table_plan=[[t.name, t.placement, t.owner] for t in job.plan.tables] if job.plan is not None else None,
         apply_path=_apply_path(restored.state.embedding_optimizer, model),
-        # Row-sharded tables: "all_to_all" or "all_gather" (EMBEDOPT_EXCHANGE overrides), and this worker's bytes.
+        # Row- and table-wise tables: "all_to_all" or "all_gather" (--exchange; EMBEDOPT_EXCHANGE overrides its
+        # "auto"), and this worker's bytes.
         **_exchange(model, result.steps_run),
         embedding_rows_per_replica=rows_per_replica(strategy, model),
         # Per-variable sums (a sharded table's over all shards): equal on every worker when they stayed in sync.

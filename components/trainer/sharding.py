@@ -1,15 +1,18 @@
-"""What `--table-sharding row` changes in a run: checkpoint places, per-replica facts, the export's whole table.
+"""What split tables change in a run: checkpoint places, per-replica facts, the export's whole table.
 
 Checkpoints (under `model_run_dir/checkpoints/`):
-  mirrored   ckpt-*                         the chief's (every worker restores it)
-  row        row-shards-of-N/shard-R/ckpt-*  worker R's, with its own shard (every worker writes one)
+  mirrored   ckpt-*                         the chief's (every worker restores it); every table data_parallel
+  row        row-shards-of-N/shard-R/ckpt-*  worker R's, with its own shards (every worker writes one); any
+                                            table row_wise or table_wise (components/trainer/planner.py)
 
 A row run resumes from the newest step that all shard folders of one worker
 count hold, so a kill between two workers' saves cannot mix steps. When
 those were written by another number of workers, M, each worker first
 reshards: it writes its own shard for this run's N workers from the M old
-ones (`reshard`), then restores it as usual. A checkpoint of the other
-placement is refused with an error naming both.
+ones (`reshard`), then restores it as usual; only row_wise tables reshard
+(a table_wise table's owner changes with N: `planner.check_restart` refuses
+that before). A checkpoint of the other placement is refused with an error
+naming both.
 
 Export: the SavedModel needs whole tables. The chief builds a mirrored twin
 of the model, and every worker streams its shards into it in ~32 MB chunks
@@ -204,14 +207,15 @@ def _steps(directory: str) -> set[int]:
     return {int(m.group(1)) for m in (_STEP.match(n) for n in tf.io.gfile.listdir(directory)) if m}
 
 
-def place_for(root: str, sharding: str, model: DLRM) -> CheckpointPlace:
-    if sharding == "mirrored":
-        return CheckpointPlace(root, sharding)
-    spec = shard_spec(model.tables[0].embeddings)
-    return CheckpointPlace(root, sharding, spec.num_shards, spec.shard_index)
+def place_for(root: str, model: DLRM) -> CheckpointPlace:
+    """Per-worker places ("row") when any table is split over the workers (row_wise or table_wise), else "mirrored"."""
+    specs = [spec for spec in (shard_spec(t.embeddings) for t in model.tables) if spec is not None]
+    if not specs:
+        return CheckpointPlace(root, "mirrored")
+    return CheckpointPlace(root, "row", specs[0].num_shards, specs[0].shard_index)
 
 
-def _replica_values(strategy, fn) -> list:
+def gather_per_replica(strategy, fn) -> list:
     """`fn()` run on every replica, gathered (all workers get the list, in replica order)."""
     @tf.function
     def run():
@@ -223,12 +227,12 @@ def _replica_values(strategy, fn) -> list:
 def rows_per_replica(strategy, model: DLRM) -> list[int]:
     """Embedding rows each replica's table variables hold (a shard's padding included)."""
     local = sum(int(t.embeddings.shape[0]) for t in model.tables)
-    return [int(v) for v in _replica_values(strategy, lambda: tf.constant([local], tf.int64))]
+    return [int(v) for v in gather_per_replica(strategy, lambda: tf.constant([local], tf.int64))]
 
 
 def barrier(strategy) -> None:
     """Returns once every worker has reached it (a one-number all-gather)."""
-    _replica_values(strategy, lambda: tf.constant([0], tf.int64))
+    gather_per_replica(strategy, lambda: tf.constant([0], tf.int64))
 
 
 def weights_checksum(strategy, model: DLRM) -> list[float]:
@@ -244,7 +248,7 @@ def weights_checksum(strategy, model: DLRM) -> list[float]:
             ctx = tf.distribute.get_replica_context()
             return ctx.all_reduce(tf.distribute.ReduceOp.SUM, tf.reduce_sum(tf.cast(local, tf.float64)))[None]
 
-        sums.append(float(_replica_values(strategy, total)[0]))
+        sums.append(float(gather_per_replica(strategy, total)[0]))
     return sums
 
 
@@ -281,7 +285,7 @@ def table_bytes(model: DLRM) -> int:
 
 
 def whole_table_model(strategy, model: DLRM, metadata, config, is_chief: bool, available: int | None = None):
-    """On the chief: a mirrored-layout copy of a row-sharded `model`, tables gathered whole; None elsewhere.
+    """On the chief: a mirrored-layout copy of a row- or table-wise `model`, tables gathered whole; None elsewhere.
 
     Every worker must call it (the gathers are collectives).
 
@@ -295,7 +299,7 @@ def whole_table_model(strategy, model: DLRM, metadata, config, is_chief: bool, a
         fits = need <= available
     else:
         available, fits = None, True
-    agreed = _replica_values(strategy, lambda: tf.constant([1 if fits else 0], tf.int64))
+    agreed = gather_per_replica(strategy, lambda: tf.constant([1 if fits else 0], tf.int64))
     if not all(agreed):
         where = f"the chief has {available / 2**30:.2f} GiB available" if is_chief else "the chief has less"
         raise ValueError(
@@ -315,5 +319,9 @@ def whole_table_model(strategy, model: DLRM, metadata, config, is_chief: bool, a
             if target is not None:
                 target.value.scatter_update(tf.IndexedSlices(tf.constant(rows), tf.constant(ids)))
 
+        if shard_spec(table.embeddings) is None:  # a data_parallel table: whole on every worker already
+            if target is not None:
+                target.assign(table.embeddings.numpy())
+            continue
         gather_table(strategy, table.embeddings, keep)
     return twin

@@ -29,11 +29,13 @@ def sketch_columns(key: int, depth: int, width: int) -> list[int]:
 class ReferenceTable:
     """The admission / eviction policy, one batch at a time."""
 
-    def __init__(self, capacity, admit_after=1, eviction="lru", sketch_depth=4, sketch_width=2**16):
+    def __init__(self, capacity, admit_after=1, eviction="lru", sketch_depth=4, sketch_width=2**16,
+                 sketch_decay_every=0):
         self.capacity = capacity
         self.admit_after = admit_after
         self.eviction = eviction
         self.depth, self.width = sketch_depth, sketch_width
+        self.decay_every = sketch_decay_every
         self.sketch = np.zeros((sketch_depth, sketch_width), np.int64)
         self.row_of: dict[int, int] = {}
         self.key_of: dict[int, int] = {}
@@ -58,6 +60,8 @@ class ReferenceTable:
             self.stamp[r] = self.step if self.eviction == "lru" else self.stamp[r] + counts[k]
         newcomers = [k for k in order if k not in self.row_of]
         if self.admit_after > 1:
+            if self.decay_every and self.step % self.decay_every == 0:
+                self.sketch //= 2  # halved before this step's counts are added
             for k in newcomers:
                 for d, c in enumerate(sketch_columns(k, self.depth, self.width)):
                     self.sketch[d, c] += counts[k]

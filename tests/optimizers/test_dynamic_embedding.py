@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import contextlib
+
 import keras
 import numpy as np
 import pytest
@@ -54,6 +56,23 @@ def test_admission_and_eviction_match_reference(eviction, admit_after):
     if admit_after > 1:
         np.testing.assert_array_equal(layer.sketch.numpy(), ref.sketch)
     assert ref.evictions > 0 and ref.default_lookups > 0  # the stream exercised both policies
+
+
+@pytest.mark.parametrize("decay_every", [2, 5])
+def test_sketch_decay_matches_reference(decay_every):
+    # admit_after 3 and halving every 2 steps: a key must come back often within a few steps to get a row.
+    universe = np.arange(1, 80, dtype=np.int64) * 15485863
+    layer = DynamicEmbedding(2, capacity=16, admit_after=3, sketch_width=2**8, sketch_decay_every=decay_every)
+    ref = ReferenceTable(16, admit_after=3, sketch_width=2**8, sketch_decay_every=decay_every)
+    plain = ReferenceTable(16, admit_after=3, sketch_width=2**8)
+    step = tf.function(lambda k: layer(k, training=True))
+    for keys in _stream(9, 20, 24, universe, zipf=0.6):
+        step(tf.constant(keys))
+        np.testing.assert_array_equal(_layer_rows(layer, keys), ref.train(keys))
+        plain.train(keys)
+        _check_state(layer, ref)
+        np.testing.assert_array_equal(layer.sketch.numpy(), ref.sketch)
+    assert ref.admissions < plain.admissions  # the decay held keys back: the test is not a no-op
 
 
 @pytest.mark.parametrize("eviction, expected_victims", [("lru", [2, 0]), ("lfu", [2, 1])])
@@ -275,6 +294,7 @@ def test_keras_file_round_trip(tmp_path):
 @pytest.mark.parametrize("kwargs, match", [
     ({"capacity": 0}, "capacity"), ({"admit_after": 0}, "admit_after"), ({"eviction": "fifo"}, "eviction"),
     ({"default": "mean"}, "default"), ({"sketch_width": 1000}, "power of 2"),
+    ({"sketch_decay_every": -1}, "sketch_decay_every"),
 ])
 def test_bad_arguments_raise(kwargs, match):
     args = {"output_dim": 2, "capacity": 4, **kwargs}
@@ -283,6 +303,154 @@ def test_bad_arguments_raise(kwargs, match):
 
 
 def test_config_round_trip():
-    layer = DynamicEmbedding(5, capacity=9, admit_after=3, eviction="lfu", default="shared_row", seed=4)
+    layer = DynamicEmbedding(5, capacity=9, admit_after=3, eviction="lfu", default="shared_row", seed=4,
+                             sketch_decay_every=7)
     clone = DynamicEmbedding.from_config(layer.get_config())
     assert clone.get_config() == layer.get_config()
+
+
+# -- speed-path internals: the LRU log and the lookup gradient --------------------------------------------------------
+
+def test_lru_log_builds_wraps_and_compacts_matching_reference():
+    # Capacity 6 (a ring of 12 entries). Phase 1, a long tail: the log is built at the first eviction and wraps
+    # around the ring. Phase 2, four of five hot keys per step and a new key every fourth step: few evictions and
+    # many reads, so dead entries pile up and the log is compacted. Every step must evict in the reference's order.
+    rng = np.random.default_rng(4)
+    tail_phase = _stream(4, 25, 9, np.arange(1, 41, dtype=np.int64) * -104729, zipf=0.7)
+    hot_phase = [np.concatenate([rng.choice(5, 4, replace=False) + 1, [10_000 + t] if t % 4 == 0 else []])
+                 .astype(np.int64) for t in range(40)]
+    layer = DynamicEmbedding(2, capacity=6, eviction="lru")
+    ref = ReferenceTable(6, eviction="lru")
+    step = tf.function(lambda k: layer(k, training=True))
+    tails = []
+    for keys in tail_phase + hot_phase:
+        step(tf.constant(keys))
+        np.testing.assert_array_equal(_layer_rows(layer, keys), ref.train(keys))
+        _check_state(layer, ref)
+        tails.append(int(layer.lru_log.tail.numpy()))
+    assert tails[0] == 0 and ref.evictions > 20  # no log before the first eviction
+    assert max(tails) > layer.lru_log.size  # positions ran past the ring's end (wrapped)
+    assert any(b < a for a, b in zip(tails, tails[1:]))  # a compaction moved the tail back
+
+
+@pytest.mark.parametrize("kernels", ["on", "off"])
+def test_lookup_gradient_sums_each_resident_key_once(kernels):
+    from optimizers import fast_path
+
+    layer = DynamicEmbedding(3, capacity=4, admit_after=1, default="shared_row")
+    layer(tf.constant([7, 8, 9], tf.int64), training=True)
+    layer(tf.constant([10, 11], tf.int64), training=True)  # capacity 4: 11 evicts the least recent (7)
+    keys = np.array([[8, 11, 8], [7, 9, 8]], np.int64)  # 7 is not resident any more
+    coef = np.arange(18, dtype=np.float32).reshape(2, 3, 3)
+    context = fast_path.disabled() if kernels == "off" else contextlib.nullcontext()
+    with context:
+        @tf.function
+        def grads(k, c):
+            with tf.GradientTape() as tape:
+                loss = tf.reduce_sum(layer(k, training=False) * c)
+            return tape.gradient(loss, [layer.embeddings, layer.default_row])
+
+        table_grad, default_grad = grads(tf.constant(keys), tf.constant(coef))
+    rows = dict(zip([8, 9, 11], _layer_rows(layer, [8, 9, 11]).tolist()))
+    assert _layer_rows(layer, [7])[0] == -1
+    expected = {rows[8]: coef[0, 0] + coef[0, 2] + coef[1, 2], rows[11]: coef[0, 1], rows[9]: coef[1, 1]}
+    assert isinstance(table_grad, tf.IndexedSlices)
+    indices = table_grad.indices.numpy().tolist()
+    assert sorted(indices) == sorted(expected)  # one entry per distinct resident key
+    for i, row in enumerate(indices):
+        np.testing.assert_allclose(table_grad.values.numpy()[i], expected[row], rtol=0, atol=0)
+    np.testing.assert_allclose(tf.convert_to_tensor(default_grad).numpy(), coef[1, 0][None, :], rtol=0, atol=0)
+
+
+# -- replicas ---------------------------------------------------------------------------------------------------------
+
+def _replicated_run(strategy, batches, coefs, eviction):
+    """Trains a fresh table under `strategy` on global batches split evenly over its replicas; returns the layer."""
+    replicas = strategy.num_replicas_in_sync
+    with strategy.scope():
+        layer = DynamicEmbedding(3, capacity=12, admit_after=2, eviction=eviction, default="shared_row",
+                                 sketch_width=2**10, seed=3)
+        layer.build()
+        optimizer = optimizers.LazyAdam(0.05)
+        optimizer.build(layer.trainable_variables)
+
+    def replica_step(keys, coef):
+        with tf.GradientTape() as tape:
+            loss = tf.reduce_sum(layer(keys, training=True) * coef)
+        grads = tape.gradient(loss, layer.trainable_variables)
+        layer.reset_slots(optimizer)
+        optimizer.apply_gradients(zip(grads, layer.trainable_variables))
+
+    @tf.function
+    def step(keys, coef):
+        split = [strategy.experimental_distribute_values_from_function(
+            lambda ctx, x=x: tf.split(x, replicas)[ctx.replica_id_in_sync_group]) for x in (keys, coef)]
+        strategy.run(replica_step, args=tuple(split))
+
+    for keys, coef in zip(batches, coefs):
+        step(tf.constant(keys), tf.constant(coef))
+    return layer, optimizer
+
+
+@pytest.mark.parametrize("eviction", ["lru", "lfu"])
+def test_mirrored_matches_single_replica(eviction, mirrored_strategy):
+    batches = _stream(21, 14, 16, np.arange(-30, 30, dtype=np.int64) * (2**50 + 7), zipf=0.9)
+    rng = np.random.default_rng(2)
+    coefs = [rng.normal(size=(16, 3)).astype(np.float32) for _ in batches]
+    two, two_opt = _replicated_run(mirrored_strategy, batches, coefs, eviction)
+    one, one_opt = _replicated_run(tf.distribute.get_strategy(), batches, coefs, eviction)
+    ref = ReferenceTable(12, admit_after=2, eviction=eviction, sketch_width=2**10)
+    for keys in batches:
+        ref.train(keys)
+    _check_state(two, ref)  # the global batch's policy: same keys admitted, same order, same rows
+    _check_state(one, ref)
+    assert ref.evictions > 0
+    for variable, single in zip(two.weights, one.weights):
+        copies = mirrored_strategy.experimental_local_results(variable.value)
+        assert len(copies) == 2
+        for copy in copies:  # state written once for both replicas: exact; weights: summed gradients, 1e-6
+            if variable.dtype == "int64":
+                np.testing.assert_array_equal(copy.numpy(), single.numpy())
+            else:
+                np.testing.assert_allclose(copy.numpy(), single.numpy(), rtol=1e-5, atol=1e-6)
+    for name in ("m", "v"):
+        copies = mirrored_strategy.experimental_local_results(two_opt.get_slot(two.embeddings, name).value)
+        for copy in copies:
+            np.testing.assert_allclose(copy.numpy(), one_opt.get_slot(one.embeddings, name).numpy(),
+                                       rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("kernels", ["on", "off"])
+@pytest.mark.parametrize("case", ["default_read", "no_default", "unread_entries"])
+def test_gather_resident_gradient_matches_numpy(kernels, case):
+    from optimizers import fast_path
+    from optimizers.dynamic_ops import gather_resident
+
+    rng = np.random.default_rng(8)
+    table = tf.Variable(rng.normal(size=(10, 3)).astype(np.float32))
+    default = tf.constant(rng.normal(size=(1, 3)).astype(np.float32))
+    rows = np.array([4, -1, 7, 0, 9], np.int64)  # distinct keys' rows; -1 reads the default
+    position = {"default_read": [0, 1, 2, 3, 4, 0, 2, 1], "no_default": [0, 2, 3, 4, 0, 2, 3],
+                "unread_entries": [2, 2, 4, 1]}[case]  # the last skips the keys of rows 4 and 0
+    upstream = rng.normal(size=(len(position), 3)).astype(np.float32)
+    context = fast_path.disabled() if kernels == "off" else contextlib.nullcontext()
+    with context:
+        @tf.function
+        def run():
+            with tf.GradientTape() as tape:
+                tape.watch(default)
+                out = gather_resident(table, default, tf.constant(rows), tf.constant(position, tf.int32))
+                loss = tf.reduce_sum(out * upstream)
+            return out, tape.gradient(loss, [table, default])
+
+        out, (table_grad, default_grad) = run()
+    key_rows = rows[position]
+    expected_out = np.where((key_rows >= 0)[:, None], table.numpy()[np.maximum(key_rows, 0)], default.numpy())
+    np.testing.assert_array_equal(out.numpy(), expected_out)
+    dense = np.zeros((10, 3), np.float32)
+    np.add.at(dense, key_rows[key_rows >= 0], upstream[key_rows >= 0])
+    np.testing.assert_allclose(tf.convert_to_tensor(table_grad).numpy(), dense, rtol=1e-6, atol=1e-6)
+    # One entry per distinct resident key; a key that `position` never reads (not so after tf.unique) gets zeros.
+    assert sorted(table_grad.indices.numpy().tolist()) == sorted(rows[rows >= 0].tolist())
+    np.testing.assert_allclose(tf.convert_to_tensor(default_grad).numpy()[0], upstream[key_rows < 0].sum(axis=0),
+                               rtol=1e-6, atol=1e-6)

@@ -47,3 +47,18 @@ def test_bad_arguments_are_refused():
         exchange_cost.step_bytes("ring", [np.arange(3)] * 2, 4)
     with pytest.raises(ValueError, match="num_workers"):
         exchange_cost.predicted_bytes_per_worker("all_to_all", 0, 4, 10, exchange_cost.zipf_sampler(10))
+
+
+def test_table_wise_and_data_parallel_bytes_by_hand():
+    # N = 2, dim 3. Worker 0 has 4 distinct ids {0, 1, 2, 4}, worker 1 three {1, 3, 6}: all go to the owner.
+    ids = [np.array([0, 2, 4, 4, 1]), np.array([6, 1, 3, 1])]
+    np.testing.assert_array_equal(exchange_cost.step_bytes("all_to_all", ids, 3, placement="table_wise"),
+                                  [1 * (4 * 32 + 32)] * 2)
+    # all_gather: the owner changes who answers, not what moves.
+    np.testing.assert_array_equal(exchange_cost.step_bytes("all_gather", ids, 3, placement="table_wise"),
+                                  exchange_cost.step_bytes("all_gather", ids, 3))
+    # data_parallel: the IndexedSlices gradient gathered: (N - 1) x (8 + c x (8 + 4 x 3)), c the worker's ids.
+    np.testing.assert_array_equal(exchange_cost.step_bytes("all_to_all", ids, 3, placement="data_parallel"),
+                                  [8 + 5 * 20, 8 + 4 * 20])
+    with pytest.raises(ValueError, match="placement"):
+        exchange_cost.step_bytes("all_to_all", ids, 3, placement="column_wise")

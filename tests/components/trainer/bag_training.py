@@ -88,10 +88,11 @@ def batches(data: dict, context: tf.distribute.InputContext) -> tf.data.Dataset:
     return out
 
 
-def train(strategy, data: dict, trainer_config: TrainerConfig):
-    """(losses, model, embedding optimizer) after `STEPS` steps; each input pipeline feeds its share."""
+def train(strategy, data: dict, trainer_config: TrainerConfig, placements=None):
+    """(losses, model, embedding optimizer) after `STEPS` steps; each input pipeline feeds its share.
+    `placements`: a table plan's layout (components/trainer/planner.py)."""
     with strategy.scope():
-        model = build_model(metadata(), trainer_config)
+        model = build_model(metadata(), trainer_config, placements=placements)
         emb_opt, dense_opt = build_optimizers(model, trainer_config, mixed_precision=False)
         state = TrainState(model, emb_opt, dense_opt, tf.Variable(0, dtype=tf.int64))
 

@@ -188,3 +188,58 @@ def test_fixed_config_records_what_it_recorded_before():
     from components.trainer.fn_args import TrainerConfig
 
     assert "table_kind" not in TrainerConfig().to_json() and "table_capacity" not in TrainerConfig().to_json()
+
+
+def test_mirrored_run_with_policy_flags(trained, tmp_path):
+    """Two local replicas (MirroredStrategy over the two logical CPUs), admit_after 2, LFU, a shared default row."""
+    _, data, _, _ = trained
+    out = str(tmp_path / "out")
+    code = cli.main(["--data", data, "--output", out, "--table-kind", "dynamic", "--table-capacity", str(CAPACITY),
+                     "--admit-after", "2", "--eviction", "lfu", "--default-row", "shared_row",
+                     "--sketch-decay-every", "4",
+                     "--strategy", "mirrored", "--train-steps", str(STEPS), *TINY_FLAGS])
+    assert code == 0
+    with open(os.path.join(out, "model_run", "metrics.json")) as f:
+        metrics = json.load(f)
+    assert metrics["num_replicas"] == 2
+    assert [metrics["config"][k] for k in ("admit_after", "eviction", "default_row", "sketch_decay_every")] == [
+        2, "lfu", "shared_row", 4]
+    tables = metrics["dynamic_tables"]
+    for counters in tables.values():
+        assert (counters["admit_after"], counters["eviction"], counters["default_row"]) == (2, "lfu", "shared_row")
+        assert counters["lookups"] == STEPS * BATCH  # the global batch, counted once, not once per replica
+        assert counters["admissions"] == counters["rows_in_use"] + counters["evictions"]
+    # admit_after 2: a key's first sighting reads the default row, so every table has default lookups.
+    assert all(counters["default_lookups"] > 0 for counters in tables.values())
+    assert sum(counters["evictions"] for counters in tables.values()) > 0
+
+
+@pytest.mark.parametrize("config, message", [
+    ({"table_kind": "dynamic", "table_capacity": 8, "table_layout": "per_feature", "admit_after": 0}, "admit_after"),
+    ({"table_kind": "dynamic", "table_capacity": 8, "table_layout": "per_feature", "eviction": "fifo"}, "eviction"),
+    ({"table_kind": "dynamic", "table_capacity": 8, "table_layout": "per_feature", "default_row": "mean"},
+     "default_row"),
+    ({"table_kind": "dynamic", "table_capacity": 8, "table_layout": "per_feature", "sketch_decay_every": -1},
+     "sketch_decay_every"),
+    ({"table_kind": "dynamic", "table_capacity": 8, "table_layout": "per_feature", "sketch_decay_every": 5},
+     "needs admit_after >= 2"),
+    ({"eviction": "lfu"}, "only apply to table_kind 'dynamic'"),
+])
+def test_bad_policy_settings_are_refused(config, message):
+    from components.trainer.fn_args import TrainerConfig
+
+    with pytest.raises(ValueError, match=message):
+        TrainerConfig.from_custom_config(config)
+
+
+def test_dynamic_tables_across_workers_are_refused():
+    from types import SimpleNamespace
+
+    from components.trainer.dynamic_tables import check_table_kind
+    from components.trainer.fn_args import TrainerConfig
+
+    config = TrainerConfig(table_kind="dynamic", table_capacity=8, table_layout="per_feature")
+    metadata = SimpleNamespace(fingerprint_ids=True, id_kind="fingerprint")
+    with pytest.raises(ValueError, match="runs in one worker.*this run has 2 workers"):
+        check_table_kind(config, metadata, "m.json", num_workers=2)
+    check_table_kind(config, metadata, "m.json", num_workers=1)

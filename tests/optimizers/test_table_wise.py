@@ -1,0 +1,75 @@
+"""table_wise tables (`TableWiseEmbedding`): the whole table on one worker == one replica, with real workers."""
+
+from __future__ import annotations
+
+import keras
+import numpy as np
+import pytest
+import tensorflow as tf
+
+import optimizers
+from optimizers.sharded import shard_spec
+from tests.optimizers import sharded_worker
+from tests.optimizers.worker_processes import run_workers
+
+# Every optimizer embedopt has, by name: a quick check at the tiny sizes of `sharded_worker`.
+CASES = list(optimizers.OPTIMIZERS)
+# Float32 state after 5 steps; the exchanged gradients are summed in another order than one replica's dedup.
+RTOL, ATOL = 1e-5, 1e-7
+
+
+def test_single_worker_holds_the_whole_table_and_trains_like_sparse_embedding():
+    init = optimizers.RowUniform(-0.5, 0.5, seed=2)
+    table = optimizers.TableWiseEmbedding(7, 3, owner=0, embeddings_initializer=init)
+    table.build()
+    assert table.embeddings.shape == (7, 3) and shard_spec(table.embeddings).owner == 0
+    np.testing.assert_array_equal(table(tf.constant([6, 0])).numpy(), init((7, 3)).numpy()[[6, 0]])
+
+
+@pytest.mark.parametrize("owner", [-1, True, 1.5])
+def test_bad_owner_is_refused(owner):
+    with pytest.raises(ValueError, match="owner"):
+        optimizers.TableWiseEmbedding(7, 3, owner=owner)
+
+
+def test_config_roundtrip():
+    table = optimizers.TableWiseEmbedding(7, 3, owner=2, exchange="all_gather", name="t")
+    again = keras.layers.deserialize(keras.layers.serialize(table))
+    assert isinstance(again, optimizers.TableWiseEmbedding) and again.owner == 2 and again.exchange == "all_gather"
+
+
+def reference_bytes(exchange, n):
+    """Bytes each worker sends over the run, from the ids alone (NumPy): all_to_all pads every block to the
+    largest count of distinct ids any worker asks the owner for, (N - 1) x (W x (8 + 8 dim) + 32) per step;
+    all_gather moves what a row-sharded table does (the ids, two all-reduces of the [global distinct, dim] block)."""
+    total = 0
+    for step in range(sharded_worker.STEPS):
+        ids = [sharded_worker.local_ids(step, t, n).ravel() for t in range(n)]
+        if exchange == "all_to_all":
+            widest = max(len(np.unique(x)) for x in ids)
+            total += (n - 1) * (widest * (8 + 8 * sharded_worker.DIM) + 32)
+        else:
+            distinct = len(np.unique(np.concatenate(ids)))
+            total += (n - 1) * (4 + 8 * ids[0].size) + 2 * (2 * (n - 1) * distinct * sharded_worker.DIM * 4 // n)
+    return total
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("n, owner, cases", [(2, 1, CASES), (4, 2, ["sgd"])], ids=["2-workers", "4-workers"])
+def test_table_wise_matches_one_replica(tmp_path, n, owner, cases):
+    """Both exchanges, every optimizer on 2 workers (sgd on 4): the owner's table and slots, every worker's head,
+    equal one replica's on the global batch; the other workers hold no rows."""
+    run_workers("tests.optimizers.table_wise_worker", n, str(tmp_path), str(owner), *cases, timeout=540)
+    start = optimizers.RowUniform(-0.5, 0.5, seed=sharded_worker.SEED)((sharded_worker.VOCAB, sharded_worker.DIM))
+    for case in cases:
+        want = sharded_worker.train(tf.distribute.get_strategy(), case, optimizers.SparseEmbedding)
+        assert not np.allclose(want["table"], start.numpy()), f"{case}: training changed nothing"
+        for exchange in sharded_worker.EXCHANGES:
+            for i in range(n):
+                got = np.load(tmp_path / f"{case}-{exchange}-worker{i}.npz")
+                assert str(got["exchange"]) == exchange
+                for key in want:
+                    np.testing.assert_allclose(got[key], want[key], rtol=RTOL, atol=ATOL,
+                                               err_msg=f"{case} {exchange} worker {i} {key}")
+                assert int(got["local_rows"]) == (sharded_worker.VOCAB if i == owner else 0)
+                assert int(got["bytes_sent"]) == reference_bytes(exchange, n), (case, exchange, i)
