@@ -44,8 +44,8 @@ FUSED_STEP = (
     "backward 0.51 ms, apply 0.97 ms (var, m and v of each row: three random rows, memory-bound; SGD's is a "
     "third of it), finite check 0.08 ms, and ~0.45 ms from Python to the executor and back. It met the goal in "
     "the committed run (0.86x) and in one run alone (0.88x); with other jobs on the 2 cores it measured 1.05x. "
-    "What would add margin: an evenly split apply (its two threads were loaded 0.76 / 0.20 ms in that profile), "
-    "and applying in the backward pass when no clipping or finite check needs the summed gradient first."
+    "What would add margin: applying in the backward pass when no clipping or finite check needs the summed "
+    "gradient first, and slots stored beside their row (one 384-byte row for var, m and v)."
 )
 
 # (regular expression on the goal name, reason); the first match wins.
