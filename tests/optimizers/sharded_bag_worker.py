@@ -14,7 +14,6 @@ OUT_DIR/<case>-<exchange>-worker<i>.npz.
 
 from __future__ import annotations
 
-import json
 import os
 import sys
 
@@ -115,15 +114,9 @@ def train(strategy, case: str, table_class, task: int = 0, num_tasks: int = 1, *
 
 
 def main(out_dir, cases):
-    task = json.loads(os.environ["TF_CONFIG"])["task"]["index"]
-    strategy = tf.distribute.MultiWorkerMirroredStrategy(
-        communication_options=tf.distribute.experimental.CommunicationOptions(
-            implementation=tf.distribute.experimental.CommunicationImplementation.RING))
-    n = strategy.num_replicas_in_sync
-    for case in cases:
-        for exchange in EXCHANGES:
-            arrays = train(strategy, case, optimizers.ShardedEmbedding, task, n, exchange=exchange)
-            np.savez(os.path.join(out_dir, f"{case}-{exchange}-worker{task}.npz"), **arrays)
+    from tests.optimizers.sharded_worker import run_cases
+
+    run_cases(out_dir, cases, train, optimizers.ShardedEmbedding)
 
 
 if __name__ == "__main__":

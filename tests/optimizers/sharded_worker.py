@@ -113,7 +113,9 @@ def train(strategy, case: str, table_class, task: int = 0, num_tasks: int = 1, *
     return arrays
 
 
-def main(out_dir, cases):
+def run_cases(out_dir, cases, train_fn, table_class, **table_kwargs):
+    """This worker's part of a multi-worker test: `train_fn(strategy, case, table_class, task, n, exchange=...,
+    **table_kwargs)` for each case and exchange, saved to OUT_DIR/<case>-<exchange>-worker<task>.npz."""
     task = json.loads(os.environ["TF_CONFIG"])["task"]["index"]
     strategy = tf.distribute.MultiWorkerMirroredStrategy(
         communication_options=tf.distribute.experimental.CommunicationOptions(
@@ -121,8 +123,29 @@ def main(out_dir, cases):
     n = strategy.num_replicas_in_sync
     for case in cases:
         for exchange in EXCHANGES:
-            arrays = train(strategy, case, optimizers.ShardedEmbedding, task, n, exchange=exchange)
+            arrays = train_fn(strategy, case, table_class, task, n, exchange=exchange, **table_kwargs)
             np.savez(os.path.join(out_dir, f"{case}-{exchange}-worker{task}.npz"), **arrays)
+
+
+def assert_workers_match_one_replica(out_dir, n, cases, rtol, atol, check_worker):
+    """Test side of `run_cases`: every worker's saved arrays equal one replica's on the global batch (a plain
+    `SparseEmbedding`), for each case and exchange; `check_worker(case, exchange, i, arrays)` checks the rest."""
+    start = optimizers.RowUniform(-0.5, 0.5, seed=SEED)((VOCAB, DIM))
+    for case in cases:
+        want = train(tf.distribute.get_strategy(), case, optimizers.SparseEmbedding)
+        assert not np.allclose(want["table"], start.numpy()), f"{case}: training changed nothing"
+        for exchange in EXCHANGES:
+            for i in range(n):
+                got = np.load(os.path.join(out_dir, f"{case}-{exchange}-worker{i}.npz"))
+                assert str(got["exchange"]) == exchange
+                for key in want:
+                    np.testing.assert_allclose(got[key], want[key], rtol=rtol, atol=atol,
+                                               err_msg=f"{case} {exchange} worker {i} {key}")
+                check_worker(case, exchange, i, got)
+
+
+def main(out_dir, cases):
+    run_cases(out_dir, cases, train, optimizers.ShardedEmbedding)
 
 
 if __name__ == "__main__":

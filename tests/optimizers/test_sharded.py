@@ -196,21 +196,14 @@ def reference_bytes(exchange, n):
 def test_row_sharded_matches_one_replica(tmp_path, n, cases):
     """Each exchange, on n real workers, trains to the weights and slots of one replica on the global batch."""
     run_workers("tests.optimizers.sharded_worker", n, str(tmp_path), *cases, timeout=300)
-    start = optimizers.RowUniform(-0.5, 0.5, seed=sharded_worker.SEED)((sharded_worker.VOCAB, sharded_worker.DIM))
-    for case in cases:
-        want = sharded_worker.train(tf.distribute.get_strategy(), case, optimizers.SparseEmbedding)
-        assert not np.allclose(want["table"], start.numpy()), f"{case}: training changed nothing"
-        for exchange in sharded_worker.EXCHANGES:
-            for i in range(n):
-                got = np.load(tmp_path / f"{case}-{exchange}-worker{i}.npz")
-                assert str(got["exchange"]) == exchange
-                for key in want:
-                    np.testing.assert_allclose(got[key], want[key], rtol=RTOL, atol=ATOL,
-                                               err_msg=f"{case} {exchange} worker {i} {key}")
-                # Replica i holds ids i, i + n, ...: ceil(23 / n) rows.
-                assert int(got["local_rows"]) == math.ceil(sharded_worker.VOCAB / n)
-                np.testing.assert_array_equal(got["shard_ids"], i + n * np.arange(math.ceil(sharded_worker.VOCAB / n)))
-                assert int(got["bytes_sent"]) == reference_bytes(exchange, n), (case, exchange, i)
+
+    def check_worker(case, exchange, i, got):
+        # Replica i holds ids i, i + n, ...: ceil(23 / n) rows.
+        assert int(got["local_rows"]) == math.ceil(sharded_worker.VOCAB / n)
+        np.testing.assert_array_equal(got["shard_ids"], i + n * np.arange(math.ceil(sharded_worker.VOCAB / n)))
+        assert int(got["bytes_sent"]) == reference_bytes(exchange, n), (case, exchange, i)
+
+    sharded_worker.assert_workers_match_one_replica(str(tmp_path), n, cases, RTOL, ATOL, check_worker)
 
 
 @pytest.mark.parametrize("cls", [optimizers.SparseEmbedding, optimizers.ShardedEmbedding])
