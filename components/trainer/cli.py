@@ -146,8 +146,9 @@ def build_parser() -> argparse.ArgumentParser:
                        help="where each table lives (docs/sharding.md): data_parallel (alias mirrored): every worker "
                        "holds it and its optimizer slots; row_wise (alias row): worker r of N holds the rows with "
                        "id %% N == r; table_wise: whole tables on one worker each, packed over the workers; auto: "
-                       "chosen per table from its size, --memory-budget-per-worker and N (small tables "
-                       "data_parallel, mid-size table_wise, the largest row_wise). The plan is logged before "
+                       "chosen per table from its size, --memory-budget-per-worker, N and the bytes each placement sends "
+                       "(small tables data_parallel, the others row_wise, or table_wise where whole on one worker "
+                       "it sends no more than row_wise). The plan is logged before "
                        "training and saved as checkpoints/plan.json. Placements other than data_parallel need one "
                        "replica per process: --local-workers N or a multi-worker job "
                        f"(default: {defaults.table_sharding})")
