@@ -81,11 +81,13 @@ def test_each_plan_holds_the_rows_it_says(placements, planted_data):
     held = [sum(rows for rows, owner in zip(sizes, owners) if owner == w) for w in (0, 1)]
     assert placements["table_wise"][1]["embedding_rows_per_replica"] == held
     auto = placements["auto"][3]
-    assert {t.placement for t in auto.tables} == {"data_parallel", "table_wise"}
+    # The tables too big to replicate are looked up every step: whole on one worker they would send more than
+    # row-sharded, so auto splits them by rows (planner: the bytes decide between table_wise and row_wise).
+    assert {t.placement for t in auto.tables} == {"data_parallel", "row_wise"}
     kinds = [t.placement for t in auto.tables]
     replicated = sum(rows for rows, kind in zip(sizes, kinds) if kind == "data_parallel")
-    owned = [sum(rows for rows, t in zip(sizes, auto.tables) if t.owner == w) for w in (0, 1)]
-    assert placements["auto"][1]["embedding_rows_per_replica"] == [replicated + owned[0], replicated + owned[1]]
+    split = sum(-(-rows // 2) for rows, kind in zip(sizes, kinds) if kind == "row_wise")
+    assert placements["auto"][1]["embedding_rows_per_replica"] == [replicated + split] * 2
     assert placements["data_parallel"][1]["embedding_rows_per_replica"] == [sum(sizes)] * 2
 
 
@@ -137,11 +139,12 @@ def test_cli_refuses_a_model_over_budget_in_one_line(planted_data, tmp_path):
 
 # Tables of 9, 31, 17 and 5 rows x (4 + 1 wide) columns, with Adagrad (1 slot) 360, 1240, 680 and 200 bytes. With
 # 64 x 360 bytes per worker auto replicates cat_3 and cat_0 (<= 1/64 of it) and row-shards cat_1 (above a fair
-# share of the rest, (1240 + 680) / N); cat_2 goes whole to one worker at N = 2 (680 <= 960) and is row-sharded
-# at N = 4 (680 > 480). SGD (no slots) with table_wise: four tables packed one per worker at N = 4.
+# share of the rest, (1240 + 680) / N); cat_2 would fit whole on one worker at N = 2 (680 <= 960), but its owner
+# would send every worker's ids, more than row-sharded, so it is row-sharded too (at N = 4 it is above the fair
+# share, 680 > 480). SGD (no slots) with table_wise: four tables packed one per worker at N = 4.
 MIXED_BUDGET = 64 * 360
 DP, RW, TW = "data_parallel", "row_wise", "table_wise"
-PLACEMENT_CASES = {2: {f"auto:adagrad:{MIXED_BUDGET}": [DP, RW, TW, DP], "table_wise:lazy_adam:1000000": [TW] * 4},
+PLACEMENT_CASES = {2: {f"auto:adagrad:{MIXED_BUDGET}": [DP, RW, RW, DP], "table_wise:lazy_adam:1000000": [TW] * 4},
                    4: {f"auto:adagrad:{MIXED_BUDGET}": [DP, RW, RW, DP], "table_wise:sgd:1000000": [TW] * 4}}
 
 
