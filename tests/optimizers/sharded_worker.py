@@ -127,6 +127,27 @@ def run_cases(out_dir, cases, train_fn, table_class, **table_kwargs):
             np.savez(os.path.join(out_dir, f"{case}-{exchange}-worker{task}.npz"), **arrays)
 
 
+def reference_bytes(exchange, n, owner=None):
+    """Bytes each worker sends over the whole run, from the ids alone (NumPy, per step, summed).
+
+    all_to_all: (N - 1) x (W x (8 + 8 dim) + 32) per step, W the widest (worker, owner) count of distinct
+    ids, an id's owner being id % N (row-sharded) or `owner` (a table_wise table); all_gather: a ring
+    all-gather of the ids, (N - 1) x (4 + 8 c), and two ring all-reduces of the [global distinct, dim]
+    float32 block, 2 (N - 1) / N of it each.
+    """
+    total = 0
+    for step in range(STEPS):
+        ids = [local_ids(step, t, n).ravel() for t in range(n)]
+        if exchange == "all_to_all":
+            owners = [np.unique(x) % n if owner is None else np.full(len(np.unique(x)), owner) for x in ids]
+            widest = max(np.bincount(o, minlength=n).max() for o in owners)
+            total += (n - 1) * (widest * (8 + 8 * DIM) + 32)
+        else:
+            distinct = len(np.unique(np.concatenate(ids)))
+            total += (n - 1) * (4 + 8 * ids[0].size) + 2 * (2 * (n - 1) * distinct * DIM * 4 // n)
+    return total
+
+
 def assert_workers_match_one_replica(out_dir, n, cases, rtol, atol, check_worker):
     """Test side of `run_cases`: every worker's saved arrays equal one replica's on the global batch (a plain
     `SparseEmbedding`), for each case and exchange; `check_worker(case, exchange, i, arrays)` checks the rest."""

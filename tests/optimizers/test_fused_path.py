@@ -44,9 +44,9 @@ def _grads(rng, width, steps, dtype=np.float32, index_dtype=tf.int64, size=25):
     return grads
 
 
-def _run(case, grads, width, fused, dtype=np.float32, **overrides):
-    init = np.random.default_rng(7).normal(0, 0.5, (ROWS, width)).astype(dtype)
-    var = keras.Variable(init, name="table", dtype=dtype)
+def _apply_steps(case, var, grads, fused, **overrides):
+    """Applies `grads` one step each in a `tf.function`, on the fused or the TF-ops path; returns the variable,
+    its slots, the optimizer and the op types of the traced step's functions."""
     opt = make(case, **overrides)
     opt.build([var])
     with contextlib.nullcontext() if fused else fast_path.disabled():
@@ -55,8 +55,15 @@ def _run(case, grads, width, fused, dtype=np.float32, **overrides):
             step(g)
         graph_ops = {op.op for f in step.get_concrete_function(grads[0]).graph.as_graph_def().library.function
                      for op in f.node_def}
+    return var.numpy(), {name: opt.get_slot(var, name).numpy() for name in case.slots}, opt, graph_ops
+
+
+def _run(case, grads, width, fused, dtype=np.float32, **overrides):
+    init = np.random.default_rng(7).normal(0, 0.5, (ROWS, width)).astype(dtype)
+    var, slots, opt, graph_ops = _apply_steps(case, keras.Variable(init, name="table", dtype=dtype), grads, fused,
+                                              **overrides)
     assert ("EmbedoptSparseApply" in graph_ops) == fused, graph_ops
-    return var.numpy(), {name: opt.get_slot(var, name).numpy() for name in case.slots}, opt
+    return var, slots, opt
 
 
 def _assert_paths_agree(case, width, dtype=np.float32, steps=3, **overrides):
@@ -229,15 +236,8 @@ def _run_dense(case, shape, fused, steps=3):
     rng = np.random.default_rng(3)
     var = keras.Variable(rng.normal(0, 0.5, shape).astype(np.float32), name="dense")
     grads = [tf.constant(rng.normal(0, 1, shape).astype(np.float32)) for _ in range(steps)]
-    opt = make(case)
-    opt.build([var])
-    with contextlib.nullcontext() if fused else fast_path.disabled():
-        step = tf.function(lambda g: opt.apply_gradients([(g, var)]))
-        for g in grads:
-            step(g)
-        graph_ops = {op.op for f in step.get_concrete_function(grads[0]).graph.as_graph_def().library.function
-                     for op in f.node_def}
-    return var.numpy(), {name: opt.get_slot(var, name).numpy() for name in case.slots}, graph_ops
+    values, slots, _, graph_ops = _apply_steps(case, var, grads, fused)
+    return values, slots, graph_ops
 
 
 @pytest.mark.parametrize("shape", [(6, 3), (4,), (2, 3, 2)], ids=["matrix", "bias", "rank3"])

@@ -172,25 +172,6 @@ def test_ema_is_refused_for_shards():
 # -- real workers, both exchanges ---------------------------------------------------
 
 
-def reference_bytes(exchange, n):
-    """Bytes each worker sends over the whole run, from the ids alone (NumPy, per step, summed).
-
-    all_to_all: (N - 1) x (W x (8 + 8 dim) + 32) per step, W the widest (worker, owner) count of distinct
-    ids; all_gather: a ring all-gather of the ids, (N - 1) x (4 + 8 c), and two ring all-reduces of the
-    [global distinct, dim] float32 block, 2 (N - 1) / N of it each.
-    """
-    total = 0
-    for step in range(sharded_worker.STEPS):
-        ids = [sharded_worker.local_ids(step, t, n).ravel() for t in range(n)]
-        if exchange == "all_to_all":
-            widest = max(np.bincount(np.unique(x) % n, minlength=n).max() for x in ids)
-            total += (n - 1) * (widest * (8 + 8 * sharded_worker.DIM) + 32)
-        else:
-            distinct = len(np.unique(np.concatenate(ids)))
-            total += (n - 1) * (4 + 8 * ids[0].size) + 2 * (2 * (n - 1) * distinct * sharded_worker.DIM * 4 // n)
-    return total
-
-
 @pytest.mark.slow
 @pytest.mark.parametrize("n, cases", [(2, CASES), (3, CASES_3)], ids=["2-workers", "3-workers"])
 def test_row_sharded_matches_one_replica(tmp_path, n, cases):
@@ -201,7 +182,7 @@ def test_row_sharded_matches_one_replica(tmp_path, n, cases):
         # Replica i holds ids i, i + n, ...: ceil(23 / n) rows.
         assert int(got["local_rows"]) == math.ceil(sharded_worker.VOCAB / n)
         np.testing.assert_array_equal(got["shard_ids"], i + n * np.arange(math.ceil(sharded_worker.VOCAB / n)))
-        assert int(got["bytes_sent"]) == reference_bytes(exchange, n), (case, exchange, i)
+        assert int(got["bytes_sent"]) == sharded_worker.reference_bytes(exchange, n), (case, exchange, i)
 
     sharded_worker.assert_workers_match_one_replica(str(tmp_path), n, cases, RTOL, ATOL, check_worker)
 

@@ -38,22 +38,6 @@ def test_config_roundtrip():
     assert isinstance(again, optimizers.TableWiseEmbedding) and again.owner == 2 and again.exchange == "all_gather"
 
 
-def reference_bytes(exchange, n):
-    """Bytes each worker sends over the run, from the ids alone (NumPy): all_to_all pads every block to the
-    largest count of distinct ids any worker asks the owner for, (N - 1) x (W x (8 + 8 dim) + 32) per step;
-    all_gather moves what a row-sharded table does (the ids, two all-reduces of the [global distinct, dim] block)."""
-    total = 0
-    for step in range(sharded_worker.STEPS):
-        ids = [sharded_worker.local_ids(step, t, n).ravel() for t in range(n)]
-        if exchange == "all_to_all":
-            widest = max(len(np.unique(x)) for x in ids)
-            total += (n - 1) * (widest * (8 + 8 * sharded_worker.DIM) + 32)
-        else:
-            distinct = len(np.unique(np.concatenate(ids)))
-            total += (n - 1) * (4 + 8 * ids[0].size) + 2 * (2 * (n - 1) * distinct * sharded_worker.DIM * 4 // n)
-    return total
-
-
 @pytest.mark.slow
 @pytest.mark.parametrize("n, owner, cases", [(2, 1, CASES), (4, 2, ["sgd"])], ids=["2-workers", "4-workers"])
 def test_table_wise_matches_one_replica(tmp_path, n, owner, cases):
@@ -63,6 +47,6 @@ def test_table_wise_matches_one_replica(tmp_path, n, owner, cases):
 
     def check_worker(case, exchange, i, got):
         assert int(got["local_rows"]) == (sharded_worker.VOCAB if i == owner else 0)
-        assert int(got["bytes_sent"]) == reference_bytes(exchange, n), (case, exchange, i)
+        assert int(got["bytes_sent"]) == sharded_worker.reference_bytes(exchange, n, owner), (case, exchange, i)
 
     sharded_worker.assert_workers_match_one_replica(str(tmp_path), n, cases, RTOL, ATOL, check_worker)
