@@ -32,40 +32,29 @@ REGISTER_OP("EmbedoptAllFinite")
 True when no element of `values` is NaN or +-Inf (also for an empty tensor).
 )doc");
 
-// Whether x[0..n) are all finite: an element is NaN or Inf exactly when its
-// exponent bits are all ones, so the largest magnitude bit pattern (sign
-// cleared) decides, and an integer max reduction vectorises.
-inline bool AllFiniteBlock(const float* x, int64_t n) {
-  uint32_t largest = 0;
+// Whether the n values at x, each stored as the unsigned integer type U, are
+// all finite: a value is NaN or Inf exactly when its exponent bits are all
+// ones, so the largest magnitude bit pattern (sign cleared) decides, and an
+// integer max reduction vectorises.
+template <typename U>
+inline bool AllFiniteBits(const void* x, int64_t n, U magnitude_mask, U exponent_mask) {
+  const char* bytes = static_cast<const char*>(x);
+  U largest = 0;
   for (int64_t i = 0; i < n; ++i) {
-    uint32_t bits;
-    std::memcpy(&bits, x + i, sizeof(bits));
-    largest = std::max<uint32_t>(largest, bits & 0x7fffffffu);
+    U bits;
+    std::memcpy(&bits, bytes + i * sizeof(U), sizeof(U));
+    largest = std::max<U>(largest, bits & magnitude_mask);
   }
-  return largest < 0x7f800000u;
+  return largest < exponent_mask;
 }
 
+inline bool AllFiniteBlock(const float* x, int64_t n) { return AllFiniteBits<uint32_t>(x, n, 0x7fffffffu, 0x7f800000u); }
 inline bool AllFiniteBlock(const double* x, int64_t n) {
-  uint64_t largest = 0;
-  for (int64_t i = 0; i < n; ++i) {
-    uint64_t bits;
-    std::memcpy(&bits, x + i, sizeof(bits));
-    largest = std::max<uint64_t>(largest, bits & 0x7fffffffffffffffull);
-  }
-  return largest < 0x7ff0000000000000ull;
+  return AllFiniteBits<uint64_t>(x, n, 0x7fffffffffffffffull, 0x7ff0000000000000ull);
 }
-
-// half and bfloat16: the same test on their 16 bits.
-inline bool AllFinite16(const uint16_t* x, int64_t n, uint16_t exponent) {
-  uint16_t largest = 0;
-  for (int64_t i = 0; i < n; ++i) largest = std::max<uint16_t>(largest, x[i] & 0x7fffu);
-  return largest < exponent;
-}
-inline bool AllFiniteBlock(const Eigen::half* x, int64_t n) {
-  return AllFinite16(reinterpret_cast<const uint16_t*>(x), n, 0x7c00u);
-}
+inline bool AllFiniteBlock(const Eigen::half* x, int64_t n) { return AllFiniteBits<uint16_t>(x, n, 0x7fffu, 0x7c00u); }
 inline bool AllFiniteBlock(const Eigen::bfloat16* x, int64_t n) {
-  return AllFinite16(reinterpret_cast<const uint16_t*>(x), n, 0x7f80u);
+  return AllFiniteBits<uint16_t>(x, n, 0x7fffu, 0x7f80u);
 }
 
 template <typename T>
