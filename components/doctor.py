@@ -57,7 +57,7 @@ def diagnose() -> dict:
     lookup = fast_path.fallback_reason(table)
     paths["SparseEmbedding lookup"] = fast_path.FUSED if lookup is None else f"TF ops: {lookup}"
     return {"versions": _versions(), "devices": devices, "table_device": device,
-            "kernels": {"available": available, "detail": reason, "huge_pages": kernels.huge_pages()},
+            "kernels": {"available": available, "detail": reason, "huge_pages": kernels.huge_pages() if available else "not used (the kernels are not loaded)"},
             "apply_paths": paths}
 
 

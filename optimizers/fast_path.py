@@ -70,7 +70,8 @@ def fallback_reason(variable, dtype=None) -> str | None:
 def use_kernels(variable, dtype=None) -> bool:
     """Whether the fused kernels serve `variable` in the step being traced; logs the reason once if not."""
     reason = fallback_reason(variable, dtype)
-    if reason is not None and not getattr(_local, "disabled", False):
+    # An unavailable library has said why once already (optimizers.kernels.load): one line, not two.
+    if reason is not None and not getattr(_local, "disabled", False) and kernels.load() is not None:
         _warn_once(reason)
     return reason is None
 

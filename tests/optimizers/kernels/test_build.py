@@ -137,3 +137,29 @@ def test_cli_build_into_output_reuses_a_matching_build(kernel_ops, tmp_path):
     result = _cli("build", "--output", str(tmp_path), CXX="/nonexistent/c++")
     assert result.returncode == 0, result.stderr[-2000:]
     assert result.stdout.strip() == str(target)
+
+
+def test_no_compiler_trains_on_the_tf_path_with_one_warning_line(tmp_path):
+    """A fresh process whose compiler is missing: steps run on the TF-ops path, and the reason is logged once,
+    by the library loader, not again by each optimizer that falls back."""
+    code = (
+        "import tensorflow as tf, optimizers\n"
+        "table = optimizers.SparseEmbedding(100, 4)\n"
+        "opt = optimizers.get('adagrad')\n"
+        "ids = tf.constant([[1, 2], [3, 1]])\n"
+        "for _ in range(2):\n"
+        "    with tf.GradientTape() as tape:\n"
+        "        loss = tf.reduce_sum(table(ids))\n"
+        "    opt.apply_gradients(zip(tape.gradient(loss, table.trainable_variables), table.trainable_variables))\n"
+        "print(opt.apply_path(table.embeddings.value))\n"
+    )
+    env = {**os.environ, "CXX": "/nonexistent/c++", "EMBEDOPT_KERNEL_CACHE": str(tmp_path / "cache"),
+           "TF_CPP_MIN_LOG_LEVEL": "2"}
+    env.pop("EMBEDOPT_KERNELS", None)
+    result = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, timeout=300,
+                            env=env)
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert result.stdout.strip() == "TF ops: no C++ compiler: '/nonexistent/c++' (from $CXX, default g++) is not on PATH"
+    warnings = [line for line in result.stderr.splitlines() if "c++" in line.lower() or "TF ops" in line]
+    assert warnings == ["embedopt kernels unavailable, using TF ops: no C++ compiler: '/nonexistent/c++' "
+                        "(from $CXX, default g++) is not on PATH"], result.stderr[-2000:]
