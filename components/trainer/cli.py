@@ -149,7 +149,8 @@ def build_parser() -> argparse.ArgumentParser:
                        "chosen per table from its size, --memory-budget-per-worker, N and the bytes each placement sends "
                        "(small tables data_parallel, the others row_wise, or table_wise where whole on one worker "
                        "it sends no more than row_wise). The plan is logged before "
-                       "training and saved as checkpoints/plan.json. Placements other than data_parallel need one "
+                       "training and saved as checkpoints/plan.json; a restart under another plan or worker count "
+                       "reshards the checkpoint onto it. Placements other than data_parallel need one "
                        "replica per process: --local-workers N or a multi-worker job "
                        f"(default: {defaults.table_sharding})")
     model.add_argument("--memory-budget-per-worker", metavar="BYTES", type=_memory_budget,

@@ -22,7 +22,8 @@ from components.trainer import artifacts
 from components.trainer.early_stopping import (BEST_CHECKPOINT_DIR, HISTORY_FILE, Evaluation, best_index,
                                                history_json, load_history, stop_reason)
 from components.trainer.loop import TrainResult
-from components.trainer.sharding import barrier, place_for
+from components.trainer.checkpoint_places import place_for
+from components.trainer.sharding import barrier
 
 log = logging.getLogger(__name__)
 
@@ -48,8 +49,8 @@ class BestCheckpoint:
         best = best_index([e.auc for e in history])
         if best is not None and not tf.io.gfile.exists(self.path(history[best].step) + ".index"):
             raise ValueError(f"{self.path(history[best].step)} (the best weights so far, step {history[best].step}) "
-                             "is missing: resume a row-sharded run with the number of workers it started with, or use "
-                             "a new model_run_dir")
+                             "is missing: resume a run with split tables with the table plan and number of workers it "
+                             "started with, or use a new model_run_dir")
 
     def save(self, step: int) -> None:
         if self.manager is not None:

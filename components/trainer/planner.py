@@ -50,7 +50,7 @@ SCALAR_SLOTS = {"rowwise_adagrad": 1}
 
 
 class PlanError(ValueError):
-    """A model whose tables cannot be placed within the budget, or a restart with a plan it cannot reshard to."""
+    """A model whose tables cannot be placed within the budget."""
 
 
 @dataclasses.dataclass(frozen=True)
@@ -257,24 +257,3 @@ def _refuse(table: Table, kind: str, need: int, free: int, budget: int, n: int) 
         f"{BYTES_PER_VALUE} bytes = {_gib(whole)}) needs {_gib(need)} per worker as {kind}, but only {_gib(free)} of "
         f"the {_gib(budget)} budget is left over {n} worker(s); use more workers, a larger "
         "--memory-budget-per-worker, fewer rows or --table-sharding row_wise")
-
-
-def check_restart(saved: Plan, current: Plan) -> None:
-    """Raises PlanError when a checkpoint written under `saved` cannot be restored under `current`.
-
-    Only row_wise tables reshard onto another worker count (components/trainer/sharding.py `reshard`); any
-    other change of placement or owner, or of N with a table_wise table, needs a fresh start.
-    """
-    same_layout = saved.layout() == current.layout()
-    only_rows = all(p == ROW_WISE or p == DATA_PARALLEL for p, _ in current.layout())
-    if same_layout and (saved.num_workers == current.num_workers or only_rows):
-        return
-    raise PlanError(
-        f"the checkpoints were written under another table plan ({_summary(saved)}) than this run's "
-        f"({_summary(current)}); only row_wise tables reshard onto another worker count. Restart with the "
-        "first plan (same --table-sharding and worker count), or train into a new --output")
-
-
-def _summary(plan: Plan) -> str:
-    parts = [f"{t.name}={t.placement}" + (f"@{t.owner}" if t.owner is not None else "") for t in plan.tables]
-    return f"N={plan.num_workers}: " + ", ".join(parts)

@@ -1,9 +1,10 @@
 """Build the model and optimizers in the strategy's scope and restore the latest checkpoint, if any.
 
-With row- or table-wise tables every worker saves and restores its own shard
-(and reshards a checkpoint written by another number of workers, see
-sharding.py); mirrored: the chief's checkpoint serves all. The chief (and
-with row sharding every worker) first deletes the temp folders of
+With row- or table-wise tables every worker saves and restores its own part;
+with every table data_parallel the chief's checkpoint serves all
+(checkpoint_places.py). A checkpoint written under another table plan or
+worker count is resharded onto this run's first (reshard.py). The chief
+(and with split tables every worker) first deletes the temp folders of
 checkpoint saves that a kill interrupted.
 
 Before restoring, the chief checks that the checkpoint fits this run (the
@@ -21,12 +22,14 @@ import os
 import tensorflow as tf
 
 from components.trainer import artifacts, resume_check, table_plan
+from components.trainer.checkpoint_places import CheckpointPlace, place_for
 from components.trainer.checkpoint_slots import check_slots_by_name
 from components.trainer.fn_args import TrainerConfig
 from components.trainer.loop import TrainState, build_optimizers
 from components.trainer.loss_scale import DynamicLossScale
 from components.trainer.model import build_model
-from components.trainer.sharding import CheckpointPlace, barrier, place_for, reshard
+from components.trainer.reshard import reshard
+from components.trainer.sharding import barrier
 
 log = logging.getLogger(__name__)
 
@@ -62,7 +65,7 @@ def build_state(strategy, metadata, config: TrainerConfig, plan=None) -> TrainSt
 def build_and_restore(strategy, metadata, config: TrainerConfig, model_run_dir: str, train_steps: int | None,
                       is_chief: bool, metadata_path: str | None = None, plan=None) -> Restored:
     """Raises ValueError when the checkpoint is past `train_steps` (None: early stopping, no fixed end), or does
-    not fit this run (another model, optimizer, id mapping or table plan; see resume_check.py, planner.py)."""
+    not fit this run (another model, optimizer or id mapping; see resume_check.py)."""
     state = build_state(strategy, metadata, config, plan)
     checkpoint = state.checkpoint()
     row_sharded = state.model.sharded
@@ -80,17 +83,25 @@ def build_and_restore(strategy, metadata, config: TrainerConfig, model_run_dir: 
                                           state.dense_optimizer)
         sources = resume_check.check_resume(model_run_dir, record, resume_check.data_source(metadata, metadata_path,
                                                                                             step), point is not None, step)
-    if point and plan is not None:  # after the record's check, which names a changed flag more precisely
-        table_plan.check_saved_plan(model_run_dir, plan)
-    if row_sharded and point and point.reshard_from:
-        barrier(strategy)  # every worker has chosen its resume point before any writes a resharded one
-        log.info("resharding the checkpoint of step %d from %d worker(s) onto %d", point.step, point.reshard_from,
-                 place.num_shards)
-        reshard(place, checkpoint, point)
+    if point and point.source is not None:
+        barrier(strategy)  # every worker has chosen its resume point before any writes
+        if is_chief:
+            place.write_layout()  # before any worker writes a checkpoint into the folder
+        barrier(strategy)
+        log.info("resharding the checkpoint of step %d from %s onto %s", point.step,
+                 point.source.layout.describe(), place.layout.describe())
+        reshard(place, checkpoint, point, state.model.tables, [state.embedding_optimizer, state.dense_optimizer],
+                write=place.layout.split or is_chief)
+        if not place.layout.split:
+            barrier(strategy)  # the chief has written the one checkpoint that every worker restores
+    elif is_chief:
+        place.write_layout()
     if latest:
         check_slots_by_name(latest, {"embedding_optimizer": state.embedding_optimizer,
                                      "dense_optimizer": state.dense_optimizer})
         checkpoint.restore(latest).assert_existing_objects_matched()
+    if is_chief:
+        place.record_layouts()  # the folders from before layout.json, while plan.json still says their plan
     if record is not None:
         resume_check.write_record(model_run_dir, record, sources)
     if is_chief and plan is not None:

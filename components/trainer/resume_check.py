@@ -36,9 +36,10 @@ from components.trainer import artifacts
 log = logging.getLogger(__name__)
 
 RECORD_VERSION = 1
-# TrainerConfig fields a checkpoint is tied to: variable shapes (dims, widths, layout, sharding), slot meaning
-# (optimizers), or what the checkpoint contains (the loss scale of mixed precision).
-STRUCTURE = ("optimizer", "dense_optimizer", "embedding_dim", "table_layout", "table_sharding", "interaction",
+# TrainerConfig fields a checkpoint is tied to: variable shapes (dims, widths, layout), slot meaning (optimizers),
+# or what the checkpoint contains (the loss scale of mixed precision). Not `table_sharding`: a checkpoint of one
+# table plan reshards onto another (components/trainer/reshard.py).
+STRUCTURE = ("optimizer", "dense_optimizer", "embedding_dim", "table_layout", "interaction",
              "bottom_mlp", "top_mlp", "wide", "cross_layers", "cross_rank", "mixed_precision", "table_kind",
              "table_capacity", "admit_after", "eviction", "default_row")
 # Fields that shape variables only under one interaction.

@@ -4,8 +4,8 @@ Every worker computes the same plan (same sizes, N and budget: the default
 budget, what each device reports, is the smallest over the workers, agreed
 with one all-gather), so their tables and collectives match. The chief logs
 it before training and writes `plan.json` next to the checkpoints once the
-restore has passed; a restart whose plan differs is checked against it
-(`planner.check_restart`). `table_placements` and `table_layer` turn a plan's
+restore has passed; a restart under another plan or worker count reshards
+the checkpoint onto its own (components/trainer/reshard.py). `table_placements` and `table_layer` turn a plan's
 layout into the model's layers (`SparseEmbedding`, `ShardedEmbedding`,
 `TableWiseEmbedding`).
 """
@@ -71,14 +71,6 @@ def plan_path(model_run_dir: str) -> str:
     from components.trainer import artifacts
 
     return os.path.join(model_run_dir, artifacts.CHECKPOINT_DIR, PLAN_FILE)
-
-
-def check_saved_plan(model_run_dir: str, plan: planner.Plan) -> None:
-    """Raises PlanError when the checkpoints under `model_run_dir` were written under a plan `plan` cannot restore."""
-    path = plan_path(model_run_dir)
-    if tf.io.gfile.exists(path):
-        with tf.io.gfile.GFile(path) as f:
-            planner.check_restart(planner.Plan.from_json(f.read()), plan)
 
 
 def write_plan(model_run_dir: str, plan: planner.Plan) -> None:

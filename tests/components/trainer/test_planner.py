@@ -129,18 +129,6 @@ def test_plan_json_roundtrip_and_description():
     assert "big" in text and "row_wise" in text and text.count("data_parallel") == 25
 
 
-def test_restart_check_allows_row_wise_resharding_and_refuses_moved_tables():
-    tables = [Table("a", 100, 4), Table("b", 100, 4)]
-    rows2, rows4 = (plan_tables(tables, n, GI, "row_wise") for n in (2, 4))
-    planner.check_restart(rows2, rows4)  # row_wise reshards onto another N
-    tw2, tw4 = (plan_tables(tables, n, GI, "table_wise") for n in (2, 4))
-    planner.check_restart(tw2, tw2)
-    with pytest.raises(PlanError, match=r"N=2: a=table_wise@0.*N=4: a=table_wise@0"):
-        planner.check_restart(tw2, tw4)
-    with pytest.raises(PlanError, match="a=row_wise.*a=table_wise"):
-        planner.check_restart(rows2, tw2)
-
-
 @pytest.mark.parametrize("text, want", [("16Gi", 16 * GI), ("500M", 500 * 10**6), ("1024", 1024), (2048, 2048)])
 def test_budget_quantities(text, want):
     assert planner.parse_budget(text) == want

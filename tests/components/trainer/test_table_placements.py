@@ -91,21 +91,79 @@ def test_each_plan_holds_the_rows_it_says(placements, planted_data):
     assert placements["data_parallel"][1]["embedding_rows_per_replica"] == [sum(sizes)] * 2
 
 
+def _checkpoints(out: str, step: int, workers: int | None) -> list:
+    """Readers of every worker's checkpoint of `step` in the shards folder of `workers` workers under `out`, or
+    of the chief's checkpoint (replicated tables) with `workers=None`."""
+    import tensorflow as tf
+
+    root = os.path.join(out, "model_run", "checkpoints")
+    if workers is None:
+        return [tf.train.load_checkpoint(os.path.join(root, f"ckpt-{step}"))]
+    (folder,) = [f for f in os.listdir(root) if f.startswith("shards-of-") and
+                 json.load(open(os.path.join(root, f, "layout.json"), encoding="utf-8"))["num_workers"] == workers]
+    return [tf.train.load_checkpoint(os.path.join(root, folder, f"shard-{r}", f"ckpt-{step}")) for r in range(workers)]
+
+
+def _whole_tables(readers) -> dict[str, np.ndarray]:
+    """Every table variable and slot of a checkpoint whose tables are whole on one worker (one reader, or
+    table_wise: the owner holds all rows, every other worker none)."""
+    tables = {}
+    for key, shape in readers[0].get_variable_to_shape_map().items():
+        if key.startswith("embedding_optimizer/") and len(shape) == 2:
+            held = [part for part in (r.get_tensor(key) for r in readers) if part.shape[0]]
+            assert len(held) == 1, (key, [r.get_tensor(key).shape for r in readers])
+            tables[key] = held[0]
+    return tables
+
+
 @pytest.mark.slow
-def test_restart_under_another_plan_is_refused_naming_both(placements, planted_data, tmp_path):
+def test_a_table_wise_checkpoint_reshards_onto_one_worker_and_onto_replicated_tables(placements, planted_data,
+                                                                                    tmp_path):
     import shutil
 
-    out = str(tmp_path / "run")
-    shutil.copytree(placements["table_wise"][0], out)
-    # One worker now: every table_wise table's owner would change, which no resharding covers.
-    # The CLI run's model and optimizers (train_cmd), so that only the plan differs.
-    fn_args = make_fn_args(planted_data, out, steps=STEPS + 2, strategy="default", table_layout="per_feature",
-                           table_sharding="table_wise", embedding_dim=8, bottom_mlp=(16,), top_mlp=(16,),
-                           batch_size=64, learning_rate=0.003, dense_learning_rate=1e-3)
-    fn_args.model_run_dir = os.path.join(out, "model_run")
-    with pytest.raises(planner.PlanError, match=r"another table plan \(N=2: .*table_wise@1.*\) than this run's "
-                                                r"\(N=1: .*table_wise@0"):
-        run_fn(fn_args)
+    source = placements["table_wise"][0]
+    want = _whole_tables(_checkpoints(source, STEPS, 2))
+    assert len(want) == 26 * 3  # every table with LazyAdam's m and v
+    for sharding in ("table_wise", "data_parallel"):
+        out = str(tmp_path / sharding)
+        shutil.copytree(os.path.join(source, "model_run"), os.path.join(out, "model_run"))
+        # One worker now, the CLI run's model and optimizers (train_cmd): only the plan and N differ.
+        fn_args = make_fn_args(planted_data, out, steps=STEPS, strategy="default", table_layout="per_feature",
+                               table_sharding=sharding, embedding_dim=8, bottom_mlp=(16,), top_mlp=(16,),
+                               batch_size=64, learning_rate=0.003, dense_learning_rate=1e-3)
+        fn_args.model_run_dir = os.path.join(out, "model_run")
+        fn_args.serving_model_dir = os.path.join(out, "serving_model")
+        metrics = run_fn(fn_args)
+        assert metrics["resumed_from_step"] == STEPS and metrics["steps_this_run"] == 0
+        got = _whole_tables(_checkpoints(out, STEPS, 1 if sharding == "table_wise" else None))
+        assert got.keys() == want.keys()
+        for key in want:
+            np.testing.assert_array_equal(got[key], want[key], err_msg=key)
+        exported, trained = _exported_variables(out), _exported_variables(source)
+        for key in trained:
+            np.testing.assert_array_equal(exported[key], trained[key], err_msg=key)
+
+
+@pytest.mark.slow
+def test_training_goes_on_alike_after_a_restart_under_another_plan(placements, planted_data, tmp_path):
+    import shutil
+
+    runs = {}
+    # table_wise -> row_wise at the same N, and the replicated tables -> table_wise: two steps more each.
+    for first, then in (("table_wise", "row_wise"), ("data_parallel", "table_wise")):
+        out = str(tmp_path / f"{first}-then-{then}")
+        shutil.copytree(os.path.join(placements[first][0], "model_run"), os.path.join(out, "model_run"))
+        metrics, _ = _train_two_workers(planted_data, out, STEPS + 2, *FLAGS, "--table-sharding", then)
+        assert metrics["resumed_from_step"] == STEPS and metrics["steps_this_run"] == 2
+        runs[then] = (out, metrics)
+    (a, ma), (b, mb) = runs["row_wise"], runs["table_wise"]
+    np.testing.assert_allclose(_losses(a)[-2:], _losses(b)[-2:], rtol=RTOL)
+    np.testing.assert_allclose(ma["weights_checksum"], mb["weights_checksum"], rtol=1e-5, atol=1e-6)
+    got, want = _exported_variables(a), _exported_variables(b)
+    for key in want:
+        np.testing.assert_allclose(got[key], want[key], rtol=RTOL, atol=ATOL, err_msg=key)
+    start = _exported_variables(placements["table_wise"][0])
+    assert any(not np.allclose(got[k], start[k]) for k in start)  # the two steps changed the model
 
 
 def test_a_model_that_cannot_fit_is_refused_naming_the_table(planted_data, tmp_path):

@@ -16,7 +16,8 @@ from components.preprocess.metadata import ExamplesLayout, load_metadata
 from components.trainer.fn_args import TrainerConfig
 from components.trainer.model import build_model
 from components.trainer.run import run_fn
-from components.trainer.sharding import CheckpointPlace, whole_table_model
+from components.trainer.checkpoint_places import CheckpointPlace, Layout
+from components.trainer.sharding import whole_table_model
 from tests.components.trainer.test_multi_process import ENV, ROOT, summaries, train_cmd
 from tests.components.trainer.test_run_fn import make_fn_args
 
@@ -129,9 +130,16 @@ def test_two_worker_checkpoint_reshards_onto_one_worker(two_layouts, planted_dat
     got, want = _exported_variables(out), _exported_variables(source)
     for key in want:
         np.testing.assert_array_equal(got[key], want[key], err_msg=key)
-    fn_args = _in_process_args(planted_data, out, STEPS, table_sharding="mirrored")
-    with pytest.raises(ValueError, match=r"--table-sharding row run \(over 1 and 2 worker\(s\)\); this run uses --table-sharding mirrored"):
-        run_fn(fn_args)
+    # Replicated tables now: the chief writes its one checkpoint from the shards; the same model again.
+    shutil.rmtree(os.path.join(out, "serving_model"))
+    metrics = run_fn(_in_process_args(planted_data, out, STEPS, table_sharding="mirrored"))
+    assert metrics["resumed_from_step"] == STEPS and metrics["steps_this_run"] == 0
+    replicated = tf.train.load_checkpoint(os.path.join(out, "model_run", "checkpoints", f"ckpt-{STEPS}"))
+    for key in shards:
+        np.testing.assert_array_equal(replicated.get_tensor(key), new.get_tensor(key), err_msg=key)
+    got = _exported_variables(out)
+    for key in want:
+        np.testing.assert_array_equal(got[key], want[key], err_msg=key)
 
 
 @pytest.mark.slow
@@ -199,27 +207,32 @@ def _touch_checkpoints(directory, steps):
         open(os.path.join(directory, f"ckpt-{step}.index"), "w").close()
 
 
+def _rows(n: int) -> Layout:
+    return Layout(n, (("row_wise", None),))
+
+
 def test_row_restore_takes_the_newest_step_every_shard_holds(tmp_path):
     root = str(tmp_path)
     # Worker 1 was killed while saving step 30: only steps both shards hold are consistent.
     _touch_checkpoints(os.path.join(root, "row-shards-of-2", "shard-0"), [10, 20, 30])
     _touch_checkpoints(os.path.join(root, "row-shards-of-2", "shard-1"), [10, 20])
     for r in range(2):
-        point = CheckpointPlace(root, "row", 2, r).resume_point()
+        point = CheckpointPlace(root, _rows(2), r).resume_point()
         assert point.path == os.path.join(root, "row-shards-of-2", f"shard-{r}", "ckpt-20")
         assert point.step == 20 and point.reshard_from is None
-    assert CheckpointPlace(str(tmp_path / "empty"), "row", 2, 0).resume_point() is None
+    assert CheckpointPlace(str(tmp_path / "empty"), _rows(2), 0).resume_point() is None
     # Three workers now: reshard the newest complete step of the two-worker run.
-    point = CheckpointPlace(root, "row", 3, 2).resume_point()
+    point = CheckpointPlace(root, _rows(3), 2).resume_point()
     assert point.path == os.path.join(root, "row-shards-of-3", "shard-2", "ckpt-20") and point.reshard_from == 2
     # A newer complete step written by three workers wins over the two workers' step 20.
     for r in range(3):
         _touch_checkpoints(os.path.join(root, "row-shards-of-3", f"shard-{r}"), [40])
-    assert CheckpointPlace(root, "row", 2, 1).resume_point().reshard_from == 3
+    assert CheckpointPlace(root, _rows(2), 1).resume_point().reshard_from == 3
 
 
-def test_row_restore_refuses_a_mirrored_checkpoint(tmp_path):
+def test_row_restore_reshards_a_mirrored_checkpoint(tmp_path):
     ckpt = tf.train.Checkpoint(v=tf.Variable(1.0))
     ckpt.save(str(tmp_path / "ckpt"))
-    with pytest.raises(ValueError, match="mirrored run; this run uses --table-sharding row"):
-        CheckpointPlace(str(tmp_path), "row", 2, 0).resume_point()
+    point = CheckpointPlace(str(tmp_path), _rows(2), 1).resume_point()
+    assert point.source.folder is None and point.source.checkpoint(1, 1) == str(tmp_path / "ckpt-1")
+    assert point.path == str(tmp_path / "row-shards-of-2" / "shard-1" / "ckpt-1")
