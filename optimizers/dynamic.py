@@ -25,7 +25,10 @@ Under a `tf.distribute` strategy the policy runs once per step, in a
 `merge_call`, on the global batch's keys (the replicas' distinct keys in
 replica order), and writes every replica's copy of the state: replicas
 admit the same keys in the same order, to the same rows, as one replica on
-the global batch. Outside training the layer only reads: unknown keys get
+the global batch. Across the workers of a MultiWorkerMirroredStrategy the
+replicas all-gather their distinct keys first and every worker runs the
+same policy on them, so each worker holds the same whole table (data
+parallel; a row-sharded dynamic table is not built). Outside training the layer only reads: unknown keys get
 the default. `optimizers/dynamic_policy.py` runs the policy step,
 `optimizers/dynamic_lru.py` keeps the LRU order without a scan of the table,
 and `optimizers/dynamic_ops.py` holds the tensor functions.
@@ -39,7 +42,7 @@ import tensorflow as tf
 
 from optimizers.distributed import local_variable
 from optimizers.dynamic_lru import LruLog
-from optimizers.dynamic_ops import gather_resident, merge_replica_keys
+from optimizers.dynamic_ops import gather_resident, gather_worker_keys, merge_replica_keys, spans_workers
 from optimizers.dynamic_policy import policy_step
 from optimizers.dynamic_training import train_step_with_reset  # noqa: F401  re-exported: part of this module's API
 
@@ -221,21 +224,40 @@ class DynamicEmbedding(keras.layers.Layer):
         the replicas' distinct keys are merged in replica order (the global
         batch's order), the policy runs once in cross-replica context and
         writes every replica's copy of the state, so the replicas admit the
-        same keys in the same order, to the same rows.
+        same keys in the same order, to the same rows. Under a
+        MultiWorkerMirroredStrategy over several workers the replicas first
+        all-gather their distinct keys and counts (`gather_worker_keys`), and
+        every worker runs the same policy on the same global keys, so every
+        worker's copy of the table stays equal to one replica's on the global
+        batch.
         """
         context = tf.distribute.get_replica_context()
         if context is None:  # cross-replica context already: one call serves all replicas
             return policy_step(self, unique, counts)
+        if spans_workers(context.strategy):
+            keys, total, mine = gather_worker_keys(context, unique, counts)
+            return context.merge_call(self._merged_global_step, args=(keys, total, mine))
         return context.merge_call(self._merged_policy_step, args=(unique, counts))
 
     def _merged_policy_step(self, strategy, unique, counts):
         keys, total, parts = merge_replica_keys(strategy, unique, counts)
         rows = policy_step(self, keys, total)
+        return rows if len(parts) == 1 else self._per_replica(strategy, rows, parts)
+
+    def _merged_global_step(self, strategy, keys, total, mine):
+        # Every local replica gathered the same global keys: the policy runs once for this worker.
+        rows = policy_step(self, strategy.experimental_local_results(keys)[0],
+                           strategy.experimental_local_results(total)[0])
+        return self._per_replica(strategy, rows, strategy.experimental_local_results(mine))
+
+    @staticmethod
+    def _per_replica(strategy, rows, parts):
         if len(parts) == 1:
-            return rows
+            return tf.gather(rows, parts[0])
         per_replica = [tf.gather(rows, part) for part in parts]
+        # Replica ids run over every worker; this worker's local replicas are its len(parts) consecutive ones.
         return strategy.experimental_distribute_values_from_function(
-            lambda context: per_replica[context.replica_id_in_sync_group])
+            lambda context: per_replica[context.replica_id_in_sync_group % len(parts)])
 
     # -- optimizer slots ----------------------------------------------------
 

@@ -132,3 +132,37 @@ def merge_replica_keys(strategy, unique, counts):
     total = tf.math.unsorted_segment_sum(tf.concat(countss, axis=0), index, tf.size(keys))
     sizes = [tf.size(u) for u in uniques]
     return keys, total, tf.split(index, sizes)
+
+
+def spans_workers(strategy) -> bool:
+    """Whether `strategy` has replicas in other processes (MultiWorkerMirroredStrategy over several workers)."""
+    if not tf.distribute.has_strategy() or strategy.num_replicas_in_sync == 1:
+        return False
+    return strategy.num_replicas_in_sync > len(strategy.extended.worker_devices)
+
+
+def gather_worker_keys(context, unique, counts):
+    """In replica context, across every replica of every worker: the global batch's distinct keys in
+    first-occurrence order, their counts, and this replica's map into them.
+
+    Each replica's distinct keys (`unique`, in its first-occurrence order) and
+    `counts` are all-gathered in replica order, padded to the largest
+    replica's number, so every replica of every worker computes the same
+    `keys` and `counts`: those of one replica on the global batch. Sends
+    `num_replicas x (most distinct keys of a replica) x 16` bytes per replica.
+
+    Returns:
+        `(keys, counts, mine)`: `mine` gives, for each of this replica's
+        distinct keys, its index in `keys`.
+    """
+    size = tf.size(unique)
+    sizes = context.all_gather(tf.reshape(size, [1]), axis=0)
+    width = tf.reduce_max(sizes)
+    both = tf.stack([tf.pad(unique, [[0, width - size]]), tf.pad(counts, [[0, width - size]])], axis=1)
+    gathered = context.all_gather(both, axis=0)
+    valid = tf.reshape(tf.sequence_mask(sizes, width), [-1])
+    gathered = tf.boolean_mask(gathered, valid)
+    keys, index = tf.unique(gathered[:, 0])
+    total = tf.math.unsorted_segment_sum(gathered[:, 1], index, tf.size(keys))
+    offset = tf.reduce_sum(sizes[:context.replica_id_in_sync_group])
+    return keys, total, index[offset:offset + size]

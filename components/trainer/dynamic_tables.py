@@ -8,12 +8,12 @@ kind's ids is refused before anything is built: a fixed table cannot hold
 
 Replicas: the layer runs its admission and eviction policy once per step,
 on the global batch's keys (a `merge_call` gathers the replicas' keys in
-replica order), and writes every replica's copy of its state, so the
-replicas of a MirroredStrategy (several local devices) admit the same keys
-to the same rows. Across workers there is no key exchange yet: the key ->
-row hash table lives in each worker's process, so a run with several
-workers (`--local-workers`, TF_CONFIG) is refused, and so is row sharding
-(fn_args).
+replica order; across workers the replicas all-gather their distinct keys
+first), and writes every replica's copy of its state, so the replicas of a
+MirroredStrategy (several local devices) and the workers of a multi-worker
+job (`--local-workers`, TF_CONFIG) admit the same keys to the same rows:
+every worker holds the whole table (data_parallel). Row sharding a dynamic
+table is refused (fn_args).
 
 metrics.json gets `dynamic_tables`: per feature key, the table's capacity
 and policy (`admit_after`, `eviction`, `default_row`), `rows_in_use`,
@@ -28,10 +28,8 @@ from __future__ import annotations
 METRICS_KEY = "dynamic_tables"
 
 
-def check_table_kind(config, metadata, metadata_path: str, num_workers: int) -> None:
-    """Raises ValueError when the table kind does not fit the ids of `metadata`, or the run has several workers."""
-    from components.trainer.fn_args import TABLE_KIND
-
+def check_table_kind(config, metadata, metadata_path: str) -> None:
+    """Raises ValueError when the table kind does not fit the ids of `metadata`."""
     fingerprints = metadata.fingerprint_ids
     if config.table_kind == "dynamic" and not fingerprints:
         raise ValueError(f"--table-kind dynamic needs fingerprint ids, but {metadata_path} has id_kind "
@@ -41,11 +39,6 @@ def check_table_kind(config, metadata, metadata_path: str, num_workers: int) -> 
         raise ValueError(f"{metadata_path} holds full 64-bit fingerprint ids (preprocessed with --hash-buckets 0), "
                          "which fixed tables cannot index: train with --table-kind dynamic --table-capacity ROWS, "
                          "or preprocess with --hash-buckets N >= 2 or a vocabulary")
-    if config.table_kind == "dynamic" and num_workers > 1:
-        raise ValueError(f"--table-kind dynamic runs in one worker for now (custom_config {TABLE_KIND!r}): its key "
-                         f"-> row index is not exchanged between workers, and this run has {num_workers} workers. "
-                         "Several devices of one worker are fine (--strategy mirrored); drop --local-workers and "
-                         "TF_CONFIG's other workers")
 
 
 def table_metrics(model) -> dict | None:

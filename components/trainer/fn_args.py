@@ -215,7 +215,8 @@ class TrainerConfig:
                              f"feature; one shared dynamic table is not built yet), got {self.table_layout!r}")
         if self.table_sharding not in ("mirrored", "data_parallel"):
             raise ValueError(f"{TABLE_KIND} 'dynamic' cannot be row-sharded yet ({TABLE_SHARDING} "
-                             f"{self.table_sharding!r}); use 'mirrored' on one device")
+                             f"{self.table_sharding!r}); use data_parallel (alias mirrored): every worker then holds the "
+                             "whole table")
 
     def dynamic_policy(self) -> dict:
         """`optimizers.DynamicEmbedding` keyword arguments of the dynamic tables' policy."""

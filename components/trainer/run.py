@@ -187,7 +187,7 @@ def _prepare(fn_args, config: TrainerConfig, cluster) -> _Job:
     # Reading the files runs TF ops, which MultiWorkerMirroredStrategy must come before.
     check_train_split(train_files, fn_args.train_files, metadata, metadata_path)
     eval_note = empty_eval_note(fn_args.eval_files, metadata, metadata_path)
-    dynamic_tables.check_table_kind(config, metadata, metadata_path, cluster.num_workers)
+    dynamic_tables.check_table_kind(config, metadata, metadata_path)
     if config.batch_size % strategy.num_replicas_in_sync:
         raise ValueError(f"batch_size {config.batch_size} must be a multiple of the "
                          f"{strategy.num_replicas_in_sync} replicas")

@@ -392,11 +392,16 @@ def _replicated_run(strategy, batches, coefs, eviction):
     return layer, optimizer
 
 
-@pytest.mark.parametrize("eviction", ["lru", "lfu"])
-def test_mirrored_matches_single_replica(eviction, mirrored_strategy):
+def replicated_stream():
+    """The global batches (16 keys of 60, Zipf) and loss weights of the replica tests."""
     batches = _stream(21, 14, 16, np.arange(-30, 30, dtype=np.int64) * (2**50 + 7), zipf=0.9)
     rng = np.random.default_rng(2)
-    coefs = [rng.normal(size=(16, 3)).astype(np.float32) for _ in batches]
+    return batches, [rng.normal(size=(16, 3)).astype(np.float32) for _ in batches]
+
+
+@pytest.mark.parametrize("eviction", ["lru", "lfu"])
+def test_mirrored_matches_single_replica(eviction, mirrored_strategy):
+    batches, coefs = replicated_stream()
     two, two_opt = _replicated_run(mirrored_strategy, batches, coefs, eviction)
     one, one_opt = _replicated_run(tf.distribute.get_strategy(), batches, coefs, eviction)
     ref = ReferenceTable(12, admit_after=2, eviction=eviction, sketch_width=2**10)
@@ -454,3 +459,34 @@ def test_gather_resident_gradient_matches_numpy(kernels, case):
     assert sorted(table_grad.indices.numpy().tolist()) == sorted(rows[rows >= 0].tolist())
     np.testing.assert_allclose(tf.convert_to_tensor(default_grad).numpy()[0], upstream[key_rows < 0].sum(axis=0),
                                rtol=1e-6, atol=1e-6)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("eviction", ["lru", "lfu"])
+def test_two_workers_hold_the_table_of_one_replica_on_the_global_batch(eviction, tmp_path):
+    """MultiWorkerMirroredStrategy, 2 real processes: each worker's table equals one replica's on the global
+    batch (state exactly, rows and slots 1e-5), and the policy is the NumPy reference's."""
+    from tests.optimizers.worker_processes import run_workers
+
+    run_workers("tests.optimizers.dynamic_worker", 2, str(tmp_path), eviction, timeout=300)
+    batches, coefs = replicated_stream()
+    one, one_opt = _replicated_run(tf.distribute.get_strategy(), batches, coefs, eviction)
+    ref = ReferenceTable(12, admit_after=2, eviction=eviction, sketch_width=2**10)
+    for keys in batches:
+        ref.train(keys)
+    _check_state(one, ref)
+    assert ref.evictions > 0
+    counters = one.counters()
+    for worker in range(2):
+        got = np.load(tmp_path / f"{eviction}-worker{worker}.npz")
+        np.testing.assert_array_equal(got["counters"], [counters[k] for k in sorted(counters)])
+        assert dict(zip(got["hash_keys"].tolist(), got["hash_rows"].tolist())) == ref.row_of
+        for i, variable in enumerate(one.weights):
+            want = variable.numpy()
+            if variable.dtype == "int64":
+                np.testing.assert_array_equal(got[f"var{i}"], want, err_msg=variable.path)
+            else:
+                np.testing.assert_allclose(got[f"var{i}"], want, rtol=1e-5, atol=1e-6, err_msg=variable.path)
+        for name in ("m", "v"):
+            np.testing.assert_allclose(got["slot:" + name], one_opt.get_slot(one.embeddings, name).numpy(),
+                                       rtol=1e-5, atol=1e-6)

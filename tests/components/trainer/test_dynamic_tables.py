@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import os
+import sys
 
 import numpy as np
 import pytest
@@ -232,14 +233,37 @@ def test_bad_policy_settings_are_refused(config, message):
         TrainerConfig.from_custom_config(config)
 
 
-def test_dynamic_tables_across_workers_are_refused():
-    from types import SimpleNamespace
+def _two_workers(data, out, steps):
+    import subprocess
 
-    from components.trainer.dynamic_tables import check_table_kind
-    from components.trainer.fn_args import TrainerConfig
+    from tests.components.trainer.test_multi_process import ENV, ROOT, summaries
 
-    config = TrainerConfig(table_kind="dynamic", table_capacity=8, table_layout="per_feature")
-    metadata = SimpleNamespace(fingerprint_ids=True, id_kind="fingerprint")
-    with pytest.raises(ValueError, match="runs in one worker.*this run has 2 workers"):
-        check_table_kind(config, metadata, "m.json", num_workers=2)
-    check_table_kind(config, metadata, "m.json", num_workers=1)
+    cmd = [sys.executable, "-m", "components.trainer.cli", "--data", data, "--output", out, "--table-kind", "dynamic",
+           "--table-capacity", str(CAPACITY), "--admit-after", "2", "--train-steps", str(steps), "--checkpoint-every",
+           "3", "--local-workers", "2", "--json", *TINY_FLAGS]
+    proc = subprocess.run(cmd, cwd=ROOT, env=ENV, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    found = summaries(proc.stdout)
+    assert set(found) == {"[worker 0]", "[worker 1]"}, proc.stdout[-3000:]
+    with open(os.path.join(out, "model_run", "metrics.json")) as f:
+        return json.load(f), found
+
+
+@pytest.mark.slow
+def test_two_workers_train_one_table_and_resume_it(trained, tmp_path):
+    """--local-workers 2: both workers hold the same tables (collective checksums), the counters count the global
+    batch once, and a run stopped at step 3 and resumed ends where the uninterrupted one does."""
+    _, data, _, _ = trained
+    whole, workers = _two_workers(data, str(tmp_path / "whole"), STEPS)
+    assert workers["[worker 0]"]["weights_checksum"] == workers["[worker 1]"]["weights_checksum"]
+    assert whole["num_replicas"] == 2
+    for counters in whole["dynamic_tables"].values():
+        assert counters["lookups"] == STEPS * BATCH  # the global batch (--batch-size), counted once
+        assert counters["admissions"] == counters["rows_in_use"] + counters["evictions"]
+    assert sum(c["evictions"] for c in whole["dynamic_tables"].values()) > 0
+    out = str(tmp_path / "resumed")
+    _two_workers(data, out, 3)
+    resumed, _ = _two_workers(data, out, STEPS)
+    assert resumed["resumed_from_step"] == 3
+    assert resumed["dynamic_tables"] == whole["dynamic_tables"]
+    np.testing.assert_allclose(resumed["weights_checksum"], whole["weights_checksum"], rtol=1e-6, atol=1e-7)

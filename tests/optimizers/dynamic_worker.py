@@ -1,0 +1,44 @@
+"""One worker of the multi-worker DynamicEmbedding test (a subprocess, N of them).
+
+Usage: TF_CONFIG=... python -m tests.optimizers.dynamic_worker OUT_DIR EVICTION
+
+Trains `test_dynamic_embedding`'s replicated stream under
+MultiWorkerMirroredStrategy, each worker on its slice of every global batch,
+and saves this worker's table state, rows and LazyAdam slots to
+OUT_DIR/<eviction>-worker<i>.npz.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+import numpy as np  # noqa: E402
+import tensorflow as tf  # noqa: E402
+
+
+def main(out_dir: str, eviction: str) -> None:
+    from tests.optimizers.test_dynamic_embedding import replicated_stream, _replicated_run
+
+    task = json.loads(os.environ["TF_CONFIG"])["task"]["index"]
+    strategy = tf.distribute.MultiWorkerMirroredStrategy(
+        communication_options=tf.distribute.experimental.CommunicationOptions(
+            implementation=tf.distribute.experimental.CommunicationImplementation.RING))
+    batches, coefs = replicated_stream()
+    layer, optimizer = _replicated_run(strategy, batches, coefs, eviction)
+    keys, rows = (t.numpy() for t in layer.key_to_row.export())
+    arrays = {"counters": np.array([layer.counters()[k] for k in sorted(layer.counters())]),
+              "hash_keys": keys, "hash_rows": rows}
+    for i, variable in enumerate(layer.weights):
+        arrays[f"var{i}"] = strategy.experimental_local_results(variable.value)[0].numpy()
+    for name in ("m", "v"):
+        slot = optimizer.get_slot(layer.embeddings, name)
+        arrays["slot:" + name] = strategy.experimental_local_results(slot.value)[0].numpy()
+    np.savez(os.path.join(out_dir, f"{eviction}-worker{task}.npz"), **arrays)
+
+
+if __name__ == "__main__":
+    main(sys.argv[1], sys.argv[2])
