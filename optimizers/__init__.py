@@ -10,6 +10,9 @@ rules; `optimizers.rules` holds each one as a pure function.
 `MultiWorkerMirroredStrategy` job (`optimizers.sharded`), and
 `TableWiseEmbedding` holds a whole table on one of them (`optimizers.table_wise`);
 `RowUniform` initializes any subset of a table's rows alone.
+`DynamicEmbedding` maps raw int64 keys to rows with admission and eviction
+(`optimizers.dynamic`); `ShardedDynamicEmbedding` splits one over the
+workers by key hash (`optimizers.dynamic_sharded`).
 
 `optimizers.legacy` has `SGD`, `Momentum` and `DecayingSGD` for `tf_keras`.
 """
@@ -22,6 +25,7 @@ from optimizers.adagrad import Adagrad, RowWiseAdagrad
 from optimizers.adam import Adam, AdamW, LazyAdam
 from optimizers.base import SparseOptimizer
 from optimizers.dynamic import DynamicEmbedding
+from optimizers.dynamic_sharded import ShardedDynamicEmbedding
 from optimizers.embedding import SparseEmbedding
 from optimizers.ftrl import Ftrl
 from optimizers.initializers import RowUniform
@@ -85,6 +89,7 @@ __all__ = [
     "Momentum",
     "RowUniform",
     "RowWiseAdagrad",
+    "ShardedDynamicEmbedding",
     "ShardedEmbedding",
     "SparseEmbedding",
     "SparseOptimizer",

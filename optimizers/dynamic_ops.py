@@ -109,6 +109,8 @@ def write_all(variable, update_fn):
     Call it in cross-replica context (a `merge_call` function, or outside any
     strategy), where `DynamicEmbedding` runs its policy once for all replicas.
     """
+    if not isinstance(variable, tf.distribute.DistributedValues):  # a per-process variable (a sharded table's)
+        return update_fn(variable)
     return tf.distribute.get_strategy().extended.update(variable, update_fn, group=True)
 
 
@@ -166,3 +168,16 @@ def gather_worker_keys(context, unique, counts):
     total = tf.math.unsorted_segment_sum(gathered[:, 1], index, tf.size(keys))
     offset = tf.reduce_sum(sizes[:context.replica_id_in_sync_group])
     return keys, total, index[offset:offset + size]
+
+
+def owner_of(keys: tf.Tensor, num_shards: int) -> tf.Tensor:
+    """int64: the worker that owns each key of a hash-sharded dynamic table, `SplitMix64(key) >> 33 mod N`.
+
+    The finalizer of `sketch_buckets` with no offset (the sketch rows add
+    `(d + 1) * golden`), so owners and sketch columns are independent hashes.
+    """
+    z = tf.bitcast(tf.cast(keys, tf.int64), tf.uint64)
+    z = (z ^ tf.bitwise.right_shift(z, tf.constant(30, tf.uint64))) * tf.constant(np.uint64(_MIX1))
+    z = (z ^ tf.bitwise.right_shift(z, tf.constant(27, tf.uint64))) * tf.constant(np.uint64(_MIX2))
+    z = z ^ tf.bitwise.right_shift(z, tf.constant(31, tf.uint64))
+    return tf.math.floormod(tf.cast(tf.bitwise.right_shift(z, tf.constant(33, tf.uint64)), tf.int64), num_shards)

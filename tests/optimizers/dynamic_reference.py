@@ -96,3 +96,13 @@ class ReferenceTable:
     def rows(self, keys) -> np.ndarray:
         """Read-only lookup (serving)."""
         return np.array([self.row_of.get(int(k), -1) for k in np.asarray(keys).reshape(-1)], np.int64)
+
+
+def owner(key: int, num_shards: int) -> int:
+    """The worker owning `key` in a hash-sharded table: SplitMix64(key) (no offset) >> 33, mod N."""
+    with np.errstate(over="ignore"):
+        z = np.array([key], dtype=np.int64).view(np.uint64)[0]
+        z = (z ^ (z >> np.uint64(30))) * MIX1
+        z = (z ^ (z >> np.uint64(27))) * MIX2
+        z = z ^ (z >> np.uint64(31))
+    return int(z >> np.uint64(33)) % num_shards
