@@ -125,7 +125,8 @@ def build_parser() -> argparse.ArgumentParser:
                        "feature keyed by full fingerprints (data from `embedopt preprocess --hash-buckets 0`), "
                        "--table-capacity rows each, a key admitted after --admit-after sightings, --eviction "
                        "choosing the key that loses its row when full, unseen or evicted keys reading --default-row; "
-                       "per_feature layout, one worker (several local devices are fine) (docs/dynamic_tables.md)")
+                       "per_feature layout; with several workers each holds the whole table, or with --table-sharding "
+                       "row_wise the keys that hash to it (docs/dynamic_tables.md)")
     model.add_argument("--table-capacity", metavar="ROWS|C<i>:ROWS[,...]",
                        help="with --table-kind dynamic: rows of each table: ROWS for every feature, C<i>:ROWS per raw "
                        "column, or both (100000,C3:5000)")

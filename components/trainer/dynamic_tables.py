@@ -41,16 +41,40 @@ def check_table_kind(config, metadata, metadata_path: str) -> None:
                          "or preprocess with --hash-buckets N >= 2 or a vocabulary")
 
 
-def table_metrics(model) -> dict | None:
-    """Per feature key, the dynamic table's counters and default share; None with fixed tables."""
+def split_tables(model) -> list:
+    """The model's dynamic tables split over several workers by key hash (`--table-sharding row_wise`)."""
+    from optimizers.dynamic_sharded import ShardedDynamicEmbedding
+
+    tables = model.dynamic_tables() if hasattr(model, "dynamic_tables") else []
+    return [t for t in tables if isinstance(t, ShardedDynamicEmbedding) and t.spec.num_shards > 1]
+
+
+def table_metrics(model, strategy=None) -> dict | None:
+    """Per feature key, the dynamic table's counters and default share; None with fixed tables.
+
+    Tables split by key hash report the sum over their owners (one all-gather: every worker must call it) and
+    their whole capacity."""
     tables = model.dynamic_tables() if hasattr(model, "dynamic_tables") else []
     if not tables:
         return None
+    names = ("rows_in_use", "admissions", "evictions", "default_lookups", "lookups")
+    summed = {}
+    if split_tables(model):
+        import numpy as np
+        import tensorflow as tf
+
+        from components.trainer.sharding import gather_per_replica
+
+        local = [[getattr(t, name).value for name in names] for t in tables]
+        # [workers, tables, counters]: each owner's counters of its own keys.
+        gathered = np.array(gather_per_replica(strategy, lambda: tf.stack(local)[None]))
+        summed = {i: dict(zip(names, (int(v) for v in gathered[:, i].sum(axis=0)))) for i in range(len(tables))}
     out = {}
-    for key, table in zip(model.categorical_keys, tables):
-        counters = table.counters()
+    for i, (key, table) in enumerate(zip(model.categorical_keys, tables)):
+        counters = summed.get(i) or table.counters()
         lookups = counters["lookups"]
-        out[key] = {"capacity": int(table.capacity), "admit_after": int(table.admit_after),
+        out[key] = {"capacity": int(getattr(table, "total_capacity", table.capacity)),
+                    "admit_after": int(table.admit_after),
                     "eviction": table.eviction, "default_row": table.default, "rows_in_use": counters["rows_in_use"],
                     "admissions": counters["admissions"], "evictions": counters["evictions"],
                     "lookups": lookups, "default_lookups": counters["default_lookups"],
@@ -74,3 +98,52 @@ def report_lines(metrics: dict) -> list[str]:
         lines.append(f"    {key:<8} rows {t['rows_in_use']:,}/{t['capacity']:,}  admitted {t['admissions']:,}  "
                      f"evicted {t['evictions']:,}  default {default}")
     return lines
+
+
+def whole_dynamic_model(strategy, model, metadata, config, is_chief: bool):
+    """On the chief: a copy of `model` whose dynamic tables are whole, with every owner's keys and rows; None on
+    the other workers. Every worker must call it (the gathers are collectives).
+
+    Each whole table has N x ceil(capacity / N) rows, what the owners hold together, so no key is dropped;
+    serving reads only the keys and rows (policy state is not copied)."""
+    import dataclasses
+    import math
+
+    import numpy as np
+    import tensorflow as tf
+
+    from components.preprocess.metadata import RAW_CATEGORICAL
+    from components.trainer.model import build_model
+
+    tables = model.dynamic_tables()
+    n = tables[0].spec.num_shards
+    twin = None
+    if is_chief:
+        capacities = config.capacities(metadata.categorical_keys)
+        raw = [RAW_CATEGORICAL[i] if i < len(RAW_CATEGORICAL) else key
+               for i, key in enumerate(metadata.categorical_keys)]
+        whole = ",".join(f"{r}:{n * math.ceil(c / n)}" for r, c in zip(raw, capacities))
+        twin = build_model(metadata, dataclasses.replace(config, table_capacity=whole), table_sharding="mirrored")
+        for target, source in zip(twin.dense_variables(), model.dense_variables()):
+            target.assign(source.numpy())
+
+    @tf.function
+    def gather(fn):
+        return strategy.gather(strategy.run(fn), axis=0)
+
+    for i, table in enumerate(tables):
+        # Every owner's whole (equal-sized) variables, and how many rows of each are in use.
+        used = gather(lambda t=table: tf.reshape(t.rows_in_use.value, [1])).numpy()
+        keys = gather(lambda t=table: t.row_keys.value).numpy().reshape(n, -1)
+        rows = gather(lambda t=table: t.embeddings.value).numpy().reshape(n, table.capacity, -1)
+        if twin is None:
+            continue
+        target = twin.tables[i]
+        all_keys = np.concatenate([keys[w, :used[w]] for w in range(n)])
+        target.row_keys.assign(np.pad(all_keys, (0, target.capacity - len(all_keys))))
+        target.embeddings.assign(np.concatenate([rows[w, :used[w]] for w in range(n)] +
+                                                [np.zeros((target.capacity - len(all_keys), rows.shape[2]),
+                                                          rows.dtype)]))
+        target.rows_in_use.assign(len(all_keys))
+        target.rebuild_index()
+    return twin

@@ -213,10 +213,10 @@ class TrainerConfig:
         if self.table_layout != "per_feature":
             raise ValueError(f"{TABLE_KIND} 'dynamic' needs {TABLE_LAYOUT} 'per_feature' (a dynamic table per "
                              f"feature; one shared dynamic table is not built yet), got {self.table_layout!r}")
-        if self.table_sharding not in ("mirrored", "data_parallel"):
-            raise ValueError(f"{TABLE_KIND} 'dynamic' cannot be row-sharded yet ({TABLE_SHARDING} "
-                             f"{self.table_sharding!r}); use data_parallel (alias mirrored): every worker then holds the "
-                             "whole table")
+        if self.table_sharding not in ("mirrored", "data_parallel", "row", "row_wise"):
+            raise ValueError(f"{TABLE_KIND} 'dynamic' takes {TABLE_SHARDING} data_parallel (alias mirrored: every "
+                             "worker holds the whole table) or row_wise (alias row: each worker the keys that hash "
+                             f"to it), got {self.table_sharding!r}")
 
     def dynamic_policy(self) -> dict:
         """`optimizers.DynamicEmbedding` keyword arguments of the dynamic tables' policy."""

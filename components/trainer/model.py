@@ -142,14 +142,18 @@ class DLRM(keras.Model):
             self.tables = [tables(0, sum(self.vocab_sizes), width, embeddings_initializer=init(0),
                                   name="shared_table", combiner=combiner)]
         elif table_layout == "per_feature" and table_kind == "dynamic":
-            if any(p != planner.DATA_PARALLEL for p, _ in self.placements):
-                raise ValueError(f"dynamic tables cannot be sharded yet, got table_sharding {table_sharding!r}")
+            kinds = {p for p, _ in self.placements}
+            if kinds not in ({planner.DATA_PARALLEL}, {planner.ROW_WISE}):
+                raise ValueError(f"dynamic tables are data_parallel or row_wise, got table_sharding {table_sharding!r}")
             capacities = list(table_capacities or ())
             if len(capacities) != len(self.categorical_keys):
                 raise ValueError(f"table_capacities {capacities} must give one capacity per categorical key "
                                  f"({len(self.categorical_keys)})")
+            # row_wise: split by key hash over the workers (optimizers/dynamic_sharded.py).
+            dynamic = (optimizers.ShardedDynamicEmbedding if kinds == {planner.ROW_WISE} else
+                       optimizers.DynamicEmbedding)
             self.tables = [
-                optimizers.DynamicEmbedding(width, capacity, init_scale=EMBEDDING_INIT_SCALE,
+                dynamic(width, capacity, init_scale=EMBEDDING_INIT_SCALE,
                                             seed=(seed * 1000 + i) % 2**63, name=f"table_{key}",
                                             **(dynamic_policy or {}))
                 for i, (key, capacity) in enumerate(zip(self.categorical_keys, capacities))

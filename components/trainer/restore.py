@@ -83,6 +83,12 @@ def build_and_restore(strategy, metadata, config: TrainerConfig, model_run_dir: 
                                           state.dense_optimizer)
         sources = resume_check.check_resume(model_run_dir, record, resume_check.data_source(metadata, metadata_path,
                                                                                             step), point is not None, step)
+    if point and point.source is not None and state.model.table_kind == "dynamic":
+        raise ValueError(
+            f"the checkpoint of step {point.step} was written with dynamic tables {point.source.layout.describe()}, "
+            f"and this run's are {place.layout.describe()}: dynamic tables resume only with the --table-sharding "
+            "and worker count they were written with (their keys are owned by hash, not by id). Resume with "
+            "those, or use a new model_run_dir")
     if point and point.source is not None:
         barrier(strategy)  # every worker has chosen its resume point before any writes
         if is_chief:

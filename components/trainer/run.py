@@ -51,7 +51,7 @@ from components.trainer.export import export_saved_model
 from components.trainer.fn_args import TrainerConfig, check_fn_args
 from components.trainer.inputs import check_train_split, distributed_dataset, empty_eval_note, load_run_metadata
 from components.trainer.loop import evaluate, make_predict_step, make_train_step, train
-from components.trainer.planner import DATA_PARALLEL, Plan
+from components.trainer.planner import DATA_PARALLEL, Plan, canonical
 from components.trainer.restore import Restored, build_and_restore
 from components.trainer.table_plan import make_plan
 from components.trainer.sharding import rows_per_replica, weights_checksum, whole_table_model
@@ -122,7 +122,9 @@ class _Job:
     @property
     def row_sharded(self) -> bool:
         """Any table split over the workers (row_wise or table_wise): each worker checkpoints its part."""
-        return self.plan is not None and any(p != DATA_PARALLEL for p, _ in self.plan.layout())
+        if self.plan is None:  # dynamic tables: row_wise splits them by key hash
+            return canonical(self.config.table_sharding) != DATA_PARALLEL
+        return any(p != DATA_PARALLEL for p, _ in self.plan.layout())
 
     @property
     def run_dir(self) -> str:
@@ -168,7 +170,7 @@ def _run(fn_args, config: TrainerConfig, cluster) -> dict:
     with _timed(phases, "export"):
         _export(job, restored.model)
     metrics.update(_run_metrics(job, restored, result, phases))
-    tables = dynamic_tables.table_metrics(restored.model)
+    tables = dynamic_tables.table_metrics(restored.model, job.strategy)
     if tables is not None:  # only for dynamic tables, so a fixed-table run's metrics.json keeps its fields
         metrics[dynamic_tables.METRICS_KEY] = tables
     if job.is_chief and config.baseline and not job.eval_note:
@@ -269,8 +271,12 @@ def _evaluate(job: _Job, model, eval_ds, phases: dict[str, float], predict_step=
 def _export(job: _Job, model) -> None:
     """The SavedModel into the serving dir, with the preprocessing assets beside metadata.json."""
     # Row sharding: the chief exports a copy with the tables gathered whole; the others only send their shards.
-    export_model = (whole_table_model(job.strategy, model, job.metadata, job.config, job.is_chief)
-                    if job.row_sharded else model)
+    if dynamic_tables.split_tables(model):
+        export_model = dynamic_tables.whole_dynamic_model(job.strategy, model, job.metadata, job.config, job.is_chief)
+    elif job.row_sharded:
+        export_model = whole_table_model(job.strategy, model, job.metadata, job.config, job.is_chief)
+    else:
+        export_model = model
     if export_model is not None:
         path = job.metadata_path
         export_saved_model(export_model, job.metadata, job.serving_dir,

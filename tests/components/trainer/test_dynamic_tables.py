@@ -161,8 +161,8 @@ def test_table_kind_must_match_the_ids(tmp_path, capsys, kind, hash_buckets, mes
 @pytest.mark.parametrize("config, message", [
     ({"table_kind": "dynamic"}, "needs table_capacity"),
     ({"table_kind": "dynamic", "table_capacity": 8}, "needs table_layout 'per_feature'"),
-    ({"table_kind": "dynamic", "table_capacity": 8, "table_layout": "per_feature", "table_sharding": "row"},
-     "cannot be row-sharded"),
+    ({"table_kind": "dynamic", "table_capacity": 8, "table_layout": "per_feature", "table_sharding": "table_wise"},
+     "takes table_sharding data_parallel .* or row_wise"),
     ({"table_kind": "dynamic", "table_capacity": "C1:0", "table_layout": "per_feature"}, "N >= 1"),
     ({"table_capacity": 8}, "needs table_kind 'dynamic'"),
     ({"table_kind": "hashed"}, "table_kind must be one of"),
@@ -233,14 +233,14 @@ def test_bad_policy_settings_are_refused(config, message):
         TrainerConfig.from_custom_config(config)
 
 
-def _two_workers(data, out, steps):
+def _two_workers(data, out, steps, *extra):
     import subprocess
 
     from tests.components.trainer.test_multi_process import ENV, ROOT, summaries
 
     cmd = [sys.executable, "-m", "components.trainer.cli", "--data", data, "--output", out, "--table-kind", "dynamic",
            "--table-capacity", str(CAPACITY), "--admit-after", "2", "--train-steps", str(steps), "--checkpoint-every",
-           "3", "--local-workers", "2", "--json", *TINY_FLAGS]
+           "3", "--local-workers", "2", "--json", *extra, *TINY_FLAGS]
     proc = subprocess.run(cmd, cwd=ROOT, env=ENV, capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     found = summaries(proc.stdout)
@@ -267,3 +267,44 @@ def test_two_workers_train_one_table_and_resume_it(trained, tmp_path):
     assert resumed["resumed_from_step"] == 3
     assert resumed["dynamic_tables"] == whole["dynamic_tables"]
     np.testing.assert_allclose(resumed["weights_checksum"], whole["weights_checksum"], rtol=1e-6, atol=1e-7)
+
+
+@pytest.mark.slow
+def test_two_workers_split_the_tables_by_key_hash(trained, tmp_path, capsys):
+    """--table-sharding row_wise: each worker owns the keys that hash to it; the counters add up to the global
+    batch; the SavedModel holds every owner's keys and rows; a restart on another worker count is refused."""
+    _, data, _, _ = trained
+    out = str(tmp_path / "split")
+    metrics, workers = _two_workers(data, out, STEPS, "--table-sharding", "row_wise")
+    assert workers["[worker 0]"]["weights_checksum"] == workers["[worker 1]"]["weights_checksum"]
+    tables = metrics["dynamic_tables"]
+    assert metrics["embedding_rows_per_replica"] == [len(tables) * (CAPACITY // 2)] * 2
+    for counters in tables.values():
+        assert counters["lookups"] == STEPS * BATCH and counters["capacity"] == CAPACITY
+        assert counters["admissions"] == counters["rows_in_use"] + counters["evictions"]
+    assert sum(c["evictions"] for c in tables.values()) > 0
+    # Every owner's keys and rows, from the two workers' checkpoints, are in the SavedModel.
+    shards = [tf.train.load_checkpoint(os.path.join(out, "model_run", "checkpoints", "row-shards-of-2", f"shard-{r}",
+                                                    f"ckpt-{STEPS}")) for r in range(2)]
+    served = tf.train.load_checkpoint(os.path.join(out, "serving_model", "variables", "variables"))
+    owned = {}
+    for name in sorted(shards[0].get_variable_to_shape_map()):
+        if name.endswith("row_keys/.ATTRIBUTES/VARIABLE_VALUE") or "/row_keys/" in name:
+            used_name = name.replace("row_keys", "rows_in_use")
+            for reader in shards:
+                owned.setdefault(name, []).extend(reader.get_tensor(name)[:reader.get_tensor(used_name)].tolist())
+    assert len(owned) == len(tables)
+    in_use = sorted(len(keys) for keys in owned.values())
+    assert in_use == sorted(c["rows_in_use"] for c in tables.values())
+    exported = {}
+    for name in served.get_variable_to_shape_map():
+        if "row_keys" in name:
+            used = served.get_tensor(name.replace("row_keys", "rows_in_use"))
+            exported[name] = sorted(served.get_tensor(name)[:used].tolist())
+    assert sorted(exported.values()) == sorted(sorted(keys) for keys in owned.values())
+    # One worker now: the keys' owners would change, which no resharding covers.
+    code = cli.main(["--data", data, "--output", out, "--table-kind", "dynamic", "--table-capacity", str(CAPACITY),
+                     "--admit-after", "2", "--table-sharding", "row_wise", "--train-steps", str(STEPS + 3),
+                     *TINY_FLAGS])
+    assert code == 2
+    assert "dynamic tables resume only with the --table-sharding and worker count" in capsys.readouterr().err
