@@ -261,8 +261,15 @@ def test_two_workers_train_one_table_and_resume_it(trained, tmp_path):
         assert counters["lookups"] == STEPS * BATCH  # the global batch (--batch-size), counted once
         assert counters["admissions"] == counters["rows_in_use"] + counters["evictions"]
     assert sum(c["evictions"] for c in whole["dynamic_tables"].values()) > 0
+    # The run as if killed after its step-3 checkpoint: the same folder without what came later.
+    import glob
+    import shutil
+
     out = str(tmp_path / "resumed")
-    _two_workers(data, out, 3)
+    shutil.copytree(str(tmp_path / "whole" / "model_run"), os.path.join(out, "model_run"))
+    checkpoints = os.path.join(out, "model_run", "checkpoints")
+    for path in glob.glob(os.path.join(checkpoints, f"ckpt-{STEPS}.*")) + [os.path.join(checkpoints, "checkpoint")]:
+        os.remove(path)
     resumed, _ = _two_workers(data, out, STEPS)
     assert resumed["resumed_from_step"] == 3
     assert resumed["dynamic_tables"] == whole["dynamic_tables"]
