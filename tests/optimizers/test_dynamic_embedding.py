@@ -364,12 +364,15 @@ def test_lookup_gradient_sums_each_resident_key_once(kernels):
 
 # -- replicas ---------------------------------------------------------------------------------------------------------
 
-def _replicated_run(strategy, batches, coefs, eviction):
-    """Trains a fresh table under `strategy` on global batches split evenly over its replicas; returns the layer."""
+def _replicated_run(strategy, batches, coefs, eviction, make_layer=None):
+    """Trains a fresh table under `strategy` on global batches split evenly over its replicas; returns the layer.
+
+    The table: `make_layer(eviction)`, by default a `DynamicEmbedding` of 12 rows."""
     replicas = strategy.num_replicas_in_sync
     with strategy.scope():
-        layer = DynamicEmbedding(3, capacity=12, admit_after=2, eviction=eviction, default="shared_row",
-                                 sketch_width=2**10, seed=3)
+        layer = (make_layer(eviction) if make_layer else
+                 DynamicEmbedding(3, capacity=12, admit_after=2, eviction=eviction, default="shared_row",
+                                  sketch_width=2**10, seed=3))
         layer.build()
         optimizer = optimizers.LazyAdam(0.05)
         optimizer.build(layer.trainable_variables)

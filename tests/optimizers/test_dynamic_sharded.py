@@ -17,7 +17,7 @@ import optimizers
 from optimizers.dynamic import DynamicEmbedding
 from optimizers.dynamic_sharded import ShardedDynamicEmbedding, shard_seed
 from tests.optimizers.dynamic_reference import ReferenceTable, owner
-from tests.optimizers.test_dynamic_embedding import _check_state, replicated_stream
+from tests.optimizers.test_dynamic_embedding import _check_state, _replicated_run, replicated_stream
 
 CAPACITY, SEED, WORKERS = 12, 3, 2
 POLICY = dict(admit_after=2, sketch_width=2**10)
@@ -25,29 +25,8 @@ POLICY = dict(admit_after=2, sketch_width=2**10)
 
 def sharded_run(strategy, batches, coefs, eviction):
     """Trains a fresh `ShardedDynamicEmbedding` under `strategy`, the global batches split over its replicas."""
-    replicas = strategy.num_replicas_in_sync
-    with strategy.scope():
-        layer = ShardedDynamicEmbedding(3, capacity=CAPACITY, eviction=eviction, seed=SEED, **POLICY)
-        layer.build()
-        optimizer = optimizers.LazyAdam(0.05)
-        optimizer.build(layer.trainable_variables)
-
-    def replica_step(keys, coef):
-        with tf.GradientTape() as tape:
-            loss = tf.reduce_sum(layer(keys, training=True) * coef)
-        grads = tape.gradient(loss, layer.trainable_variables)
-        layer.reset_slots(optimizer)
-        optimizer.apply_gradients(zip(grads, layer.trainable_variables))
-
-    @tf.function
-    def step(keys, coef):
-        split = [strategy.experimental_distribute_values_from_function(
-            lambda ctx, x=x: tf.split(x, replicas)[ctx.replica_id_in_sync_group]) for x in (keys, coef)]
-        strategy.run(replica_step, args=tuple(split))
-
-    for keys, coef in zip(batches, coefs):
-        step(tf.constant(keys), tf.constant(coef))
-    return layer, optimizer
+    return _replicated_run(strategy, batches, coefs, eviction, make_layer=lambda e: ShardedDynamicEmbedding(
+        3, capacity=CAPACITY, eviction=e, seed=SEED, **POLICY))
 
 
 def _routed_run(batches, coefs, eviction):
