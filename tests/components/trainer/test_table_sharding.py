@@ -157,9 +157,15 @@ def test_one_worker_checkpoint_reshards_onto_two_workers(planted_data, tmp_path)
 
 @pytest.mark.slow
 def test_row_sharded_resume_with_two_workers_matches_an_uninterrupted_run(planted_data, tmp_path, two_layouts):
-    _, whole, _ = two_layouts["row"]
+    source, whole, _ = two_layouts["row"]
+    # The uninterrupted run as if both workers were killed after their step-10 checkpoints.
     out = str(tmp_path / "resumed")
-    _train_two_workers(planted_data, out, 10, "--table-sharding", "row")
+    shutil.copytree(os.path.join(source, "model_run"), os.path.join(out, "model_run"))
+    for r in range(2):
+        shard = os.path.join(out, "model_run", "checkpoints", "row-shards-of-2", f"shard-{r}")
+        for name in os.listdir(shard):
+            if not name.startswith("ckpt-10."):
+                os.remove(os.path.join(shard, name))
     resumed, _ = _train_two_workers(planted_data, out, STEPS, "--table-sharding", "row")
     assert resumed["resumed_from_step"] == 10 and resumed["steps"] == STEPS
     np.testing.assert_allclose(resumed["weights_checksum"], whole["weights_checksum"], rtol=1e-5, atol=1e-6)
