@@ -149,19 +149,24 @@ def test_training_goes_on_alike_after_a_restart_under_another_plan(placements, p
     import shutil
 
     runs = {}
-    # table_wise -> row_wise at the same N, and the replicated tables -> table_wise: two steps more each.
-    for first, then in (("table_wise", "row_wise"), ("data_parallel", "table_wise")):
+    # At the same N: split -> split (table_wise -> row_wise), replicated -> split (data_parallel -> table_wise) and
+    # split -> replicated (table_wise -> data_parallel: the chief writes the one checkpoint, the other worker
+    # waits for it); two steps more each.
+    for first, then in (("table_wise", "row_wise"), ("data_parallel", "table_wise"), ("table_wise", "data_parallel")):
         out = str(tmp_path / f"{first}-then-{then}")
         shutil.copytree(os.path.join(placements[first][0], "model_run"), os.path.join(out, "model_run"))
         metrics, _ = _train_two_workers(planted_data, out, STEPS + 2, *FLAGS, "--table-sharding", then)
         assert metrics["resumed_from_step"] == STEPS and metrics["steps_this_run"] == 2
         runs[then] = (out, metrics)
-    (a, ma), (b, mb) = runs["row_wise"], runs["table_wise"]
-    np.testing.assert_allclose(_losses(a)[-2:], _losses(b)[-2:], rtol=RTOL)
-    np.testing.assert_allclose(ma["weights_checksum"], mb["weights_checksum"], rtol=1e-5, atol=1e-6)
-    got, want = _exported_variables(a), _exported_variables(b)
-    for key in want:
-        np.testing.assert_allclose(got[key], want[key], rtol=RTOL, atol=ATOL, err_msg=key)
+    (a, ma) = runs["row_wise"]
+    got = _exported_variables(a)
+    for then in ("table_wise", "data_parallel"):
+        b, mb = runs[then]
+        np.testing.assert_allclose(_losses(a)[-2:], _losses(b)[-2:], rtol=RTOL, err_msg=then)
+        np.testing.assert_allclose(ma["weights_checksum"], mb["weights_checksum"], rtol=1e-5, atol=1e-6, err_msg=then)
+        want = _exported_variables(b)
+        for key in want:
+            np.testing.assert_allclose(got[key], want[key], rtol=RTOL, atol=ATOL, err_msg=f"{then} {key}")
     start = _exported_variables(placements["table_wise"][0])
     assert any(not np.allclose(got[k], start[k]) for k in start)  # the two steps changed the model
 
