@@ -37,9 +37,11 @@ import keras
 import numpy as np
 import tensorflow as tf
 
+from optimizers import fast_path
 from optimizers.distributed import local_variable
+from optimizers.dynamic_index import KeyToRow, NativeIndex
 from optimizers.dynamic_lru import LruLog
-from optimizers.dynamic_ops import gather_resident, merge_replica_keys
+from optimizers.dynamic_ops import gather_resident, merge_replica_keys, pooled_resident
 from optimizers.dynamic_policy import policy_step
 from optimizers.dynamic_training import train_step_with_reset  # noqa: F401  re-exported: part of this module's API
 
@@ -176,8 +178,8 @@ class DynamicEmbedding(keras.layers.Layer):
         self.default_lookups = state("default_lookups", ())
         self.lookups = state("lookups", ())
         with tf.init_scope():  # Keras may build while tracing `call`
-            self.key_to_row = tf.lookup.experimental.MutableHashTable(tf.int64, tf.int64, default_value=-1,
-                                                                      name=f"{self.name}_key_to_row")
+            self.key_to_row = KeyToRow(self.row_keys, self.rows_in_use, name=f"{self.name}_key_to_row")
+        self._native = None  # the kernels' index, made by the first step they serve
         self.built = True
 
     def counters(self) -> dict:
@@ -186,11 +188,22 @@ class DynamicEmbedding(keras.layers.Layer):
         return {name: int(getattr(self, name).numpy()) for name in names}
 
     def rebuild_index(self):
-        """Refills the key -> row hash table from `row_keys` and `rows_in_use` (after `.keras` loading)."""
-        keys, _ = self.key_to_row.export()
-        self.key_to_row.remove(keys)
-        used = self.rows_in_use.value
-        self.key_to_row.insert(self.row_keys.value[:used], tf.range(used, dtype=tf.int64))
+        """Refills the key -> row indexes from `row_keys` and `rows_in_use` (after `.keras` loading)."""
+        self.key_to_row.rebuild()
+        if self._native is not None:
+            self._native.reset()
+
+    def _native_index(self):
+        """The kernels' key -> row index when they serve this layer in the step being traced, else None.
+
+        They do on one replica, where the kernels load (`optimizers.fast_path`);
+        replicated steps keep the TF-ops path, which writes every replica's copy.
+        """
+        if tf.distribute.get_strategy().num_replicas_in_sync > 1 or not fast_path.use_kernels(self.embeddings):
+            return None
+        if self._native is None:
+            self._native = NativeIndex(self.key_to_row, self.row_keys, self.rows_in_use, self.steps, self.name)
+        return self._native
 
     def load_own_variables(self, store):
         super().load_own_variables(store)
@@ -202,20 +215,31 @@ class DynamicEmbedding(keras.layers.Layer):
         if not keys.dtype.is_integer:
             raise TypeError(f"DynamicEmbedding {self.name!r}: keys must be integers, got {keys.dtype.name}")
         keys = tf.cast(keys, tf.int64)
-        unique, position, counts = tf.unique_with_counts(tf.reshape(keys, [-1]))
-        if training:
-            rows = self._policy_in_sync(unique, tf.cast(counts, tf.int64))
+        native = self._native_index()
+        if native is not None:
+            unique, position, counts, rows = native.unique(tf.reshape(keys, [-1]))
         else:
+            unique, position, counts = tf.unique_with_counts(tf.reshape(keys, [-1]))
+            counts, rows = tf.cast(counts, tf.int64), None
+        if training:
+            rows = self._policy_in_sync(unique, counts, rows)
+        elif rows is None:
             rows = tf.reshape(self.key_to_row.lookup(unique), [-1])
         table = local_variable(self.embeddings.value)
-        default = (tf.zeros([1, self.output_dim], table.dtype) if self.default_row is None
-                   else local_variable(self.default_row.value))
-        out = gather_resident(table, default, rows, position)
+        if native is not None and self.default_row is None:
+            out = pooled_resident(table, rows, position)
+        else:
+            default = (tf.zeros([1, self.output_dim], table.dtype) if self.default_row is None
+                       else local_variable(self.default_row.value))
+            out = gather_resident(table, default, rows, position)
         out = tf.reshape(out, tf.concat([tf.shape(keys), [self.output_dim]], axis=0))
         return tf.cast(out, self.compute_dtype)
 
-    def _policy_in_sync(self, unique, counts):
+    def _policy_in_sync(self, unique, counts, rows=None):
         """Runs the policy once, on the global batch's keys, for all replicas; returns the rows of `unique`.
+
+        `rows` are the rows of `unique` already looked up by the native index
+        (one replica), or None: the policy looks them up in the hash table.
 
         In a replica context this is a `merge_call`: under a MirroredStrategy
         the replicas' distinct keys are merged in replica order (the global
@@ -225,12 +249,14 @@ class DynamicEmbedding(keras.layers.Layer):
         """
         context = tf.distribute.get_replica_context()
         if context is None:  # cross-replica context already: one call serves all replicas
-            return policy_step(self, unique, counts)
-        return context.merge_call(self._merged_policy_step, args=(unique, counts))
+            return policy_step(self, unique, counts, rows, self._native if rows is not None else None)
+        return context.merge_call(self._merged_policy_step, args=(unique, counts, rows))
 
-    def _merged_policy_step(self, strategy, unique, counts):
+    def _merged_policy_step(self, strategy, unique, counts, rows):
         keys, total, parts = merge_replica_keys(strategy, unique, counts)
-        rows = policy_step(self, keys, total)
+        if rows is not None:  # the native index's rows: one replica
+            rows = strategy.experimental_local_results(rows)[0]
+        rows = policy_step(self, keys, total, rows, self._native if rows is not None else None)
         if len(parts) == 1:
             return rows
         per_replica = [tf.gather(rows, part) for part in parts]
@@ -256,8 +282,13 @@ class DynamicEmbedding(keras.layers.Layer):
         for name in optimizer.slot_names:
             slot = optimizer.get_slot(self.embeddings, name)
             tail = tuple(slot.shape[1:])
-            initial = keras.initializers.get(optimizer._slot_initializer(name))(shape=(1, *tail), dtype=slot.dtype)
-            values = tf.broadcast_to(tf.reshape(initial, (1, *tail)), tf.concat([tf.shape(rows), tail], axis=0))
+            init = keras.initializers.get(optimizer._slot_initializer(name))
+            if isinstance(init, (keras.initializers.Zeros, keras.initializers.Constant)) and np.ndim(
+                    getattr(init, "value", 0)) == 0:
+                values = tf.constant(getattr(init, "value", 0), slot.dtype)  # a scalar: no [rows, dim] to broadcast
+            else:
+                initial = tf.reshape(init(shape=(1, *tail), dtype=slot.dtype), (1, *tail))
+                values = tf.broadcast_to(initial, tf.concat([tf.shape(rows), tail], axis=0))
             local_variable(slot.value).scatter_update(tf.IndexedSlices(values, rows))
 
     # -- Keras --------------------------------------------------------------

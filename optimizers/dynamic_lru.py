@@ -83,8 +83,11 @@ class LruLog(tf.Module):
             _assign(self.head, head)
             return tf.identity(found)
 
-    def append(self, stamps, rows, step):
-        """Logs `rows` (distinct, all stamped `step` this step) in ascending order, once the log is kept."""
+    def append(self, stamps, rows, step, sort=tf.sort):
+        """Logs `rows` (distinct, all stamped `step` this step) in ascending order, once the log is kept.
+
+        `sort` sorts them (the kernels' radix sort where they run).
+        """
         def append():
             tail = tf.identity(self.tail.value)
             head = tf.identity(self.head.value)
@@ -92,7 +95,7 @@ class LruLog(tf.Module):
             start = tf.cond(tail - head + added > self.size, lambda: self._compact(stamps, head, tail),
                             lambda: tail)
             at = (start + tf.range(added)) % self.size
-            _scatter(self.rows, at, tf.sort(rows))
+            _scatter(self.rows, at, sort(rows))
             _scatter(self.steps, at, tf.fill([added], step))
             _assign(self.tail, start + added)
             return added
