@@ -273,6 +273,7 @@ class DynamicEmbedding(keras.layers.Layer):
         initial values anyway). Needs an embedopt optimizer (`SparseOptimizer`).
         """
         from optimizers.base import SparseOptimizer
+        from optimizers.kernels import ops
 
         if not isinstance(optimizer, SparseOptimizer):
             raise TypeError(f"DynamicEmbedding.reset_slots needs an embedopt optimizer, got {type(optimizer).__name__}")
@@ -283,13 +284,15 @@ class DynamicEmbedding(keras.layers.Layer):
             slot = optimizer.get_slot(self.embeddings, name)
             tail = tuple(slot.shape[1:])
             init = keras.initializers.get(optimizer._slot_initializer(name))
-            if isinstance(init, (keras.initializers.Zeros, keras.initializers.Constant)) and np.ndim(
-                    getattr(init, "value", 0)) == 0:
-                values = tf.constant(getattr(init, "value", 0), slot.dtype)  # a scalar: no [rows, dim] to broadcast
-            else:
-                initial = tf.reshape(init(shape=(1, *tail), dtype=slot.dtype), (1, *tail))
-                values = tf.broadcast_to(initial, tf.concat([tf.shape(rows), tail], axis=0))
-            local_variable(slot.value).scatter_update(tf.IndexedSlices(values, rows))
+            value = getattr(init, "value", 0) if isinstance(init, (keras.initializers.Zeros,
+                                                                   keras.initializers.Constant)) else None
+            target = local_variable(slot.value)
+            if value is not None and np.ndim(value) == 0 and self._native_index() is not None:
+                ops.fill_rows(target, rows, value)  # in place: no [rows, dim] block to build and scatter
+                continue
+            initial = tf.reshape(init(shape=(1, *tail), dtype=slot.dtype), (1, *tail))
+            values = tf.broadcast_to(initial, tf.concat([tf.shape(rows), tail], axis=0))
+            target.scatter_update(tf.IndexedSlices(values, rows))
 
     # -- Keras --------------------------------------------------------------
 

@@ -270,6 +270,13 @@ def sort_rows(rows):
     return _ops().embedopt_sort_rows(rows)
 
 
-__all__ = ["COMBINERS", "HYPERS", "SLOTS", "all_finite", "bags", "dedup", "key_index_export", "key_index_handle",
+
+def fill_rows(variable, rows, value):
+    """Sets the rows `rows` (int64, in range) of `variable` to the scalar `value`, in place. Returns the op."""
+    var = _tf_variable(variable)
+    return _ops().embedopt_fill_rows(var.handle, rows, tf.constant(value, var.dtype))
+
+
+__all__ = ["COMBINERS", "HYPERS", "SLOTS", "all_finite", "bags", "dedup", "fill_rows", "key_index_export", "key_index_handle",
            "key_index_reset", "key_index_unique", "key_index_update", "pooled_lookup", "pooled_lookup_grad", "resident_bags",
            "sort_rows", "sparse_apply"]
