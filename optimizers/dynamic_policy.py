@@ -92,9 +92,11 @@ def policy_step(layer, unique, counts, rows=None, native=None):
             sort = ops.sort_rows
         layer.lru_log.append(layer.row_stamps, tf.concat([resident_rows, new_rows], axis=0), step, sort)
     rows = tf.tensor_scatter_nd_update(rows, new_at[:, None], new_rows)
+    # Lookups that read the default: all but those of resident keys and of the keys admitted now.
+    total = tf.reduce_sum(counts)
+    defaults = total - tf.reduce_sum(tf.boolean_mask(counts, resident)) - tf.reduce_sum(candidate_counts[:num_admit])
     for variable, delta in ((layer.admissions, num_admit), (layer.evictions, num_evict),
-                            (layer.lookups, tf.reduce_sum(counts)),
-                            (layer.default_lookups, tf.reduce_sum(tf.where(rows < 0, counts, 0)))):
+                            (layer.lookups, total), (layer.default_lookups, defaults)):
         assign(variable, variable.value + delta)
     return rows
 
