@@ -1,8 +1,11 @@
 """`DynamicEmbedding`: a fixed-capacity table keyed by raw int64 keys, with admission and eviction.
 
 Each admitted key owns one row of a `[capacity, output_dim]` variable (no
-collisions while the keys fit); a TensorFlow `MutableHashTable` maps key to
-row. The lookup gathers the batch's rows from the variable, so the gradient
+collisions while the keys fit). `row_keys[:rows_in_use]` holds the map;
+where the embedopt kernels run, a native hash index serves it (one op for a
+batch's distinct keys and rows, one for a step's evictions and admissions),
+else TensorFlow's `MutableHashTable` (`optimizers/dynamic_index.py`). The
+lookup gathers the batch's rows from the variable, so the gradient
 is `tf.IndexedSlices` on the row table and every embedopt optimizer, with its
 slots, applies it unchanged. docs/dynamic_tables.md describes the policies.
 
@@ -28,7 +31,8 @@ admit the same keys in the same order, to the same rows, as one replica on
 the global batch. Outside training the layer only reads: unknown keys get
 the default. `optimizers/dynamic_policy.py` runs the policy step,
 `optimizers/dynamic_lru.py` keeps the LRU order without a scan of the table,
-and `optimizers/dynamic_ops.py` holds the tensor functions.
+`optimizers/dynamic_index.py` keeps the two indexes in step with the
+variables, and `optimizers/dynamic_ops.py` holds the tensor functions.
 """
 
 from __future__ import annotations
@@ -66,8 +70,9 @@ class DynamicEmbedding(keras.layers.Layer):
     default: zeros, or one shared trainable row (`default="shared_row"`),
     and its gradient reaches no key row.
 
-    State (all in variables and one hash table, saved by `tf.train.Checkpoint`
-    and by `.keras` files): `embeddings` `[capacity, output_dim]` (trainable),
+    State (in variables and the `MutableHashTable`, whose saved content is
+    read from `row_keys`; saved by `tf.train.Checkpoint` and by `.keras`
+    files; the native index is rebuilt from `row_keys` when needed): `embeddings` `[capacity, output_dim]` (trainable),
     `default_row` `[1, output_dim]` (trainable, shared_row only), `row_keys`,
     `last_seen` (LRU) or `row_counts` (LFU) `[capacity]` int64, the count-min
     `sketch` `[sketch_depth, sketch_width]` int64 (only when `admit_after > 1`),
@@ -76,8 +81,9 @@ class DynamicEmbedding(keras.layers.Layer):
     `evictions`, `default_lookups`, `lookups`, `rows_in_use`, `steps`.
 
     Memory: `capacity * output_dim * 4 * (1 + optimizer slots per element)`
-    bytes + `capacity * 24` (keys, LRU/LFU stamp, assigned rows) + the hash
-    table (about `capacity * 40`) + `sketch_depth * sketch_width * 8` + for
+    bytes + `capacity * 24` (keys, LRU/LFU stamp, assigned rows) + the key
+    index (native: 36 to 68 bytes per row; `MutableHashTable`: about
+    `capacity * 40`, empty on the kernel path) + `sketch_depth * sketch_width * 8` + for
     LRU the eviction log, `capacity * 32`.
 
     Count-min sketch: an estimate never falls below the true count of a
@@ -97,15 +103,16 @@ class DynamicEmbedding(keras.layers.Layer):
     step's (re)assigned rows of every slot of `embeddings` back to the slot's
     initial value, so the new key starts like a fresh row.
 
-    Cost per step: a `tf.unique` of the batch, one hash lookup of its distinct
-    keys, O(batch) sketch and scatter work, a hash insert of the admitted and
-    a remove of the evicted keys. LRU victims come from the eviction log
+    Cost per step: one unique + lookup of the batch's keys (one kernel, or
+    `tf.unique` and a hash lookup), O(batch) sketch and scatter work, an
+    insert of the admitted and a remove of the evicted keys. LRU victims come from the eviction log
     (`optimizers/dynamic_lru.py`): O(batch) amortized, with one O(capacity)
     compaction per at least `capacity` logged reads and one sort of the rows
     when the table first fills. LFU victims are one `top_k` over the
-    `capacity` counts on each step that evicts (O(capacity)). The gradient
-    sums the batch's rows per distinct key with the embedopt kernels' dedup
-    when they load.
+    `capacity` counts on each step that evicts (O(capacity)). On the kernel
+    path the lookup and its gradient are the fixed table's pooled lookup
+    kernels (bags of one; `shared_row` keeps `gather_resident`). Replicated
+    steps take the TF-ops path.
 
     Args:
         output_dim: embedding width, > 0.
