@@ -8,7 +8,7 @@ are caches of that map:
   when the kernels do not load, replicated training, and the exported
   SavedModel (TF ops only). It is the object that checkpoints and `.keras`
   files have always held, under the same name, so older checkpoints restore;
-  what it saves is now read from `row_keys`, whichever index is up to date.
+  it refreshes itself from `row_keys` before it is saved or exported.
 - `NativeIndex` (the `EmbedoptKeyIndex*` kernels) serves the kernel path: one
   op finds a batch's distinct keys, counts and rows, another applies a step's
   evictions and admissions, in place of `tf.unique_with_counts` and the
@@ -30,6 +30,7 @@ import itertools
 
 import tensorflow as tf
 from tensorflow.python.ops import resource_variable_ops  # EagerResourceDeleter: frees the index with its handle
+from tensorflow.python.saved_model import save_context  # no public API tells "tracing for a SavedModel"
 
 _NAMES = itertools.count()
 
@@ -54,8 +55,15 @@ class KeyToRow(tf.lookup.experimental.MutableHashTable):
         return self._row_keys.value[:used], tf.range(used, dtype=tf.int64)
 
     def export(self, name=None):
-        """The current map (from the variables; checkpoints and `.keras` files save this)."""
-        return self.truth() if self._made else super().export(name)
+        """The current map: the table's entries after `refresh` (checkpoints and SavedModels save this)."""
+        if not self._made:
+            return super().export(name)
+        if save_context.in_save_context() or not (tf.executing_eagerly() or tf.inside_function()):
+            # A SavedModel's graph (which cannot reach the variables): it only names the table; the saved content
+            # comes from the eager checkpoint write, which refreshes.
+            return super().export(name)
+        with tf.control_dependencies([self.refresh()]):
+            return super().export(name)
 
     def lookup(self, keys, dynamic_default_values=None, name=None):
         """The rows of `keys` (-1: none), after refilling the table if a kernel-path step emptied it."""
