@@ -11,6 +11,7 @@ import pytest
 import tensorflow as tf
 
 from optimizers import fast_path
+from optimizers import kernels as kernel_library
 from tests.fixtures import make_dynamic_checkpoint as fixture
 
 
@@ -27,7 +28,8 @@ def test_first_cut_checkpoint_restores_and_trains_on(kernels):
             got = fixture.snapshot(pairs)
             assert list(got) == list(expected)
             for path in expected:
-                if kernels == "off" and name == "continued" and expected[path].dtype.kind == "f":
+                fused = kernels == "on" and kernel_library.load() is not None
+                if not fused and name == "continued" and expected[path].dtype.kind == "f":
                     # The fixture's optimizer steps ran the fused kernels: the TF ops round differently.
                     np.testing.assert_allclose(got[path], expected[path], rtol=1e-5, atol=1e-6, err_msg=path)
                 else:
