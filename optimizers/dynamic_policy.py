@@ -67,7 +67,8 @@ def policy_step(layer, unique, counts, rows=None, native=None):
     new_at = candidate_at[:num_admit]
     new_keys = candidate_keys[:num_admit]
     if layer.lru_log is not None:
-        pick = lambda: layer.lru_log.victims(layer.row_stamps, num_evict, step, used)  # noqa: E731
+        pick = lambda: layer.lru_log.victims(layer.row_stamps, num_evict, step, used,  # noqa: E731
+                                             kernels=native is not None)
     else:
         pick = lambda: lfu_victims(layer.row_stamps.value, num_evict, used, resident_rows)  # noqa: E731
     victims = tf.cond(num_evict > 0, pick, lambda: tf.zeros([0], tf.int64))
@@ -85,12 +86,8 @@ def policy_step(layer, unique, counts, rows=None, native=None):
     assign(layer.num_assigned, num_admit)
     assign(layer.rows_in_use, used + num_fresh)
     if layer.lru_log is not None:
-        sort = tf.sort
-        if native is not None:
-            from optimizers.kernels import ops
-
-            sort = ops.sort_rows
-        layer.lru_log.append(layer.row_stamps, tf.concat([resident_rows, new_rows], axis=0), step, sort)
+        layer.lru_log.append(layer.row_stamps, tf.concat([resident_rows, new_rows], axis=0), step,
+                             kernels=native is not None)
     rows = tf.tensor_scatter_nd_update(rows, new_at[:, None], new_rows)
     # Lookups that read the default: all but those of resident keys and of the keys admitted now.
     total = tf.reduce_sum(counts)

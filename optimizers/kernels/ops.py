@@ -265,11 +265,6 @@ def resident_bags(rows, position):
     return tuple(_ops().embedopt_resident_bags(rows, position))
 
 
-def sort_rows(rows):
-    """The non-negative int64 `rows`, ascending (a radix sort; `tf.sort` runs a top_k)."""
-    return _ops().embedopt_sort_rows(rows)
-
-
 
 def fill_rows(variable, rows, value):
     """Sets the rows `rows` (int64, in range) of `variable` to the scalar `value`, in place. Returns the op."""
@@ -277,6 +272,24 @@ def fill_rows(variable, rows, value):
     return _ops().embedopt_fill_rows(var.handle, rows, tf.constant(value, var.dtype))
 
 
+
+def lru_victims(last_seen, log, num_evict, step, used):
+    """The `num_evict` least recently used rows not stamped `step`, consumed from `log` (a `dynamic_lru.LruLog`).
+
+    Updates the log's variables in place (builds the log first if it is not kept yet); see `LruLog.victims`.
+    """
+    return _ops().embedopt_lru_victims(*_log_handles(last_seen, log), num_evict, step, used)
+
+
+def lru_append(last_seen, log, rows, step):
+    """Logs the distinct `rows`, stamped `step`, ascending, in place (compacting first if needed); see `LruLog.append`."""
+    return _ops().embedopt_lru_append(*_log_handles(last_seen, log), rows, step)
+
+
+def _log_handles(last_seen, log):
+    return [_tf_variable(v).handle for v in (last_seen, log.rows, log.steps, log.head, log.tail)]
+
+
 __all__ = ["COMBINERS", "HYPERS", "SLOTS", "all_finite", "bags", "dedup", "fill_rows", "key_index_export", "key_index_handle",
-           "key_index_reset", "key_index_unique", "key_index_update", "pooled_lookup", "pooled_lookup_grad", "resident_bags",
-           "sort_rows", "sparse_apply"]
+           "key_index_reset", "key_index_unique", "key_index_update", "lru_append", "lru_victims", "pooled_lookup", "pooled_lookup_grad", "resident_bags",
+           "sparse_apply"]

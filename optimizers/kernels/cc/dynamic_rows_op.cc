@@ -3,8 +3,6 @@
 //
 //   EmbedoptResidentBags  the bags of one (or none) that feed the pooled lookup:
 //                         gather + compare + cumsum + boolean_mask in one pass;
-//   EmbedoptSortRows      ascending sort of row numbers (the LRU log's append),
-//                         a radix sort where tf.sort runs a top_k;
 //   EmbedoptFillRows      sets rows of a variable (an optimizer slot) to one
 //                         value in place, where a scatter of a scalar walks
 //                         element by element and a broadcast first writes
@@ -75,53 +73,6 @@ class ResidentBagsOp : public OpKernel {
   }
 };
 REGISTER_KERNEL_BUILDER(Name("EmbedoptResidentBags").Device(::tensorflow::DEVICE_CPU), ResidentBagsOp);
-
-REGISTER_OP("EmbedoptSortRows")
-    .Input("rows: int64")
-    .Output("sorted: int64")
-    .SetShapeFn([](InferenceContext* c) {
-      c->set_output(0, c->input(0));
-      return absl::OkStatus();
-    })
-    .Doc("`rows` (each >= 0) in ascending order.");
-
-class SortRowsOp : public OpKernel {
- public:
-  explicit SortRowsOp(OpKernelConstruction* ctx) : OpKernel(ctx) {}
-
-  void Compute(OpKernelContext* ctx) override {
-    const Tensor& rows_in = ctx->input(0);
-    OP_REQUIRES_OK(ctx, CheckIdVector("rows", rows_in));
-    const int64_t n = rows_in.NumElements();
-    const int64_t* rows = rows_in.flat<int64_t>().data();
-    int64_t largest = 0;
-    for (int64_t i = 0; i < n; ++i) {
-      OP_REQUIRES(ctx, rows[i] >= 0, absl::InvalidArgumentError(absl::StrCat("rows[", i, "] = ", rows[i], " < 0")));
-      largest = std::max(largest, rows[i]);
-    }
-    Tensor* sorted_out = nullptr;
-    OP_REQUIRES_OK(ctx, ctx->allocate_output(0, rows_in.shape(), &sorted_out));
-    int64_t* sorted = sorted_out->flat<int64_t>().data();
-    // LSD radix sort, 11 bits a pass: rows below 2^22 (4M) take two passes.
-    constexpr int kBits = 11;
-    std::vector<int64_t> buffer(n);
-    const int64_t* from = rows;
-    int passes = 0;
-    for (int shift = 0; shift == 0 || (largest >> shift) != 0; shift += kBits) ++passes;
-    // Each pass writes into the other array; start so that the last pass lands in `sorted`.
-    int64_t* to = passes % 2 == 1 ? sorted : buffer.data();
-    for (int pass = 0, shift = 0; pass < passes; ++pass, shift += kBits) {
-      int64_t count[(1 << kBits) + 1] = {0};
-      for (int64_t i = 0; i < n; ++i) ++count[((from[i] >> shift) & ((1 << kBits) - 1)) + 1];
-      for (int d = 0; d < (1 << kBits); ++d) count[d + 1] += count[d];
-      for (int64_t i = 0; i < n; ++i) to[count[(from[i] >> shift) & ((1 << kBits) - 1)]++] = from[i];
-      from = to;
-      to = to == sorted ? buffer.data() : sorted;
-    }
-    if (n > 0 && from != sorted) std::copy(from, from + n, sorted);
-  }
-};
-REGISTER_KERNEL_BUILDER(Name("EmbedoptSortRows").Device(::tensorflow::DEVICE_CPU), SortRowsOp);
 
 REGISTER_OP("EmbedoptFillRows")
     .Input("var: resource")

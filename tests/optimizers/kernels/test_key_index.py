@@ -126,12 +126,6 @@ def test_resident_bags_match_numpy(kernel_ops):
         ops.resident_bags(tf.constant(rows), tf.constant([0, 5], tf.int32))
 
 
-@pytest.mark.parametrize("largest", [0, 2000, 2**21, 2**40])
-def test_sort_rows_matches_numpy(kernel_ops, largest):
-    rows = np.random.default_rng(largest % 97).integers(0, largest + 1, 3001).astype(np.int64)
-    np.testing.assert_array_equal(ops.sort_rows(tf.constant(rows)).numpy(), np.sort(rows))
-
-
 @pytest.mark.parametrize("dtype", ["float32", "float64", "float16", "bfloat16"])
 def test_fill_rows_sets_only_those_rows(kernel_ops, dtype):
     start = np.arange(24, dtype=np.float32).reshape(6, 4)
