@@ -94,11 +94,11 @@ REASONS: list[tuple[str, str]] = [
         "open-addressing index (optimizers/kernels/cc/dynamic_table_op.cc): one op for the batch's distinct keys, "
         "counts and rows, one for a step's evictions and admissions, in place of tf.unique_with_counts and the "
         "MutableHashTable's single-threaded lookup/remove/insert (~10 ms of op time a step at 12k evictions); its "
-        "lookup and gradient are the fixed table's pooled kernels; slot resets and the LRU log's sort are kernels "
-        "too. What is left on steps that admit and evict thousands of keys: the new rows' stateless-uniform init "
-        "(Philox, kept so the TF path and older checkpoints draw the same bits), the LRU victims' while loop and "
-        "~100 small policy ops. Fix for the rest: the whole policy (LRU log, stamps, sketch, counters) as one "
-        "kernel writing the state variables in place.")),
+        "lookup and gradient are the fixed table's pooled kernels; slot resets and the LRU log (victims, append) "
+        "are kernels too. What is left on steps that admit and evict thousands of keys: the new rows' "
+        "stateless-uniform init (~2.4 ms; Philox, kept so the TF path and older checkpoints draw the same bits) "
+        "and ~60 small policy ops (stamp and key scatters, admission arithmetic). Fix for the rest: the whole "
+        "policy (stamps, keys, sketch, counters) as one kernel writing the state variables in place.")),
     (r"^apply_bandwidth", (
         "With the fused kernel the apply reads each touched row of the variable and its slots once and writes it "
         "once, in parallel over rows, prefetching ahead (0.54-0.65 of memcpy for SGD, Momentum, Adagrad, LazyAdam "
