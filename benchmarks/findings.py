@@ -90,17 +90,15 @@ REASONS: list[tuple[str, str]] = [
         "values so parsing handles 3 features instead of 28.")),
     (r"^fused_step", FUSED_STEP),
     (r"^dynamic_tables: dynamic / fixed step", (
-        "The fixed step is one fused lookup and its fused gradient; the dynamic step adds a tf.unique_with_counts "
-        "of the batch's keys and a MutableHashTable lookup of the distinct ones (~3 ms at 4096 x 26 keys, 2 "
-        "cores), the stamp scatters, and on steps that admit and evict a hash insert and remove (~4-7 ms of "
-        "single-threaded table work for 12k keys), the new rows' stateless-uniform init (~2 ms for 12k x 32) "
-        "and the slot resets, spread over ~150 small TF ops. Fixed since the first cut (2.3-2.5x and 3.5-3.9x "
-        "before): TF's gradient of the lookup (concat + gather, its unsorted_segment_sum ~30 ms for 106k x 32 "
-        "on 2 cores) replaced by one custom gradient that sums rows per key with the fixed table's gradient "
-        "kernel; the LRU top_k over `capacity` replaced by an eviction log in (step, row) order (O(batch) "
-        "amortized, exact LRU; LFU keeps its top_k on evicting steps). Fix for the rest: one kernel for "
-        "unique + lookup + insert/remove + row init (an open-addressing table probed once per key), in a new "
-        "optimizers/kernels/cc/dynamic_table_op.cc; DenseHashTable measured no faster than MutableHashTable.")),
+        "The fixed step is one fused lookup and its fused gradient. The dynamic step's key -> row map is a native "
+        "open-addressing index (optimizers/kernels/cc/dynamic_table_op.cc): one op for the batch's distinct keys, "
+        "counts and rows, one for a step's evictions and admissions, in place of tf.unique_with_counts and the "
+        "MutableHashTable's single-threaded lookup/remove/insert (~10 ms of op time a step at 12k evictions); its "
+        "lookup and gradient are the fixed table's pooled kernels; slot resets and the LRU log (victims, append) "
+        "are kernels too. What is left on steps that admit and evict thousands of keys: the new rows' "
+        "stateless-uniform init (~2.4 ms; Philox, kept so the TF path and older checkpoints draw the same bits) "
+        "and ~60 small policy ops (stamp and key scatters, admission arithmetic). Fix for the rest: the whole "
+        "policy (stamps, keys, sketch, counters) as one kernel writing the state variables in place.")),
     (r"^apply_bandwidth", (
         "With the fused kernel the apply reads each touched row of the variable and its slots once and writes it "
         "once, in parallel over rows, prefetching ahead (0.54-0.65 of memcpy for SGD, Momentum, Adagrad, LazyAdam "

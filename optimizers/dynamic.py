@@ -1,8 +1,11 @@
 """`DynamicEmbedding`: a fixed-capacity table keyed by raw int64 keys, with admission and eviction.
 
 Each admitted key owns one row of a `[capacity, output_dim]` variable (no
-collisions while the keys fit); a TensorFlow `MutableHashTable` maps key to
-row. The lookup gathers the batch's rows from the variable, so the gradient
+collisions while the keys fit). `row_keys[:rows_in_use]` holds the map;
+where the embedopt kernels run, a native hash index serves it (one op for a
+batch's distinct keys and rows, one for a step's evictions and admissions),
+else TensorFlow's `MutableHashTable` (`optimizers/dynamic_index.py`). The
+lookup gathers the batch's rows from the variable, so the gradient
 is `tf.IndexedSlices` on the row table and every embedopt optimizer, with its
 slots, applies it unchanged. docs/dynamic_tables.md describes the policies.
 
@@ -31,7 +34,8 @@ same policy on them, so each worker holds the same whole table (data
 parallel; a row-sharded dynamic table is not built). Outside training the layer only reads: unknown keys get
 the default. `optimizers/dynamic_policy.py` runs the policy step,
 `optimizers/dynamic_lru.py` keeps the LRU order without a scan of the table,
-and `optimizers/dynamic_ops.py` holds the tensor functions.
+`optimizers/dynamic_index.py` keeps the two indexes in step with the
+variables, and `optimizers/dynamic_ops.py` holds the tensor functions.
 """
 
 from __future__ import annotations
@@ -40,9 +44,12 @@ import keras
 import numpy as np
 import tensorflow as tf
 
+from optimizers import fast_path
 from optimizers.distributed import local_variable
+from optimizers.dynamic_index import KeyToRow, NativeIndex
 from optimizers.dynamic_lru import LruLog
-from optimizers.dynamic_ops import gather_resident, gather_worker_keys, merge_replica_keys, spans_workers
+from optimizers.dynamic_ops import (gather_resident, gather_worker_keys, merge_replica_keys, pooled_resident,
+                                    spans_workers)
 from optimizers.dynamic_policy import policy_step
 from optimizers.dynamic_training import train_step_with_reset  # noqa: F401  re-exported: part of this module's API
 
@@ -67,8 +74,9 @@ class DynamicEmbedding(keras.layers.Layer):
     default: zeros, or one shared trainable row (`default="shared_row"`),
     and its gradient reaches no key row.
 
-    State (all in variables and one hash table, saved by `tf.train.Checkpoint`
-    and by `.keras` files): `embeddings` `[capacity, output_dim]` (trainable),
+    State (in variables and the `MutableHashTable`, whose saved content is
+    read from `row_keys`; saved by `tf.train.Checkpoint` and by `.keras`
+    files; the native index is rebuilt from `row_keys` when needed): `embeddings` `[capacity, output_dim]` (trainable),
     `default_row` `[1, output_dim]` (trainable, shared_row only), `row_keys`,
     `last_seen` (LRU) or `row_counts` (LFU) `[capacity]` int64, the count-min
     `sketch` `[sketch_depth, sketch_width]` int64 (only when `admit_after > 1`),
@@ -77,8 +85,9 @@ class DynamicEmbedding(keras.layers.Layer):
     `evictions`, `default_lookups`, `lookups`, `rows_in_use`, `steps`.
 
     Memory: `capacity * output_dim * 4 * (1 + optimizer slots per element)`
-    bytes + `capacity * 24` (keys, LRU/LFU stamp, assigned rows) + the hash
-    table (about `capacity * 40`) + `sketch_depth * sketch_width * 8` + for
+    bytes + `capacity * 24` (keys, LRU/LFU stamp, assigned rows) + the key
+    index (native: 36 to 68 bytes per row; `MutableHashTable`: about
+    `capacity * 40`, empty on the kernel path) + `sketch_depth * sketch_width * 8` + for
     LRU the eviction log, `capacity * 32`.
 
     Count-min sketch: an estimate never falls below the true count of a
@@ -98,15 +107,16 @@ class DynamicEmbedding(keras.layers.Layer):
     step's (re)assigned rows of every slot of `embeddings` back to the slot's
     initial value, so the new key starts like a fresh row.
 
-    Cost per step: a `tf.unique` of the batch, one hash lookup of its distinct
-    keys, O(batch) sketch and scatter work, a hash insert of the admitted and
-    a remove of the evicted keys. LRU victims come from the eviction log
+    Cost per step: one unique + lookup of the batch's keys (one kernel, or
+    `tf.unique` and a hash lookup), O(batch) sketch and scatter work, an
+    insert of the admitted and a remove of the evicted keys. LRU victims come from the eviction log
     (`optimizers/dynamic_lru.py`): O(batch) amortized, with one O(capacity)
     compaction per at least `capacity` logged reads and one sort of the rows
     when the table first fills. LFU victims are one `top_k` over the
-    `capacity` counts on each step that evicts (O(capacity)). The gradient
-    sums the batch's rows per distinct key with the embedopt kernels' dedup
-    when they load.
+    `capacity` counts on each step that evicts (O(capacity)). On the kernel
+    path the lookup and its gradient are the fixed table's pooled lookup
+    kernels (bags of one; `shared_row` keeps `gather_resident`). Replicated
+    steps take the TF-ops path.
 
     Args:
         output_dim: embedding width, > 0.
@@ -179,8 +189,8 @@ class DynamicEmbedding(keras.layers.Layer):
         self.default_lookups = state("default_lookups", ())
         self.lookups = state("lookups", ())
         with tf.init_scope():  # Keras may build while tracing `call`
-            self.key_to_row = tf.lookup.experimental.MutableHashTable(tf.int64, tf.int64, default_value=-1,
-                                                                      name=f"{self.name}_key_to_row")
+            self.key_to_row = KeyToRow(self.row_keys, self.rows_in_use, name=f"{self.name}_key_to_row")
+        self._native = None  # the kernels' index, made by the first step they serve
         self.built = True
 
     def counters(self) -> dict:
@@ -189,11 +199,22 @@ class DynamicEmbedding(keras.layers.Layer):
         return {name: int(getattr(self, name).numpy()) for name in names}
 
     def rebuild_index(self):
-        """Refills the key -> row hash table from `row_keys` and `rows_in_use` (after `.keras` loading)."""
-        keys, _ = self.key_to_row.export()
-        self.key_to_row.remove(keys)
-        used = self.rows_in_use.value
-        self.key_to_row.insert(self.row_keys.value[:used], tf.range(used, dtype=tf.int64))
+        """Refills the key -> row indexes from `row_keys` and `rows_in_use` (after `.keras` loading)."""
+        self.key_to_row.rebuild()
+        if self._native is not None:
+            self._native.reset()
+
+    def _native_index(self):
+        """The kernels' key -> row index when they serve this layer in the step being traced, else None.
+
+        They do on one replica, where the kernels load (`optimizers.fast_path`);
+        replicated steps keep the TF-ops path, which writes every replica's copy.
+        """
+        if tf.distribute.get_strategy().num_replicas_in_sync > 1 or not fast_path.use_kernels(self.embeddings):
+            return None
+        if self._native is None:
+            self._native = NativeIndex(self.key_to_row, self.row_keys, self.rows_in_use, self.steps, self.name)
+        return self._native
 
     def load_own_variables(self, store):
         super().load_own_variables(store)
@@ -205,20 +226,31 @@ class DynamicEmbedding(keras.layers.Layer):
         if not keys.dtype.is_integer:
             raise TypeError(f"DynamicEmbedding {self.name!r}: keys must be integers, got {keys.dtype.name}")
         keys = tf.cast(keys, tf.int64)
-        unique, position, counts = tf.unique_with_counts(tf.reshape(keys, [-1]))
-        if training:
-            rows = self._policy_in_sync(unique, tf.cast(counts, tf.int64))
+        native = self._native_index()
+        if native is not None:
+            unique, position, counts, rows = native.unique(tf.reshape(keys, [-1]))
         else:
+            unique, position, counts = tf.unique_with_counts(tf.reshape(keys, [-1]))
+            counts, rows = tf.cast(counts, tf.int64), None
+        if training:
+            rows = self._policy_in_sync(unique, counts, rows)
+        elif rows is None:
             rows = tf.reshape(self.key_to_row.lookup(unique), [-1])
         table = local_variable(self.embeddings.value)
-        default = (tf.zeros([1, self.output_dim], table.dtype) if self.default_row is None
-                   else local_variable(self.default_row.value))
-        out = gather_resident(table, default, rows, position)
+        if native is not None and self.default_row is None:
+            out = pooled_resident(table, rows, position)
+        else:
+            default = (tf.zeros([1, self.output_dim], table.dtype) if self.default_row is None
+                       else local_variable(self.default_row.value))
+            out = gather_resident(table, default, rows, position)
         out = tf.reshape(out, tf.concat([tf.shape(keys), [self.output_dim]], axis=0))
         return tf.cast(out, self.compute_dtype)
 
-    def _policy_in_sync(self, unique, counts):
+    def _policy_in_sync(self, unique, counts, rows=None):
         """Runs the policy once, on the global batch's keys, for all replicas; returns the rows of `unique`.
+
+        `rows` are the rows of `unique` already looked up by the native index
+        (one replica), or None: the policy looks them up in the hash table.
 
         In a replica context this is a `merge_call`: under a MirroredStrategy
         the replicas' distinct keys are merged in replica order (the global
@@ -233,15 +265,17 @@ class DynamicEmbedding(keras.layers.Layer):
         """
         context = tf.distribute.get_replica_context()
         if context is None:  # cross-replica context already: one call serves all replicas
-            return policy_step(self, unique, counts)
-        if spans_workers(context.strategy):
+            return policy_step(self, unique, counts, rows, self._native if rows is not None else None)
+        if spans_workers(context.strategy):  # replicated steps take the TF path: `rows` is None
             keys, total, mine = gather_worker_keys(context, unique, counts)
             return context.merge_call(self._merged_global_step, args=(keys, total, mine))
-        return context.merge_call(self._merged_policy_step, args=(unique, counts))
+        return context.merge_call(self._merged_policy_step, args=(unique, counts, rows))
 
-    def _merged_policy_step(self, strategy, unique, counts):
+    def _merged_policy_step(self, strategy, unique, counts, rows):
         keys, total, parts = merge_replica_keys(strategy, unique, counts)
-        rows = policy_step(self, keys, total)
+        if rows is not None:  # the native index's rows: one replica
+            rows = strategy.experimental_local_results(rows)[0]
+        rows = policy_step(self, keys, total, rows, self._native if rows is not None else None)
         return rows if len(parts) == 1 else self._per_replica(strategy, rows, parts)
 
     def _merged_global_step(self, strategy, keys, total, mine):
@@ -269,6 +303,7 @@ class DynamicEmbedding(keras.layers.Layer):
         initial values anyway). Needs an embedopt optimizer (`SparseOptimizer`).
         """
         from optimizers.base import SparseOptimizer
+        from optimizers.kernels import ops
 
         if not isinstance(optimizer, SparseOptimizer):
             raise TypeError(f"DynamicEmbedding.reset_slots needs an embedopt optimizer, got {type(optimizer).__name__}")
@@ -278,9 +313,16 @@ class DynamicEmbedding(keras.layers.Layer):
         for name in optimizer.slot_names:
             slot = optimizer.get_slot(self.embeddings, name)
             tail = tuple(slot.shape[1:])
-            initial = keras.initializers.get(optimizer._slot_initializer(name))(shape=(1, *tail), dtype=slot.dtype)
-            values = tf.broadcast_to(tf.reshape(initial, (1, *tail)), tf.concat([tf.shape(rows), tail], axis=0))
-            local_variable(slot.value).scatter_update(tf.IndexedSlices(values, rows))
+            init = keras.initializers.get(optimizer._slot_initializer(name))
+            value = getattr(init, "value", 0) if isinstance(init, (keras.initializers.Zeros,
+                                                                   keras.initializers.Constant)) else None
+            target = local_variable(slot.value)
+            if value is not None and np.ndim(value) == 0 and self._native_index() is not None:
+                ops.fill_rows(target, rows, value)  # in place: no [rows, dim] block to build and scatter
+                continue
+            initial = tf.reshape(init(shape=(1, *tail), dtype=slot.dtype), (1, *tail))
+            values = tf.broadcast_to(initial, tf.concat([tf.shape(rows), tail], axis=0))
+            target.scatter_update(tf.IndexedSlices(values, rows))
 
     # -- Keras --------------------------------------------------------------
 

@@ -8,13 +8,17 @@ from __future__ import annotations
 
 import tensorflow as tf
 
+from optimizers.dynamic_index import tf_index_update
 from optimizers.dynamic_ops import lfu_victims, sketch_buckets, write_all
 
 
-def policy_step(layer, unique, counts):
+def policy_step(layer, unique, counts, rows=None, native=None):
     """Updates `layer`'s policy state for one training batch's distinct keys; returns their rows afterwards.
 
     Runs once per step for all replicas, in cross-replica context (`DynamicEmbedding._policy_in_sync`).
+    `rows`: the keys' rows from `native` (the kernels' index, which then takes
+    this step's evictions and admissions), or None: the TF-ops path looks them
+    up in, and updates, the layer's hash table.
     """
     def scatter(variable, indices, values, op="scatter_update"):
         write_all(variable.value, lambda v: getattr(v, op)(tf.IndexedSlices(values, indices)))
@@ -22,7 +26,8 @@ def policy_step(layer, unique, counts):
     def assign(variable, value):
         write_all(variable.value, lambda v: v.assign(value))
 
-    rows = tf.reshape(layer.key_to_row.lookup(unique), [-1])
+    if rows is None:
+        rows = tf.reshape(layer.key_to_row.lookup(unique), [-1])
     step = layer.steps.value + 1
     assign(layer.steps, step)
     resident = rows >= 0
@@ -62,13 +67,17 @@ def policy_step(layer, unique, counts):
     new_at = candidate_at[:num_admit]
     new_keys = candidate_keys[:num_admit]
     if layer.lru_log is not None:
-        pick = lambda: layer.lru_log.victims(layer.row_stamps, num_evict, step, used)  # noqa: E731
+        pick = lambda: layer.lru_log.victims(layer.row_stamps, num_evict, step, used,  # noqa: E731
+                                             kernels=native is not None)
     else:
         pick = lambda: lfu_victims(layer.row_stamps.value, num_evict, used, resident_rows)  # noqa: E731
     victims = tf.cond(num_evict > 0, pick, lambda: tf.zeros([0], tf.int64))
-    layer.key_to_row.remove(tf.gather(layer.row_keys.value, victims))
+    victim_keys = tf.gather(layer.row_keys.value, victims)
     new_rows = tf.concat([tf.range(used, used + num_fresh), victims], axis=0)
-    layer.key_to_row.insert(new_keys, new_rows)
+    if native is not None:
+        native.update(victim_keys, new_keys, new_rows, step)
+    else:
+        tf_index_update(layer.key_to_row, victim_keys, new_keys, new_rows)
     scatter(layer.row_keys, new_rows, new_keys)
     stamps = tf.fill(tf.shape(new_rows), step) if layer.eviction == "lru" else candidate_counts[:num_admit]
     scatter(layer.row_stamps, new_rows, stamps)
@@ -77,11 +86,14 @@ def policy_step(layer, unique, counts):
     assign(layer.num_assigned, num_admit)
     assign(layer.rows_in_use, used + num_fresh)
     if layer.lru_log is not None:
-        layer.lru_log.append(layer.row_stamps, tf.concat([resident_rows, new_rows], axis=0), step)
+        layer.lru_log.append(layer.row_stamps, tf.concat([resident_rows, new_rows], axis=0), step,
+                             kernels=native is not None)
     rows = tf.tensor_scatter_nd_update(rows, new_at[:, None], new_rows)
+    # Lookups that read the default: all but those of resident keys and of the keys admitted now.
+    total = tf.reduce_sum(counts)
+    defaults = total - tf.reduce_sum(tf.boolean_mask(counts, resident)) - tf.reduce_sum(candidate_counts[:num_admit])
     for variable, delta in ((layer.admissions, num_admit), (layer.evictions, num_evict),
-                            (layer.lookups, tf.reduce_sum(counts)),
-                            (layer.default_lookups, tf.reduce_sum(tf.where(rows < 0, counts, 0)))):
+                            (layer.lookups, total), (layer.default_lookups, defaults)):
         assign(variable, variable.value + delta)
     return rows
 

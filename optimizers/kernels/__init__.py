@@ -1,6 +1,6 @@
 """Native CPU kernels of the sparse path (DESIGN.md section 3.1).
 
-Five TensorFlow ops in one shared library, built from `cc/` on first use
+TensorFlow ops in one shared library, built from `cc/` on first use
 (`optimizers.kernels.build` says where and how):
 
 - `EmbedoptDedup`: sums the rows of repeated ids (sorted, deterministic);
@@ -8,7 +8,13 @@ Five TensorFlow ops in one shared library, built from `cc/` on first use
   over the touched rows of a variable and its slots;
 - `EmbedoptPooledLookup` / `EmbedoptPooledLookupGrad`: pooled lookup of bags
   of ids and its gradient, already deduplicated;
-- `EmbedoptAllFinite`: whether a gradient holds no NaN or Inf, in one pass.
+- `EmbedoptAllFinite`: whether a gradient holds no NaN or Inf, in one pass;
+- `EmbedoptKeyIndex*`: `DynamicEmbedding`'s key -> row index, an
+  open-addressing hash table kept as a resource: unique + lookup of a batch's
+  keys in one op, and a step's removals and insertions in another;
+- `EmbedoptLruVictims` / `EmbedoptLruAppend`, `EmbedoptResidentBags`,
+  `EmbedoptFillRows`: the rest of `DynamicEmbedding`'s kernel path (its LRU
+  log in place, the bags of its pooled lookup, slot resets in place).
 
 `optimizers.kernels.ops` holds the Python wrappers. The TF-ops path stays the
 fallback: callers ask `load()` or `status()` and take it when the kernels are

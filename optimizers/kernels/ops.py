@@ -223,4 +223,73 @@ def _pooled_lookup_gradient(op, upstream, *unused_group_grads):
     return [tf.IndexedSlices(summed, unique_ids, shape), None, None, None]
 
 
-__all__ = ["COMBINERS", "HYPERS", "SLOTS", "all_finite", "bags", "dedup", "pooled_lookup", "pooled_lookup_grad", "sparse_apply"]
+
+
+def key_index_handle(shared_name):
+    """A handle to the key -> row index named `shared_name` (a `DynamicEmbedding`'s; created on first use)."""
+    return _ops().embedopt_key_index_handle(shared_name=shared_name)
+
+
+def key_index_unique(index, keys, row_keys, rows_in_use, steps):
+    """`(unique, position, counts, rows)` of the int64 vector `keys`, as `tf.unique_with_counts` plus a lookup.
+
+    `unique` are the distinct keys in first-occurrence order, `keys[i] ==
+    unique[position[i]]` (int32), `counts` int64, and `rows` the row of each
+    distinct key in the index (-1: none). The index is first rebuilt from
+    `row_keys[:rows_in_use]` (the variable) if its step stamp is not `steps`.
+    """
+    return tuple(_ops().embedopt_key_index_unique(index, keys, _tf_variable(row_keys).handle, rows_in_use, steps))
+
+
+def key_index_update(index, removed_keys, inserted_keys, inserted_rows, step):
+    """Removes `removed_keys`, maps `inserted_keys` to `inserted_rows`, stamps the index with `step`.
+
+    Raises `FailedPreconditionError` unless the index was stamped `step - 1` (by this step's `key_index_unique`).
+    """
+    return _ops().embedopt_key_index_update(index, removed_keys, inserted_keys, inserted_rows, step)
+
+
+def key_index_export(index, row_keys, rows_in_use, steps):
+    """`(keys, rows)`: the index's entries (rebuilt first if its stamp is not `steps`)."""
+    return tuple(_ops().embedopt_key_index_export(index, _tf_variable(row_keys).handle, rows_in_use, steps))
+
+
+def key_index_reset(index):
+    """Marks the index out of date: the next op that reads it rebuilds it from `row_keys`."""
+    return _ops().embedopt_key_index_reset(index)
+
+
+
+def resident_bags(rows, position):
+    """`(ids, row_splits)`: bag i holds `rows[position[i]]` where that is >= 0, else nothing (one pass)."""
+    return tuple(_ops().embedopt_resident_bags(rows, position))
+
+
+
+def fill_rows(variable, rows, value):
+    """Sets the rows `rows` (int64, in range) of `variable` to the scalar `value`, in place. Returns the op."""
+    var = _tf_variable(variable)
+    return _ops().embedopt_fill_rows(var.handle, rows, tf.constant(value, var.dtype))
+
+
+
+def lru_victims(last_seen, log, num_evict, step, used):
+    """The `num_evict` least recently used rows not stamped `step`, consumed from `log` (a `dynamic_lru.LruLog`).
+
+    Updates the log's variables in place (builds the log first if it is not kept yet); see `LruLog.victims`.
+    """
+    return _ops().embedopt_lru_victims(*_log_handles(last_seen, log), num_evict, step, used)
+
+
+def lru_append(last_seen, log, rows, step):
+    """Logs the distinct `rows`, stamped `step`, ascending, in place (compacting first if needed); see `LruLog.append`."""
+    return _ops().embedopt_lru_append(*_log_handles(last_seen, log), rows, step)
+
+
+def _log_handles(last_seen, log):
+    return [_tf_variable(v).handle for v in (last_seen, log.rows, log.steps, log.head, log.tail)]
+
+
+__all__ = ["COMBINERS", "HYPERS", "SLOTS", "all_finite", "bags", "dedup", "fill_rows", "key_index_export", "key_index_handle",
+           "key_index_reset", "key_index_unique", "key_index_update", "lru_append", "lru_victims", "pooled_lookup", "pooled_lookup_grad", "resident_bags",
+           "sparse_apply"]

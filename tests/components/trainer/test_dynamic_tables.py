@@ -102,6 +102,14 @@ def test_checkpoint_restores_the_tables_counters(trained):
             k: metrics["dynamic_tables"][key][k] for k in ("rows_in_use", "admissions", "evictions", "lookups")}
 
 
+def test_saved_model_holds_tensorflow_ops_only(trained):
+    # Training ran the kernels (native key index); the export must still be loadable without embedopt's library.
+    _, _, out, _ = trained
+    with open(os.path.join(out, "serving_model", "saved_model.pb"), "rb") as f:
+        graph = f.read()
+    assert b"Embedopt" not in graph and b"LookupTableFindV2" in graph
+
+
 def test_serving_raw_lines_equals_the_keras_model_on_preprocessed_rows(trained, tmp_path):
     raw, data, out, metrics = trained
     metadata = load_metadata(data)

@@ -1,0 +1,127 @@
+// Small row helpers of DynamicEmbedding's kernel path, each replacing TF ops
+// that cost milliseconds at 100k keys a step:
+//
+//   EmbedoptResidentBags  the bags of one (or none) that feed the pooled lookup:
+//                         gather + compare + cumsum + boolean_mask in one pass;
+//   EmbedoptFillRows      sets rows of a variable (an optimizer slot) to one
+//                         value in place, where a scatter of a scalar walks
+//                         element by element and a broadcast first writes
+//                         the whole [rows, dim] block.
+#define EIGEN_USE_THREADS
+
+#include <cstdint>
+#include <vector>
+
+#include "common.h"
+#include "tensorflow/core/framework/op.h"
+#include "tensorflow/core/framework/shape_inference.h"
+#include "tensorflow/core/kernels/training_op_helpers.h"
+
+namespace embedopt {
+
+using ::tensorflow::OpKernel;
+using ::tensorflow::OpKernelConstruction;
+using ::tensorflow::shape_inference::InferenceContext;
+
+REGISTER_OP("EmbedoptResidentBags")
+    .Input("rows: int64")
+    .Input("position: int32")
+    .Output("ids: int64")
+    .Output("row_splits: int64")
+    .SetShapeFn([](InferenceContext* c) {
+      ::tensorflow::shape_inference::ShapeHandle position;
+      TF_RETURN_IF_ERROR(c->WithRank(c->input(1), 1, &position));
+      ::tensorflow::shape_inference::DimensionHandle bags;
+      TF_RETURN_IF_ERROR(c->Add(c->Dim(position, 0), 1, &bags));
+      c->set_output(0, c->Vector(c->UnknownDim()));
+      c->set_output(1, c->Vector(bags));
+      return absl::OkStatus();
+    })
+    .Doc(R"doc(
+Bag i holds the row rows[position[i]] when it is >= 0, else nothing.
+
+ids: the rows of the non-empty bags, in bag order.
+row_splits: bag i is ids[row_splits[i]:row_splits[i + 1]].
+)doc");
+
+class ResidentBagsOp : public OpKernel {
+ public:
+  explicit ResidentBagsOp(OpKernelConstruction* ctx) : OpKernel(ctx) {}
+
+  void Compute(OpKernelContext* ctx) override {
+    const Tensor& rows_in = ctx->input(0);
+    const Tensor& position_in = ctx->input(1);
+    OP_REQUIRES_OK(ctx, CheckIdVector("rows", rows_in));
+    OP_REQUIRES_OK(ctx, CheckIdVector("position", position_in));
+    const int64_t u = rows_in.NumElements(), n = position_in.NumElements();
+    const int64_t* rows = rows_in.flat<int64_t>().data();
+    const int32_t* position = position_in.flat<int32_t>().data();
+    const int64_t bad = FirstOutOfRange(position, n, u);
+    OP_REQUIRES(ctx, bad < 0, OutOfRange("position", bad, bad < 0 ? 0 : position[bad], u, "rows"));
+    Tensor* splits_out = nullptr;
+    OP_REQUIRES_OK(ctx, ctx->allocate_output(1, TensorShape({n + 1}), &splits_out));
+    int64_t* splits = splits_out->flat<int64_t>().data();
+    splits[0] = 0;
+    for (int64_t i = 0; i < n; ++i) splits[i + 1] = splits[i] + (rows[position[i]] >= 0);
+    Tensor* ids_out = nullptr;
+    OP_REQUIRES_OK(ctx, ctx->allocate_output(0, TensorShape({splits[n]}), &ids_out));
+    int64_t* ids = ids_out->flat<int64_t>().data();
+    for (int64_t i = 0, k = 0; i < n; ++i) {
+      const int64_t row = rows[position[i]];
+      if (row >= 0) ids[k++] = row;
+    }
+  }
+};
+REGISTER_KERNEL_BUILDER(Name("EmbedoptResidentBags").Device(::tensorflow::DEVICE_CPU), ResidentBagsOp);
+
+REGISTER_OP("EmbedoptFillRows")
+    .Input("var: resource")
+    .Input("rows: int64")
+    .Input("value: T")
+    .Attr("T: {float, double, half, bfloat16}")
+    .SetShapeFn(::tensorflow::shape_inference::NoOutputs)
+    .Doc("Sets every element of var[rows[i]] to the scalar `value`, in place.");
+
+template <typename T>
+class FillRowsOp : public OpKernel {
+ public:
+  explicit FillRowsOp(OpKernelConstruction* ctx) : OpKernel(ctx) {}
+
+  void Compute(OpKernelContext* ctx) override {
+    const Tensor& rows_in = ctx->input(1);
+    const Tensor& value_in = ctx->input(2);
+    OP_REQUIRES_OK(ctx, CheckIdVector("rows", rows_in));
+    OP_REQUIRES(ctx, ::tensorflow::TensorShapeUtils::IsScalar(value_in.shape()),
+                absl::InvalidArgumentError(
+                    absl::StrCat("value must be a scalar, got shape ", value_in.shape().DebugString())));
+    OP_REQUIRES_OK(ctx, CheckVariable<T>(ctx, 0, "var"));
+    auto locks = ::tensorflow::MaybeLockVariableInputMutexesInOrder<Eigen::ThreadPoolDevice, T>(
+        ctx, /*do_lock=*/false, /*sparse=*/true, {0});
+    Tensor var;
+    OP_REQUIRES_OK(ctx, ::tensorflow::GetInputTensorFromVariable<Eigen::ThreadPoolDevice, T>(
+                            ctx, 0, /*lock_held=*/false, /*sparse=*/true, &var));
+    OP_REQUIRES(ctx, var.dims() >= 1,
+                absl::InvalidArgumentError(absl::StrCat("var must have rank >= 1, got shape ",
+                                                        var.shape().DebugString())));
+    const int64_t n = rows_in.NumElements();
+    const int64_t* rows = rows_in.flat<int64_t>().data();
+    const int64_t bad = FirstOutOfRange(rows, n, var.dim_size(0));
+    OP_REQUIRES(ctx, bad < 0, OutOfRange("rows", bad, bad < 0 ? 0 : rows[bad], var.dim_size(0), "var"));
+    const int64_t width = RowWidth(var);
+    const T value = value_in.scalar<T>()();
+    T* data = var.flat<T>().data();
+    ParallelFor(ctx, n, width * 2, [&](int64_t begin, int64_t end) {
+      for (int64_t i = begin; i < end; ++i) std::fill(data + rows[i] * width, data + (rows[i] + 1) * width, value);
+    });
+  }
+};
+
+#define EMBEDOPT_REGISTER_FILL_ROWS(T) \
+  REGISTER_KERNEL_BUILDER(             \
+      Name("EmbedoptFillRows").Device(::tensorflow::DEVICE_CPU).TypeConstraint<T>("T"), FillRowsOp<T>)
+EMBEDOPT_REGISTER_FILL_ROWS(float);
+EMBEDOPT_REGISTER_FILL_ROWS(double);
+EMBEDOPT_REGISTER_FILL_ROWS(Eigen::half);
+EMBEDOPT_REGISTER_FILL_ROWS(Eigen::bfloat16);
+
+}  // namespace embedopt

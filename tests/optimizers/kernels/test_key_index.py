@@ -1,0 +1,138 @@
+"""The key -> row index kernels of DynamicEmbedding and their row helpers, against NumPy / Python dicts."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import tensorflow as tf
+
+from optimizers.kernels import ops
+
+INT64_MIN, INT64_MAX = np.iinfo(np.int64).min, np.iinfo(np.int64).max
+_names = iter(range(10**6))
+
+
+def _index():
+    return ops.key_index_handle(shared_name=f"test_key_index_{next(_names)}")
+
+
+def _first_occurrence(keys):
+    unique, position, counts = [], [], []
+    at = {}
+    for k in keys.tolist():
+        if k not in at:
+            at[k] = len(unique)
+            unique.append(k)
+            counts.append(0)
+        position.append(at[k])
+        counts[at[k]] += 1
+    return np.array(unique, np.int64), np.array(position, np.int32), np.array(counts, np.int64)
+
+
+def _export(index, row_keys, used, steps):
+    keys, rows = (t.numpy() for t in ops.key_index_export(index, row_keys, tf.constant(used, tf.int64),
+                                                          tf.constant(steps, tf.int64)))
+    return dict(zip(keys.tolist(), rows.tolist()))
+
+
+@pytest.mark.parametrize("seed", [0, 1])
+def test_unique_matches_first_occurrence_order_and_rows(kernel_ops, seed):
+    rng = np.random.default_rng(seed)
+    capacity = 300
+    resident = np.unique(rng.integers(INT64_MIN, INT64_MAX, 200, dtype=np.int64, endpoint=True))[:150]
+    resident[:2] = [INT64_MIN, INT64_MAX]
+    row_keys = tf.Variable(np.concatenate([resident, np.zeros(capacity - len(resident), np.int64)]))
+    others = np.array([-1, 0, 1, INT64_MIN + 1, INT64_MAX - 1] + rng.integers(-10**18, 10**18, 40).tolist(), np.int64)
+    keys = rng.choice(np.concatenate([resident, others]), 5000)
+    unique, position, counts, rows = (t.numpy() for t in ops.key_index_unique(
+        _index(), tf.constant(keys), row_keys, tf.constant(len(resident), tf.int64), tf.constant(0, tf.int64)))
+    want_unique, want_position, want_counts = _first_occurrence(keys)
+    np.testing.assert_array_equal(unique, want_unique)
+    np.testing.assert_array_equal(position, want_position)
+    np.testing.assert_array_equal(counts, want_counts)
+    row_of = {int(k): r for r, k in enumerate(resident)}
+    np.testing.assert_array_equal(rows, [row_of.get(int(k), -1) for k in want_unique])
+
+
+def test_updates_under_churn_match_a_dict(kernel_ops):
+    # Capacity 64 in 128 slots, keys chosen to collide (multiples of 2**40 share low bits before hashing) and
+    # thousands of removals: backward-shift deletion must keep every probe run intact.
+    rng = np.random.default_rng(3)
+    capacity = 64
+    index = _index()
+    row_keys = tf.Variable(np.zeros(capacity, np.int64))
+    universe = (np.arange(500, dtype=np.int64) - 250) * (2**40 + 1)
+    truth = {}
+    step = 0
+    ops.key_index_unique(index, tf.zeros([0], tf.int64), row_keys, tf.constant(0, tf.int64), tf.constant(0, tf.int64))
+    for _ in range(300):
+        resident = list(truth)
+        removed = rng.choice(resident, min(len(resident), rng.integers(0, 20)), replace=False) if resident else []
+        free_rows = sorted(set(range(capacity)) - {truth[k] for k in resident if k not in set(removed)})
+        candidates = [k for k in rng.choice(universe, 30).tolist() if k not in truth or k in set(removed)]
+        inserted = list(dict.fromkeys(k for k in candidates if k not in truth))[:len(free_rows)]
+        for k in removed:
+            del truth[k]
+        rows = free_rows[:len(inserted)]
+        truth.update(zip(inserted, rows))
+        ops.key_index_update(index, tf.constant(np.array(removed, np.int64)), tf.constant(np.array(inserted, np.int64)),
+                             tf.constant(np.array(rows, np.int64)), tf.constant(step + 1, tf.int64))
+        step += 1
+        probe = tf.constant(universe)
+        _, _, _, got = ops.key_index_unique(index, probe, row_keys, tf.constant(0, tf.int64),
+                                            tf.constant(step, tf.int64))
+        np.testing.assert_array_equal(got.numpy(), [truth.get(int(k), -1) for k in universe])
+    assert _export(index, row_keys, 0, step) == truth
+
+
+def test_index_is_rebuilt_from_row_keys_when_its_stamp_differs(kernel_ops):
+    index = _index()
+    row_keys = tf.Variable(np.array([7, -3, 11, 0], np.int64))
+    assert _export(index, row_keys, 2, 5) == {7: 0, -3: 1}  # first use: built from row_keys[:2]
+    ops.key_index_update(index, tf.constant([7], tf.int64), tf.constant([99], tf.int64), tf.constant([0], tf.int64),
+                         tf.constant(6, tf.int64))
+    assert _export(index, row_keys, 2, 6) == {99: 0, -3: 1}  # stamped 6: the update stands
+    assert _export(index, row_keys, 3, 9) == {7: 0, -3: 1, 11: 2}  # another step count: rebuilt
+    ops.key_index_reset(index)
+    row_keys.assign([5, 6, 7, 8])
+    assert _export(index, row_keys, 4, 9) == {5: 0, 6: 1, 7: 2, 8: 3}  # reset: rebuilt although stamped 9
+
+
+def test_update_refuses_an_index_that_is_out_of_date(kernel_ops):
+    index = _index()
+    row_keys = tf.Variable(np.zeros(4, np.int64))
+    ops.key_index_unique(index, tf.constant([1], tf.int64), row_keys, tf.constant(0, tf.int64),
+                         tf.constant(3, tf.int64))
+    with pytest.raises(tf.errors.FailedPreconditionError, match="stamped with step 3, not 4"):
+        ops.key_index_update(index, tf.zeros([0], tf.int64), tf.constant([1], tf.int64), tf.constant([0], tf.int64),
+                             tf.constant(5, tf.int64))
+    with pytest.raises(tf.errors.InvalidArgumentError, match=r"inserted_rows\[0\] = 4 is not in \[0, 4\)"):
+        ops.key_index_update(index, tf.zeros([0], tf.int64), tf.constant([1], tf.int64), tf.constant([4], tf.int64),
+                             tf.constant(4, tf.int64))
+    with pytest.raises(tf.errors.InvalidArgumentError, match="holds a key twice"):
+        ops.key_index_reset(index)
+        ops.key_index_export(index, tf.Variable(np.array([2, 2], np.int64)), tf.constant(2, tf.int64),
+                             tf.constant(0, tf.int64))
+
+
+def test_resident_bags_match_numpy(kernel_ops):
+    rows = np.array([4, -1, 7, 0, -1], np.int64)
+    position = np.array([0, 1, 2, 3, 4, 0, 2, 1, 3], np.int32)
+    ids, splits = (t.numpy() for t in ops.resident_bags(tf.constant(rows), tf.constant(position)))
+    key_rows = rows[position]
+    np.testing.assert_array_equal(ids, key_rows[key_rows >= 0])
+    np.testing.assert_array_equal(splits, np.concatenate([[0], np.cumsum(key_rows >= 0)]))
+    with pytest.raises(tf.errors.InvalidArgumentError, match=r"position\[1\] = 5 is not in \[0, 5\)"):
+        ops.resident_bags(tf.constant(rows), tf.constant([0, 5], tf.int32))
+
+
+@pytest.mark.parametrize("dtype", ["float32", "float64", "float16", "bfloat16"])
+def test_fill_rows_sets_only_those_rows(kernel_ops, dtype):
+    start = np.arange(24, dtype=np.float32).reshape(6, 4)
+    var = tf.Variable(tf.cast(start, dtype))
+    ops.fill_rows(var, tf.constant([4, 1], tf.int64), 0.25)
+    want = start.copy()
+    want[[1, 4]] = 0.25
+    np.testing.assert_array_equal(tf.cast(var, tf.float32).numpy(), want)
+    with pytest.raises(tf.errors.InvalidArgumentError, match=r"rows\[0\] = 6 is not in \[0, 6\)"):
+        ops.fill_rows(var, tf.constant([6], tf.int64), 1.0)

@@ -1,0 +1,115 @@
+"""DynamicEmbedding's kernel path (native key index) and TF-ops path give the same state, and switching between
+them, or restoring a checkpoint, never leaves either index out of date."""
+
+from __future__ import annotations
+
+import contextlib
+
+import numpy as np
+import pytest
+import tensorflow as tf
+
+import optimizers
+from optimizers import fast_path, kernels
+from optimizers.dynamic import DynamicEmbedding
+from tests.optimizers.dynamic_reference import ReferenceTable
+
+pytestmark = pytest.mark.skipif(kernels.load() is None, reason="the kernel path needs the embedopt kernels")
+
+
+def _stream(seed, steps, batch, universe, zipf=0.9):
+    rng = np.random.default_rng(seed)
+    p = 1.0 / np.arange(1, len(universe) + 1) ** zipf
+    p /= p.sum()
+    keys = [rng.choice(universe, size=batch, p=p).astype(np.int64) for _ in range(steps)]
+    return keys, [rng.normal(size=(batch, 3)).astype(np.float32) for _ in range(steps)]
+
+
+def _make(**kwargs):
+    layer = DynamicEmbedding(3, capacity=12, sketch_width=2**10, seed=3, **kwargs)
+    layer.build()
+    optimizer = optimizers.LazyAdam(0.05)
+    optimizer.build(layer.trainable_variables)
+    return layer, optimizer
+
+
+def _step_fn(layer, optimizer, table_kernels):
+    """One training step; the table's path as asked, the optimizer's always TF ops (so only the table differs)."""
+    def step(keys, coef):
+        with fast_path.disabled() if not table_kernels else contextlib.nullcontext():
+            with tf.GradientTape() as tape:
+                loss = tf.reduce_sum(layer(keys, training=True) * coef)
+            grads = tape.gradient(loss, layer.trainable_variables)
+            layer.reset_slots(optimizer)
+        with fast_path.disabled():
+            optimizer.apply_gradients(zip(grads, layer.trainable_variables))
+
+    return tf.function(step)
+
+
+def _state(layer, optimizer):
+    keys, rows = (t.numpy() for t in layer.key_to_row.export())
+    order = np.argsort(keys)
+    return ([v.numpy() for v in layer.weights] + [v.numpy() for v in optimizer.variables]
+            + [keys[order], rows[order]])
+
+
+@pytest.mark.parametrize("eviction", ["lru", "lfu"])
+@pytest.mark.parametrize("admit_after, default", [(1, "zeros"), (3, "shared_row"), (2, "zeros")])
+def test_kernel_and_tf_paths_give_identical_state(eviction, admit_after, default):
+    keys, coefs = _stream(5, 20, 16, np.arange(-30, 30, dtype=np.int64) * (2**50 + 7))
+    runs = {}
+    for table_kernels in (True, False):
+        layer, optimizer = _make(eviction=eviction, admit_after=admit_after, default=default)
+        step = _step_fn(layer, optimizer, table_kernels)
+        for k, c in zip(keys, coefs):
+            step(tf.constant(k), tf.constant(c))
+        ops = {op.type for op in step.get_concrete_function(tf.constant(keys[0]), tf.constant(coefs[0])).graph
+               .get_operations()}
+        assert ("EmbedoptKeyIndexUnique" in ops) == table_kernels  # each path ran what it claims
+        runs[table_kernels] = (layer, _state(layer, optimizer))
+    assert runs[True][0].counters() == runs[False][0].counters()
+    assert runs[True][0].counters()["evictions"] > 0
+    for a, b in zip(runs[True][1], runs[False][1]):
+        np.testing.assert_array_equal(a, b)  # exact: keys, rows, stamps, sketch, log, counters, rows, slots
+
+
+def test_switching_paths_mid_stream_matches_reference():
+    keys, coefs = _stream(8, 24, 16, np.arange(1, 50, dtype=np.int64) * -104729)
+    layer, optimizer = _make(eviction="lru", admit_after=1)
+    ref = ReferenceTable(12, eviction="lru")
+    steps = {True: _step_fn(layer, optimizer, True), False: _step_fn(layer, optimizer, False)}
+    for t, (k, c) in enumerate(zip(keys, coefs)):
+        table_kernels = (t // 3) % 2 == 0  # three steps on each path in turn
+        steps[table_kernels](tf.constant(k), tf.constant(c))
+        ref.train(k)
+        with fast_path.disabled() if not table_kernels else contextlib.nullcontext():
+            # The serving lookup of the path that did not train last must see this step's rows too.
+            out = layer(tf.constant(k), training=False).numpy()
+        rows = ref.rows(k)
+        np.testing.assert_array_equal(out[rows >= 0], layer.embeddings.numpy()[rows[rows >= 0]])
+        np.testing.assert_array_equal(out[rows < 0], 0.0)
+        keys_out, rows_out = (t.numpy() for t in layer.key_to_row.export())
+        assert dict(zip(keys_out.tolist(), rows_out.tolist())) == ref.row_of
+    assert ref.evictions > 0
+
+
+def test_restore_at_the_same_step_rebuilds_the_native_index(tmp_path):
+    # Two tables trained to the same step count on different keys: only the restore tells the second one's
+    # native index that its map changed (its step stamp still matches).
+    universe = np.arange(1, 200, dtype=np.int64)
+    first, first_opt = _make(admit_after=1)
+    second, second_opt = _make(admit_after=1)
+    for layer, optimizer, offset in ((first, first_opt, 0), (second, second_opt, 1000)):
+        keys, coefs = _stream(1, 6, 16, universe + offset)
+        step = _step_fn(layer, optimizer, True)
+        for k, c in zip(keys, coefs):
+            step(tf.constant(k), tf.constant(c))
+    path = tf.train.Checkpoint(layer=first).write(str(tmp_path / "ckpt"))
+    tf.train.Checkpoint(layer=second).read(path).assert_consumed()
+    probe = tf.constant(universe)
+    np.testing.assert_array_equal(second(probe, training=False).numpy(), first(probe, training=False).numpy())
+    assert second.counters() == first.counters()
+    native_keys, native_rows = (t.numpy() for t in second._native.export())
+    assert dict(zip(native_keys.tolist(), native_rows.tolist())) == dict(
+        zip(*(t.numpy().tolist() for t in first.key_to_row.export())))
