@@ -35,7 +35,7 @@ from optimizers.all_to_all import AllToAll, ByteCounter
 from optimizers.dynamic import DynamicEmbedding
 from optimizers.dynamic_ops import gather_resident, owner_of
 from optimizers.dynamic_policy import policy_step
-from optimizers.sharded import SHARD_ATTRIBUTE, ShardSpec, local_variables, replica_layout
+from optimizers.sharded import SHARD_ATTRIBUTE, ShardSpec, _worker_device, local_variables, replica_layout
 
 
 def shard_seed(seed: int, shard: int) -> int:
@@ -81,11 +81,11 @@ class ShardedDynamicEmbedding(DynamicEmbedding):
         self.spec = ShardSpec(n, r, self.total_capacity)
         self.capacity = math.ceil(self.total_capacity / n)
         self.seed = shard_seed(self.base_seed, r) if n > 1 else self.base_seed
-        devices = strategy.extended.worker_devices if tf.distribute.has_strategy() else ()
-        with local_variables(devices[0] if devices else None):
+        device = _worker_device(strategy)
+        with local_variables(device):
             super().build(input_shape)
         setattr(self.embeddings.value, SHARD_ATTRIBUTE, self.spec)
-        self._counter = ByteCounter(devices[0] if devices else None)
+        self._counter = ByteCounter(device)
         if n > 1:  # built here, in layer build order, so its collective keys agree on every worker
             self._all_to_all = AllToAll(strategy, counter=self._counter)
 

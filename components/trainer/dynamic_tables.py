@@ -60,14 +60,13 @@ def table_metrics(model, strategy=None) -> dict | None:
     names = ("rows_in_use", "admissions", "evictions", "default_lookups", "lookups")
     summed = {}
     if split_tables(model):
-        import numpy as np
         import tensorflow as tf
 
-        from components.trainer.sharding import gather_per_replica
+        from components.trainer.sharding import gather_arrays
 
         local = [[getattr(t, name).value for name in names] for t in tables]
         # [workers, tables, counters]: each owner's counters of its own keys.
-        gathered = np.array(gather_per_replica(strategy, lambda: tf.stack(local)[None]))
+        gathered = gather_arrays(strategy, lambda: tf.stack(local)[None])
         summed = {i: dict(zip(names, (int(v) for v in gathered[:, i].sum(axis=0)))) for i in range(len(tables))}
     out = {}
     for i, (key, table) in enumerate(zip(model.categorical_keys, tables)):
@@ -114,6 +113,7 @@ def whole_dynamic_model(strategy, model, metadata, config, is_chief: bool):
 
     from components.preprocess.metadata import RAW_CATEGORICAL
     from components.trainer.model import build_model
+    from components.trainer.sharding import gather_arrays
 
     tables = model.dynamic_tables()
     n = tables[0].spec.num_shards
@@ -127,15 +127,11 @@ def whole_dynamic_model(strategy, model, metadata, config, is_chief: bool):
         for target, source in zip(twin.dense_variables(), model.dense_variables()):
             target.assign(source.numpy())
 
-    @tf.function
-    def gather(fn):
-        return strategy.gather(strategy.run(fn), axis=0)
-
     for i, table in enumerate(tables):
         # Every owner's whole (equal-sized) variables, and how many rows of each are in use.
-        used = gather(lambda t=table: tf.reshape(t.rows_in_use.value, [1])).numpy()
-        keys = gather(lambda t=table: t.row_keys.value).numpy().reshape(n, -1)
-        rows = gather(lambda t=table: t.embeddings.value).numpy().reshape(n, table.capacity, -1)
+        used = gather_arrays(strategy, lambda t=table: tf.reshape(t.rows_in_use.value, [1]))
+        keys = gather_arrays(strategy, lambda t=table: t.row_keys.value).reshape(n, -1)
+        rows = gather_arrays(strategy, lambda t=table: t.embeddings.value).reshape(n, table.capacity, -1)
         if twin is None:
             continue
         target = twin.tables[i]

@@ -24,13 +24,18 @@ from optimizers.sharded import gather_table, shard_spec
 EXPORT_HEADROOM = 1.25
 
 
-def gather_per_replica(strategy, fn) -> list:
-    """`fn()` run on every replica, gathered (all workers get the list, in replica order)."""
+def gather_arrays(strategy, fn) -> np.ndarray:
+    """`fn()` run on every replica, gathered along axis 0 in replica order (every worker gets the array)."""
     @tf.function
     def run():
         return strategy.gather(strategy.run(fn), axis=0)
 
-    return run().numpy().tolist()
+    return run().numpy()
+
+
+def gather_per_replica(strategy, fn) -> list:
+    """`gather_arrays` as a list."""
+    return gather_arrays(strategy, fn).tolist()
 
 
 def rows_per_replica(strategy, model: DLRM) -> list[int]:
