@@ -133,6 +133,12 @@ class NativeIndex:
         with tf.control_dependencies([cleared]):
             return self._ops.key_index_update(self.handle, removed_keys, new_keys, new_rows, step)
 
+    def policy_step(self, layer, unique, counts, rows):
+        """The whole training step of `layer`'s policy in one kernel (float32 tables); returns the rows after it."""
+        cleared = self._table.clear_if_filled()
+        with tf.control_dependencies([cleared]):
+            return self._ops.dynamic_policy(self.handle, unique, counts, rows, layer)
+
     def export(self):
         """`(keys, rows)` held by the index (rebuilt first if out of date)."""
         row_keys, rows_in_use, steps = self._state

@@ -19,9 +19,10 @@ per entry. While the table still has never-used rows no eviction can
 happen and no log is kept; the step that first needs a victim builds it once
 from the stamps (one sort of the rows in use).
 
-Where the embedopt kernels serve the layer, `EmbedoptLruVictims` and
-`EmbedoptLruAppend` do the same on the same variables, in place, giving the
-same entries, head and tail (tests/optimizers/test_dynamic_paths.py).
+Where the embedopt kernels serve the layer, `EmbedoptDynamicPolicy` does the
+same on the same variables, in place, within its one op for the whole step
+(`optimizers/kernels/cc/lru_log.h`), giving the same entries, head and tail
+(tests/optimizers/test_dynamic_paths.py).
 """
 
 from __future__ import annotations
@@ -59,15 +60,8 @@ class LruLog(tf.Module):
         """Whether the log is kept (from the first step that needed a victim on)."""
         return self.tail.value > 0
 
-    def victims(self, stamps, num_evict, step, used, kernels=False) -> tf.Tensor:
-        """The `num_evict` least recently used rows, not stamped with `step`, in LRU order; consumes them.
-
-        `kernels`: one embedopt kernel does it in place (same entries, head and tail), instead of a while loop.
-        """
-        if kernels:
-            from optimizers.kernels import ops
-
-            return ops.lru_victims(stamps, self, num_evict, step, used)
+    def victims(self, stamps, num_evict, step, used) -> tf.Tensor:
+        """The `num_evict` least recently used rows, not stamped with `step`, in LRU order; consumes them."""
         tf.cond(self.live(), lambda: tf.constant(0, tf.int64), lambda: self._build(stamps, step, used))
         head = tf.identity(self.head.value)
         tail = tf.identity(self.tail.value)
@@ -94,17 +88,8 @@ class LruLog(tf.Module):
             _assign(self.head, head)
             return tf.identity(found)
 
-    def append(self, stamps, rows, step, kernels=False):
-        """Logs `rows` (distinct, all stamped `step` this step) in ascending order, once the log is kept.
-
-        `kernels`: one embedopt kernel does it in place (same entries, head and tail).
-        """
-        if kernels:
-            from optimizers.kernels import ops
-
-            ops.lru_append(stamps, self, rows, step)
-            return
-
+    def append(self, stamps, rows, step):
+        """Logs `rows` (distinct, all stamped `step` this step) in ascending order, once the log is kept."""
         def append():
             tail = tf.identity(self.tail.value)
             head = tf.identity(self.head.value)

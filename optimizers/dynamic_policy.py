@@ -26,6 +26,8 @@ def policy_step(layer, unique, counts, rows=None, native=None):
     def assign(variable, value):
         write_all(variable.value, lambda v: v.assign(value))
 
+    if native is not None and layer.embeddings.dtype == tf.float32:
+        return native.policy_step(layer, unique, counts, rows)  # the steps below, in one kernel
     if rows is None:
         rows = tf.reshape(layer.key_to_row.lookup(unique), [-1])
     step = layer.steps.value + 1
@@ -67,8 +69,7 @@ def policy_step(layer, unique, counts, rows=None, native=None):
     new_at = candidate_at[:num_admit]
     new_keys = candidate_keys[:num_admit]
     if layer.lru_log is not None:
-        pick = lambda: layer.lru_log.victims(layer.row_stamps, num_evict, step, used,  # noqa: E731
-                                             kernels=native is not None)
+        pick = lambda: layer.lru_log.victims(layer.row_stamps, num_evict, step, used)  # noqa: E731
     else:
         pick = lambda: lfu_victims(layer.row_stamps.value, num_evict, used, resident_rows)  # noqa: E731
     victims = tf.cond(num_evict > 0, pick, lambda: tf.zeros([0], tf.int64))
@@ -86,8 +87,7 @@ def policy_step(layer, unique, counts, rows=None, native=None):
     assign(layer.num_assigned, num_admit)
     assign(layer.rows_in_use, used + num_fresh)
     if layer.lru_log is not None:
-        layer.lru_log.append(layer.row_stamps, tf.concat([resident_rows, new_rows], axis=0), step,
-                             kernels=native is not None)
+        layer.lru_log.append(layer.row_stamps, tf.concat([resident_rows, new_rows], axis=0), step)
     rows = tf.tensor_scatter_nd_update(rows, new_at[:, None], new_rows)
     # Lookups that read the default: all but those of resident keys and of the keys admitted now.
     total = tf.reduce_sum(counts)

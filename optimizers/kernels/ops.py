@@ -273,23 +273,27 @@ def fill_rows(variable, rows, value):
 
 
 
-def lru_victims(last_seen, log, num_evict, step, used):
-    """The `num_evict` least recently used rows not stamped `step`, consumed from `log` (a `dynamic_lru.LruLog`).
+def dynamic_policy(index, unique, counts, rows, layer):
+    """One training step of `layer`'s (a `DynamicEmbedding`'s) policy in one op; returns the rows of `unique` after it.
 
-    Updates the log's variables in place (builds the log first if it is not kept yet); see `LruLog.victims`.
+    `unique`, `counts` and `rows` come from this step's `key_index_unique`. The
+    op updates the layer's variables and `index` in place, as
+    `optimizers/dynamic_policy.py`'s TF ops do (float32 tables).
     """
-    return _ops().embedopt_lru_victims(*_log_handles(last_seen, log), num_evict, step, used)
+    state = [layer.steps, layer.row_stamps, layer.row_keys, layer.rows_in_use, layer.assigned_rows,
+             layer.num_assigned, layer.admissions, layer.evictions, layer.lookups, layer.default_lookups]
+    if layer.sketch is not None:
+        state.append(layer.sketch)
+    if layer.lru_log is not None:
+        log = layer.lru_log
+        state += [log.rows, log.steps, log.head, log.tail]
+    scale = layer.init_scale if layer.embeddings_initializer == "uniform" else 0.0
+    return _ops().embedopt_dynamic_policy(
+        index, unique, counts, rows, _tf_variable(layer.embeddings).handle, [_tf_variable(v).handle for v in state],
+        admit_after=layer.admit_after, lfu=layer.eviction == "lfu", sketch_decay_every=layer.sketch_decay_every,
+        init_scale=scale, seed=layer.seed)
 
 
-def lru_append(last_seen, log, rows, step):
-    """Logs the distinct `rows`, stamped `step`, ascending, in place (compacting first if needed); see `LruLog.append`."""
-    return _ops().embedopt_lru_append(*_log_handles(last_seen, log), rows, step)
-
-
-def _log_handles(last_seen, log):
-    return [_tf_variable(v).handle for v in (last_seen, log.rows, log.steps, log.head, log.tail)]
-
-
-__all__ = ["COMBINERS", "HYPERS", "SLOTS", "all_finite", "bags", "dedup", "fill_rows", "key_index_export", "key_index_handle",
-           "key_index_reset", "key_index_unique", "key_index_update", "lru_append", "lru_victims", "pooled_lookup", "pooled_lookup_grad", "resident_bags",
+__all__ = ["COMBINERS", "HYPERS", "SLOTS", "all_finite", "bags", "dedup", "dynamic_policy", "fill_rows", "key_index_export", "key_index_handle",
+           "key_index_reset", "key_index_unique", "key_index_update", "pooled_lookup", "pooled_lookup_grad", "resident_bags",
            "sparse_apply"]

@@ -67,11 +67,55 @@ def test_kernel_and_tf_paths_give_identical_state(eviction, admit_after, default
         ops = {op.type for op in step.get_concrete_function(tf.constant(keys[0]), tf.constant(coefs[0])).graph
                .get_operations()}
         assert ("EmbedoptKeyIndexUnique" in ops) == table_kernels  # each path ran what it claims
+        assert ("EmbedoptDynamicPolicy" in ops) == table_kernels
         runs[table_kernels] = (layer, _state(layer, optimizer))
     assert runs[True][0].counters() == runs[False][0].counters()
     assert runs[True][0].counters()["evictions"] > 0
     for a, b in zip(runs[True][1], runs[False][1]):
         np.testing.assert_array_equal(a, b)  # exact: keys, rows, stamps, sketch, log, counters, rows, slots
+
+
+def _busy_stream(capacity=2500, seed=11):
+    """Batches with thousands of distinct keys, each twice: the table fills, evicts, then (steps 2-5) reads only its
+    resident keys, so that the LRU log grows by ~capacity entries a step with no victims and must compact; then a
+    Zipf stream with thousands of evictions a step."""
+    universe = np.arange(1, 60_000, dtype=np.int64) * 7919 - 2**62
+    first = universe[:capacity + capacity // 5]  # capacity fit, the rest stays out: no victims on step 0
+    arrived = universe[len(first):len(first) + capacity // 4]
+    resident = np.concatenate([arrived, first[:capacity - len(arrived)]])  # step 1 evicts the rows it does not read
+    batches = [first, resident] + [resident] * 4
+    zipf, _ = _stream(seed, 4, 8192, universe, zipf=1.05)
+    keys = [np.concatenate([b, b]) for b in batches] + zipf
+    rng = np.random.default_rng(seed)
+    return keys, [rng.normal(size=(len(k), 4)).astype(np.float32) for k in keys]
+
+
+@pytest.mark.parametrize("eviction, admit_after, decay", [("lru", 1, 0), ("lru", 2, 3), ("lfu", 2, 3)])
+def test_kernel_and_tf_paths_agree_with_thousands_of_keys_a_step(eviction, admit_after, decay):
+    # Sizes where the kernel takes its other branches: the LRU append's radix sort (>= 512 rows, two 11-bit
+    # digits for 2500 rows), the log's compaction, the sketch's halving, the LFU selection over thousands of
+    # rows, and Philox blocks split across threads.
+    keys, coefs = _busy_stream()
+    runs = {}
+    for table_kernels in (True, False):
+        layer = DynamicEmbedding(4, capacity=2500, sketch_width=2**12, seed=9, eviction=eviction,
+                                 admit_after=admit_after, sketch_decay_every=decay)
+        layer.build()
+        optimizer = optimizers.LazyAdam(0.05)
+        optimizer.build(layer.trainable_variables)
+        step = _step_fn(layer, optimizer, table_kernels)
+        tails = []
+        for k, c in zip(keys, coefs):
+            step(tf.constant(k), tf.constant(c))
+            tails.append(int(layer.lru_log.tail.numpy()) if layer.lru_log is not None else 0)
+        runs[table_kernels] = (layer, _state(layer, optimizer))
+    counters = runs[True][0].counters()
+    assert counters == runs[False][0].counters()
+    assert counters["evictions"] > 2000
+    if eviction == "lru":  # log positions only count up, except when a compaction moves the tail back
+        assert any(b < a for a, b in zip(tails, tails[1:])), tails
+    for a, b in zip(runs[True][1], runs[False][1]):
+        np.testing.assert_array_equal(a, b)
 
 
 def test_switching_paths_mid_stream_matches_reference():

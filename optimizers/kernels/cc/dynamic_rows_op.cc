@@ -111,7 +111,11 @@ class FillRowsOp : public OpKernel {
     const T value = value_in.scalar<T>()();
     T* data = var.flat<T>().data();
     ParallelFor(ctx, n, width * 2, [&](int64_t begin, int64_t end) {
-      for (int64_t i = begin; i < end; ++i) std::fill(data + rows[i] * width, data + (rows[i] + 1) * width, value);
+      for (int64_t i = begin; i < end; ++i) {
+        // Scattered rows: each write would first wait for its row's lines; ask for them a few rows ahead.
+        if (i + kPrefetchAhead < end) PrefetchRow(data + rows[i + kPrefetchAhead] * width, width, /*for_write=*/true);
+        std::fill(data + rows[i] * width, data + (rows[i] + 1) * width, value);
+      }
     });
   }
 };

@@ -107,14 +107,6 @@ REGISTER_OP("EmbedoptKeyIndexReset")
 
 namespace {
 
-absl::Status GetIndex(OpKernelContext* ctx, ::tensorflow::core::RefCountPtr<KeyIndex>* index) {
-  return ::tensorflow::LookupOrCreateResource<KeyIndex>(ctx, ::tensorflow::HandleFromInput(ctx, 0), index,
-                                                        [](KeyIndex** created) {
-                                                          *created = new KeyIndex();
-                                                          return absl::OkStatus();
-                                                        });
-}
-
 absl::Status ScalarInput(OpKernelContext* ctx, int i, const char* arg, int64_t* value) {
   const Tensor& t = ctx->input(i);
   if (!::tensorflow::TensorShapeUtils::IsScalar(t.shape())) {
@@ -174,7 +166,7 @@ class KeyIndexUniqueOp : public OpKernel {
     const int64_t n = keys_in.NumElements();
     const int64_t* keys = keys_in.flat<int64_t>().data();
     ::tensorflow::core::RefCountPtr<KeyIndex> index;
-    OP_REQUIRES_OK(ctx, GetIndex(ctx, &index));
+    OP_REQUIRES_OK(ctx, GetKeyIndex(ctx, 0, &index));
     ::tensorflow::mutex_lock lock(*index->mu());
     OP_REQUIRES_OK(ctx, EnsureInDate(ctx, index.get(), 2));
 
@@ -246,7 +238,7 @@ class KeyIndexUpdateOp : public OpKernel {
     int64_t step = 0;
     OP_REQUIRES_OK(ctx, ScalarInput(ctx, 4, "step", &step));
     ::tensorflow::core::RefCountPtr<KeyIndex> index;
-    OP_REQUIRES_OK(ctx, GetIndex(ctx, &index));
+    OP_REQUIRES_OK(ctx, GetKeyIndex(ctx, 0, &index));
     ::tensorflow::mutex_lock lock(*index->mu());
     OP_REQUIRES(ctx, index->synced_step() == step - 1 && step - 1 != KeyIndex::kStale,
                 absl::FailedPreconditionError(absl::StrCat("the key index is stamped with step ", index->synced_step(),
@@ -281,7 +273,7 @@ class KeyIndexExportOp : public OpKernel {
 
   void Compute(OpKernelContext* ctx) override {
     ::tensorflow::core::RefCountPtr<KeyIndex> index;
-    OP_REQUIRES_OK(ctx, GetIndex(ctx, &index));
+    OP_REQUIRES_OK(ctx, GetKeyIndex(ctx, 0, &index));
     ::tensorflow::mutex_lock lock(*index->mu());
     OP_REQUIRES_OK(ctx, EnsureInDate(ctx, index.get(), 1));
     std::vector<int64_t> keys, rows;
@@ -301,7 +293,7 @@ class KeyIndexResetOp : public OpKernel {
 
   void Compute(OpKernelContext* ctx) override {
     ::tensorflow::core::RefCountPtr<KeyIndex> index;
-    OP_REQUIRES_OK(ctx, GetIndex(ctx, &index));
+    OP_REQUIRES_OK(ctx, GetKeyIndex(ctx, 0, &index));
     ::tensorflow::mutex_lock lock(*index->mu());
     index->set_synced_step(KeyIndex::kStale);
   }

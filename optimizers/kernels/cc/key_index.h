@@ -14,7 +14,9 @@
 #include <vector>
 
 #include "absl/strings/str_cat.h"
+#include "tensorflow/core/framework/op_kernel.h"
 #include "tensorflow/core/framework/resource_base.h"
+#include "tensorflow/core/framework/resource_mgr.h"
 #include "tensorflow/core/platform/mutex.h"
 
 namespace embedopt {
@@ -134,6 +136,16 @@ class KeyIndex : public ::tensorflow::ResourceBase {
   int64_t synced_step_ = kStale;
   std::vector<int32_t> row_marks_;
 };
+
+// The KeyIndex that input `i` of the op names (created empty and out of date on first use).
+inline absl::Status GetKeyIndex(::tensorflow::OpKernelContext* ctx, int i,
+                                ::tensorflow::core::RefCountPtr<KeyIndex>* index) {
+  return ::tensorflow::LookupOrCreateResource<KeyIndex>(ctx, ::tensorflow::HandleFromInput(ctx, i), index,
+                                                        [](KeyIndex** created) {
+                                                          *created = new KeyIndex();
+                                                          return absl::OkStatus();
+                                                        });
+}
 
 }  // namespace embedopt
 

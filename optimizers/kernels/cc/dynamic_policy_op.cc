@@ -1,0 +1,392 @@
+// One training step of DynamicEmbedding's admission and eviction policy in
+// one op, in place on the layer's variables and its KeyIndex: the kernel
+// path's counterpart of policy_step (optimizers/dynamic_policy.py), which
+// takes ~60 TF ops (stamps, sketch, victims, index, row keys, new rows'
+// values, counters, the LRU log). Same state, bit for bit, as those ops
+// (tests/optimizers/test_dynamic_paths.py):
+//
+//   1. resident keys stamp their row with the step (LRU) or add their counts
+//      to it (LFU);
+//   2. other keys add their counts to the count-min sketch (halved first on
+//      every sketch_decay_every-th step); those whose estimate reaches
+//      admit_after are admitted, in first-occurrence order;
+//   3. admitted keys take never-used rows, then victims: the LRU log's head
+//      (O(batch) amortized), or the LFU rows with the smallest counts, ties
+//      to the lower row (one partial selection over the rows in use);
+//   4. new rows get U(-init_scale, init_scale) from Philox seeded by
+//      (seed, step), the values and order tf.random.stateless_uniform gives.
+#define EIGEN_USE_THREADS
+
+#include <algorithm>
+#include <cstdint>
+#include <limits>
+#include <utility>
+#include <vector>
+
+#include "common.h"
+#include "key_index.h"
+#include "lru_log.h"
+#include "tensorflow/core/framework/op.h"
+#include "tensorflow/core/framework/shape_inference.h"
+#include "tensorflow/core/kernels/training_op_helpers.h"
+#include "tensorflow/core/lib/random/philox_random.h"
+#include "tensorflow/core/lib/random/random_distributions.h"
+
+namespace embedopt {
+
+using ::tensorflow::OpKernel;
+using ::tensorflow::OpKernelConstruction;
+using ::tensorflow::shape_inference::InferenceContext;
+
+REGISTER_OP("EmbedoptDynamicPolicy")
+    .Input("index: resource")
+    .Input("unique: int64")
+    .Input("counts: int64")
+    .Input("rows: int64")
+    .Input("embeddings: resource")
+    .Input("state: num_state * resource")
+    .Output("new_rows: int64")
+    .Attr("num_state: int >= 10")
+    .Attr("admit_after: int >= 1")
+    .Attr("lfu: bool")
+    .Attr("sketch_decay_every: int >= 0")
+    .Attr("init_scale: float")
+    .Attr("seed: int")
+    .SetIsStateful()
+    .SetShapeFn([](InferenceContext* c) {
+      c->set_output(0, c->input(3));
+      return absl::OkStatus();
+    })
+    .Doc(R"doc(
+Runs one training step of DynamicEmbedding's policy for a batch's distinct
+keys (`unique`, `counts`, and `rows` from EmbedoptKeyIndexUnique of this
+step) and returns their rows afterwards (-1: no row).
+
+embeddings: the float32 [capacity, dim] table; new rows are re-initialized.
+state: the int64 variables steps, stamps (last_seen or row_counts),
+  row_keys, rows_in_use, assigned_rows, num_assigned, admissions,
+  evictions, lookups, default_lookups, then the sketch when admit_after > 1,
+  then log_rows, log_steps, log_head, log_tail for LRU (lfu false).
+init_scale: 0 gives zero rows.
+)doc");
+
+namespace {
+
+enum State {
+  kSteps, kStamps, kRowKeys, kRowsInUse, kAssigned, kNumAssigned,
+  kAdmissions, kEvictions, kLookups, kDefaultLookups, kFirstOptional
+};
+
+constexpr uint64_t kGolden = 0x9E3779B97F4A7C15ull;
+
+// Column of `key` in sketch row `d` (optimizers/dynamic_ops.py: sketch_buckets).
+inline int64_t SketchBucket(int64_t key, int64_t d, uint64_t mask) {
+  uint64_t z = static_cast<uint64_t>(key) + static_cast<uint64_t>(d + 1) * kGolden;
+  z = (z ^ (z >> 30)) * 0xBF58476D1CE4E5B9ull;
+  z = (z ^ (z >> 27)) * 0x94D049BB133111EBull;
+  return static_cast<int64_t>((z ^ (z >> 31)) & mask);
+}
+
+// Variables of one op, switched to copy-on-read (so that writing in place
+// never copies them again) and locked in address order.
+class LockedVariables {
+ public:
+  template <typename T>
+  absl::Status Add(OpKernelContext* ctx, int input, const char* arg) {
+    TF_RETURN_IF_ERROR(CheckVariable<T>(ctx, input, arg));
+    ::tensorflow::core::RefCountPtr<::tensorflow::Var> var;
+    TF_RETURN_IF_ERROR(::tensorflow::LookupResource(ctx, ::tensorflow::HandleFromInput(ctx, input), &var));
+    TF_RETURN_IF_ERROR((::tensorflow::EnsureSparseVariableAccess<Eigen::ThreadPoolDevice, T>(ctx, var.get())));
+    vars_.push_back(std::move(var));
+    return absl::OkStatus();
+  }
+
+  void LockAll() {
+    std::vector<tsl::mutex*> order;
+    for (auto& var : vars_) order.push_back(var->mu());
+    std::sort(order.begin(), order.end());
+    order.erase(std::unique(order.begin(), order.end()), order.end());
+    locks_.reserve(order.size());
+    for (tsl::mutex* mu : order) locks_.emplace_back(*mu);
+  }
+
+  Tensor* tensor(int k) { return vars_[k]->tensor(); }
+
+ private:
+  std::vector<::tensorflow::core::RefCountPtr<::tensorflow::Var>> vars_;
+  std::vector<tsl::mutex_lock> locks_;
+};
+
+absl::Status CheckSize(const Tensor* t, int64_t n, const char* name) {
+  if (t->NumElements() != n) {
+    return absl::InvalidArgumentError(
+        absl::StrCat(name, " must have ", n, " elements, got shape ", t->shape().DebugString()));
+  }
+  return absl::OkStatus();
+}
+
+// tf.random.stateless_uniform([n, dim], seed=(seed, step), minval=-scale,
+// maxval=scale) written to table rows `rows`: Philox keyed as
+// StatelessRandomGetKeyCounter keys it, element e from the (e / 4)-th output
+// block, then u * (max - min) + min in float, as the Python op computes it.
+void UniformRows(OpKernelContext* ctx, float* table, int64_t dim, const std::vector<int64_t>& rows, int64_t seed,
+                 int64_t step, float scale) {
+  using ::tsl::random::PhiloxRandom;
+  PhiloxRandom::Key key;
+  PhiloxRandom::ResultType counter;
+  const uint64_t seed0 = static_cast<uint64_t>(seed), seed1 = static_cast<uint64_t>(step);
+  key[0] = 0x3ec8f720;
+  key[1] = 0x02461e29;
+  counter[0] = static_cast<uint32_t>(seed0);
+  counter[1] = static_cast<uint32_t>(seed0 >> 32);
+  counter[2] = static_cast<uint32_t>(seed1);
+  counter[3] = static_cast<uint32_t>(seed1 >> 32);
+  const auto mix = PhiloxRandom(counter, key)();
+  key[0] = mix[0];
+  key[1] = mix[1];
+  counter[0] = counter[1] = 0;
+  counter[2] = mix[2];
+  counter[3] = mix[3];
+  const float minval = -scale, range = scale - minval;
+  const int64_t total = static_cast<int64_t>(rows.size()) * dim;
+  const int64_t groups = (total + 3) / 4;
+  ParallelFor(ctx, groups, 40, [&](int64_t begin, int64_t end) {
+    PhiloxRandom gen(counter, key);
+    gen.Skip(static_cast<uint64_t>(begin));
+    for (int64_t g = begin; g < end; ++g) {
+      const auto sample = gen();
+      for (int k = 0; k < 4; ++k) {
+        const int64_t e = 4 * g + k;
+        if (e >= total) break;
+        const int64_t ahead = e / dim + kPrefetchAhead;
+        if (e % dim == 0 && ahead < static_cast<int64_t>(rows.size())) {
+          PrefetchRow(table + rows[ahead] * dim, dim, /*for_write=*/true);  // scattered rows: ask a few ahead
+        }
+        // Two roundings, as TF's Mul then AddV2: `volatile` keeps the compiler from fusing them into an FMA.
+        volatile float product = ::tsl::random::Uint32ToFloat(sample[k]) * range;
+        table[rows[e / dim] * dim + e % dim] = product + minval;
+      }
+    }
+  });
+}
+
+}  // namespace
+
+class DynamicPolicyOp : public OpKernel {
+ public:
+  explicit DynamicPolicyOp(OpKernelConstruction* ctx) : OpKernel(ctx) {
+    OP_REQUIRES_OK(ctx, ctx->GetAttr("num_state", &num_state_));
+    OP_REQUIRES_OK(ctx, ctx->GetAttr("admit_after", &admit_after_));
+    OP_REQUIRES_OK(ctx, ctx->GetAttr("lfu", &lfu_));
+    OP_REQUIRES_OK(ctx, ctx->GetAttr("sketch_decay_every", &decay_every_));
+    OP_REQUIRES_OK(ctx, ctx->GetAttr("init_scale", &init_scale_));
+    OP_REQUIRES_OK(ctx, ctx->GetAttr("seed", &seed_));
+    OP_REQUIRES(ctx, init_scale_ >= 0,
+                absl::InvalidArgumentError(absl::StrCat("init_scale must be >= 0, got ", init_scale_)));
+    const int want = kFirstOptional + (admit_after_ > 1 ? 1 : 0) + (lfu_ ? 0 : 4);
+    OP_REQUIRES(ctx, num_state_ == want,
+                absl::InvalidArgumentError(absl::StrCat("state must hold ", want, " variables for admit_after = ",
+                                                        admit_after_, " and lfu = ", lfu_, ", got ", num_state_)));
+  }
+
+  void Compute(OpKernelContext* ctx) override {
+    const Tensor& unique_in = ctx->input(1);
+    const Tensor& counts_in = ctx->input(2);
+    const Tensor& rows_in = ctx->input(3);
+    OP_REQUIRES_OK(ctx, CheckIdVector("unique", unique_in));
+    for (const Tensor* t : {&counts_in, &rows_in}) {
+      OP_REQUIRES(ctx, t->shape() == unique_in.shape(),
+                  absl::InvalidArgumentError(absl::StrCat("counts and rows must have the shape of unique, ",
+                                                          unique_in.shape().DebugString(), ", got ",
+                                                          t->shape().DebugString())));
+    }
+    const int64_t u = unique_in.NumElements();
+    const int64_t* keys = unique_in.flat<int64_t>().data();
+    const int64_t* counts = counts_in.flat<int64_t>().data();
+    const int64_t* rows_before = rows_in.flat<int64_t>().data();
+
+    LockedVariables vars;
+    OP_REQUIRES_OK(ctx, vars.Add<float>(ctx, 4, "embeddings"));
+    static const char* kNames[] = {"steps", "stamps", "row_keys", "rows_in_use", "assigned_rows", "num_assigned",
+                                   "admissions", "evictions", "lookups", "default_lookups"};
+    for (int k = 0; k < num_state_; ++k) {
+      OP_REQUIRES_OK(ctx, vars.Add<int64_t>(ctx, 5 + k, k < kFirstOptional ? kNames[k] : "state"));
+    }
+    ::tensorflow::core::RefCountPtr<KeyIndex> index;
+    OP_REQUIRES_OK(ctx, GetKeyIndex(ctx, 0, &index));
+    ::tensorflow::mutex_lock index_lock(*index->mu());
+    vars.LockAll();
+
+    Tensor* table_t = vars.tensor(0);
+    auto state = [&](int k) { return vars.tensor(1 + k)->flat<int64_t>().data(); };
+    const int64_t capacity = vars.tensor(1 + kStamps)->NumElements();
+    OP_REQUIRES(ctx, table_t->dims() == 2 && table_t->dim_size(0) == capacity,
+                absl::InvalidArgumentError(absl::StrCat("embeddings must be [", capacity, ", dim], got ",
+                                                        table_t->shape().DebugString())));
+    for (int k : {kRowKeys, kAssigned}) OP_REQUIRES_OK(ctx, CheckSize(vars.tensor(1 + k), capacity, kNames[k]));
+    for (int k : {kSteps, kRowsInUse, kNumAssigned, kAdmissions, kEvictions, kLookups, kDefaultLookups}) {
+      OP_REQUIRES_OK(ctx, CheckSize(vars.tensor(1 + k), 1, kNames[k]));
+    }
+    int next = kFirstOptional;
+    Tensor* sketch_t = admit_after_ > 1 ? vars.tensor(1 + next++) : nullptr;
+    if (sketch_t != nullptr) {
+      const int64_t width = sketch_t->dims() == 2 ? sketch_t->dim_size(1) : 0;
+      OP_REQUIRES(ctx, width > 0 && (width & (width - 1)) == 0 && sketch_t->dim_size(0) > 0,
+                  absl::InvalidArgumentError(absl::StrCat("the sketch must be [depth, width], width a power of 2, "
+                                                          "got ", sketch_t->shape().DebugString())));
+    }
+    LruLog log{};
+    if (!lfu_) {
+      Tensor* log_rows = vars.tensor(1 + next);
+      log = LruLog{state(kStamps), capacity, log_rows->flat<int64_t>().data(),
+                   vars.tensor(2 + next)->flat<int64_t>().data(), log_rows->NumElements(),
+                   vars.tensor(3 + next)->flat<int64_t>().data(), vars.tensor(4 + next)->flat<int64_t>().data()};
+      OP_REQUIRES(ctx, log.size > 0, absl::InvalidArgumentError("the LRU log must not be empty"));
+      OP_REQUIRES_OK(ctx, CheckSize(vars.tensor(2 + next), log.size, "log_steps"));
+      OP_REQUIRES_OK(ctx, CheckSize(vars.tensor(3 + next), 1, "log_head"));
+      OP_REQUIRES_OK(ctx, CheckSize(vars.tensor(4 + next), 1, "log_tail"));
+    }
+    int64_t* const stamps = state(kStamps);
+    int64_t* const row_keys = state(kRowKeys);
+    const int64_t used = *state(kRowsInUse);
+    OP_REQUIRES(ctx, used >= 0 && used <= capacity,
+                absl::InvalidArgumentError(absl::StrCat("rows_in_use = ", used, " is not in [0, ", capacity, "]")));
+    for (int64_t i = 0; i < u; ++i) {
+      OP_REQUIRES(ctx, rows_before[i] >= -1 && rows_before[i] < used,
+                  absl::InvalidArgumentError(absl::StrCat("rows[", i, "] = ", rows_before[i], " is not -1 or a row "
+                                                          "in use (rows_in_use = ", used, ")")));
+    }
+    const int64_t step = *state(kSteps) + 1;
+    OP_REQUIRES(ctx, index->synced_step() == step - 1 && step - 1 != KeyIndex::kStale,
+                absl::FailedPreconditionError(absl::StrCat("the key index is stamped with step ", index->synced_step(),
+                                                           ", not ", step - 1, ": the table changed since this step's "
+                                                           "EmbedoptKeyIndexUnique")));
+    OP_REQUIRES(ctx, index->capacity() == capacity,
+                absl::InvalidArgumentError(absl::StrCat("the key index holds ", index->capacity(), " rows, the table ",
+                                                        capacity)));
+    *state(kSteps) = step;
+
+    // 1. Resident keys.
+    std::vector<int64_t> touched;  // the rows this step reads or assigns: the LRU log's append
+    std::vector<int64_t> candidates;
+    touched.reserve(u);
+    int64_t total = 0, resident_total = 0;
+    for (int64_t i = 0; i < u; ++i) {
+      total += counts[i];
+      const int64_t row = rows_before[i];
+      if (row < 0) {
+        candidates.push_back(i);
+        continue;
+      }
+      touched.push_back(row);
+      resident_total += counts[i];
+      stamps[row] = lfu_ ? stamps[row] + counts[i] : step;
+    }
+    const int64_t num_resident = static_cast<int64_t>(touched.size());
+
+    // 2. Admission through the count-min sketch.
+    if (sketch_t != nullptr) {
+      const int64_t depth = sketch_t->dim_size(0), width = sketch_t->dim_size(1);
+      int64_t* sketch = sketch_t->flat<int64_t>().data();
+      if (decay_every_ > 0 && step % decay_every_ == 0) {
+        for (int64_t c = 0; c < depth * width; ++c) sketch[c] /= 2;  // counts are >= 0: floor
+      }
+      const uint64_t mask = static_cast<uint64_t>(width - 1);
+      for (int64_t i : candidates) {
+        for (int64_t d = 0; d < depth; ++d) sketch[d * width + SketchBucket(keys[i], d, mask)] += counts[i];
+      }
+      std::vector<int64_t> admitted;
+      for (int64_t i : candidates) {
+        int64_t estimate = std::numeric_limits<int64_t>::max();
+        for (int64_t d = 0; d < depth; ++d) {
+          estimate = std::min(estimate, sketch[d * width + SketchBucket(keys[i], d, mask)]);
+        }
+        if (estimate >= admit_after_) admitted.push_back(i);
+      }
+      candidates.swap(admitted);
+    }
+
+    // 3. Rows for the admitted keys: never-used rows first, then victims.
+    const int64_t free = capacity - used;
+    const int64_t num_admit = std::min<int64_t>(candidates.size(), free + (used - num_resident));
+    const int64_t num_fresh = std::min(num_admit, free);
+    const int64_t num_evict = num_admit - num_fresh;
+    std::vector<int64_t> new_rows;
+    new_rows.reserve(num_admit);
+    for (int64_t r = used; r < used + num_fresh; ++r) new_rows.push_back(r);
+    if (num_evict > 0) {
+      std::vector<int64_t> victims;
+      if (lfu_) {
+        LfuVictims(stamps, used, touched, num_evict, index->row_marks(), &victims);
+      } else {
+        OP_REQUIRES_OK(ctx, log.Victims(num_evict, step, used, &victims));
+      }
+      new_rows.insert(new_rows.end(), victims.begin(), victims.end());
+    }
+    for (int64_t j = num_fresh; j < num_admit; ++j) index->Remove(row_keys[new_rows[j]]);
+    for (int64_t j = 0; j < num_admit; ++j) {
+      const int64_t i = candidates[j], row = new_rows[j];
+      index->Insert(keys[i], row);
+      row_keys[row] = keys[i];
+      stamps[row] = lfu_ ? counts[i] : step;
+      state(kAssigned)[j] = row;
+    }
+    index->set_synced_step(step);
+    *state(kNumAssigned) = num_admit;
+    *state(kRowsInUse) = used + num_fresh;
+
+    // 4. The new rows' values.
+    const int64_t dim = table_t->dim_size(1);
+    float* table = table_t->flat<float>().data();
+    if (init_scale_ > 0) {
+      UniformRows(ctx, table, dim, new_rows, seed_, step, init_scale_);
+    } else {
+      for (int64_t row : new_rows) std::fill(table + row * dim, table + (row + 1) * dim, 0.0f);
+    }
+
+    if (!lfu_) {
+      touched.insert(touched.end(), new_rows.begin(), new_rows.end());
+      OP_REQUIRES_OK(ctx, log.Append(&touched, step));
+    }
+    Tensor* out = nullptr;
+    OP_REQUIRES_OK(ctx, ctx->allocate_output(0, unique_in.shape(), &out));
+    int64_t* rows_after = out->flat<int64_t>().data();
+    std::copy(rows_before, rows_before + u, rows_after);
+    int64_t admitted_total = 0;
+    for (int64_t j = 0; j < num_admit; ++j) {
+      rows_after[candidates[j]] = new_rows[j];
+      admitted_total += counts[candidates[j]];
+    }
+    *state(kAdmissions) += num_admit;
+    *state(kEvictions) += num_evict;
+    *state(kLookups) += total;
+    *state(kDefaultLookups) += total - resident_total - admitted_total;
+  }
+
+ private:
+  // The `num_evict` rows below `used`, not in `resident`, with the smallest
+  // (count, row), in that order: what top_k over the negated counts gives.
+  static void LfuVictims(const int64_t* counts, int64_t used, const std::vector<int64_t>& resident, int64_t num_evict,
+                         std::vector<int32_t>& mark, std::vector<int64_t>* victims) {
+    for (int64_t row : resident) mark[row] = 0;
+    std::vector<std::pair<int64_t, int64_t>> order;
+    order.reserve(used);
+    for (int64_t r = 0; r < used; ++r) {
+      if (mark[r] < 0) order.emplace_back(counts[r], r);
+    }
+    for (int64_t row : resident) mark[row] = -1;
+    std::partial_sort(order.begin(), order.begin() + num_evict, order.end());
+    victims->clear();
+    for (int64_t k = 0; k < num_evict; ++k) victims->push_back(order[k].second);
+  }
+
+  int num_state_ = 0;
+  int admit_after_ = 1;
+  bool lfu_ = false;
+  int decay_every_ = 0;
+  float init_scale_ = 0;
+  int64_t seed_ = 0;
+};
+REGISTER_KERNEL_BUILDER(Name("EmbedoptDynamicPolicy").Device(::tensorflow::DEVICE_CPU), DynamicPolicyOp);
+
+}  // namespace embedopt
