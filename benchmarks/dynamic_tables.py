@@ -4,7 +4,7 @@ Step time: one step = lookup of `batch x ids_per_example` keys, sum-pool, a
 linear head, binary cross-entropy, backward, `reset_slots` (dynamic only)
 and LazyAdam's apply, in one `tf.function`, for a `DynamicEmbedding` of
 `capacity` rows and a `SparseEmbedding` of as many rows, in one child
-process. Two streams: Zipf over 0.9 x capacity ids (the keys fit: admissions,
+process, the two tables' steps alternating. Two streams: Zipf over 0.9 x capacity ids (the keys fit: admissions,
 no eviction) and Zipf over 10 x capacity ids (admit_after=1: thousands of
 admissions and evictions a step; the fixed table reads id % capacity).
 
@@ -30,7 +30,7 @@ from benchmarks.step_time import zipf_ids
 NAME = "dynamic_tables"
 MODELS = ("dynamic", "hashed", "vocabulary")
 STREAMS = {"fits": 0.9, "evicting": 10.0}  # stream -> distinct ids / capacity
-FULL = dict(capacity=100_000, dim=32, batch=4096, ids_per_example=26, warmup=4, steps=15, threads=2,
+FULL = dict(capacity=100_000, dim=32, batch=4096, ids_per_example=26, warmup=4, steps=30, threads=2,
             drift=dict(features=4, window=5000, slide=1500, periods=8, examples=50_000), batch_quality=512)
 QUICK = dict(capacity=20_000, dim=32, batch=1024, ids_per_example=26, warmup=2, steps=4, threads=2,
              drift=dict(features=4, window=2000, slide=600, periods=4, examples=12_000), batch_quality=512)
@@ -174,7 +174,11 @@ def _build(kind, rows, dim, learning_rate, seed=0):
 
 
 def measure_steps(capacity, dim, batch, ids_per_example, warmup, steps, threads) -> dict:
-    """Child process: per stream, the step times of the fixed and the dynamic table, and the dynamic counters."""
+    """Child process: per stream, the step times of the fixed and the dynamic table, and the dynamic counters.
+
+    The two tables' steps alternate (fixed i, dynamic i, fixed i + 1, ...), so that both see the same machine:
+    timing one table's steps, then the other's, moved the ratio by +-0.2 between runs on a quiet machine.
+    """
     import tensorflow as tf
 
     tf.config.threading.set_intra_op_parallelism_threads(threads)
@@ -183,26 +187,28 @@ def measure_steps(capacity, dim, batch, ids_per_example, warmup, steps, threads)
     for stream, spread in STREAMS.items():
         distinct = int(spread * capacity)
         ids = zipf_ids(distinct, (warmup + steps, batch, ids_per_example), seed=1)
-        keys = [tf.constant(mix64(b).view(np.int64)) for b in ids]  # raw 64-bit keys, as a fingerprint gives
-        fixed_ids = [tf.constant(b % capacity) for b in ids]
+        inputs = {"fixed": [tf.constant(b % capacity) for b in ids],
+                  "dynamic": [tf.constant(mix64(b).view(np.int64)) for b in ids]}  # raw 64-bit keys
         labels = [tf.constant(np.random.default_rng(100 + i).integers(0, 2, batch).astype(np.float32))
                   for i in range(len(ids))]
-        for kind, inputs in (("fixed", fixed_ids), ("dynamic", keys)):
-            model, _, step = _build(kind, capacity, dim, 1e-3)
-            before = {}
-
-            def call(i, step=step, inputs=inputs, model=model):
-                if i == warmup and kind == "dynamic":
-                    before.update(model.table.counters())
-                step(inputs[i], labels[i]).numpy()
-
-            times = harness.time_calls(call, warmup, steps)
-            case = {"repeats_s": times, "unique_per_batch": float(np.mean([len(np.unique(b)) for b in ids]))}
-            if kind == "dynamic":
-                after = model.table.counters()
-                case.update({f"{k}_per_step": (after[k] - before[k]) / steps for k in ("admissions", "evictions")},
-                            rows_in_use=after["rows_in_use"])
-            out[f"{stream}:{kind}"] = case
+        built = {kind: _build(kind, capacity, dim, 1e-3) for kind in inputs}
+        before = {}
+        times = {kind: [] for kind in inputs}
+        for i in range(warmup + steps):
+            if i == warmup:
+                before.update(built["dynamic"][0].table.counters())
+            for kind, (_, _, step) in built.items():
+                start = time.perf_counter()
+                step(inputs[kind][i], labels[i]).numpy()
+                if i >= warmup:
+                    times[kind].append(time.perf_counter() - start)
+        unique = float(np.mean([len(np.unique(b)) for b in ids]))
+        after = built["dynamic"][0].table.counters()
+        out[f"{stream}:fixed"] = {"repeats_s": times["fixed"], "unique_per_batch": unique}
+        out[f"{stream}:dynamic"] = dict(
+            {"repeats_s": times["dynamic"], "unique_per_batch": unique},
+            **{f"{k}_per_step": (after[k] - before[k]) / steps for k in ("admissions", "evictions")},
+            rows_in_use=after["rows_in_use"])
     return {"cases": out}
 
 

@@ -310,6 +310,7 @@ class DynamicEmbedding(keras.layers.Layer):
         if not optimizer.built:
             return
         rows = self.assigned_rows.value[:self.num_assigned.value]
+        filled = {}  # dtype -> (slots, values): reset in place, in one pass over the rows per dtype
         for name in optimizer.slot_names:
             slot = optimizer.get_slot(self.embeddings, name)
             tail = tuple(slot.shape[1:])
@@ -318,11 +319,15 @@ class DynamicEmbedding(keras.layers.Layer):
                                                                    keras.initializers.Constant)) else None
             target = local_variable(slot.value)
             if value is not None and np.ndim(value) == 0 and self._native_index() is not None:
-                ops.fill_rows(target, rows, value)  # in place: no [rows, dim] block to build and scatter
+                group = filled.setdefault(target.dtype, ([], []))
+                group[0].append(target)
+                group[1].append(value)
                 continue
             initial = tf.reshape(init(shape=(1, *tail), dtype=slot.dtype), (1, *tail))
             values = tf.broadcast_to(initial, tf.concat([tf.shape(rows), tail], axis=0))
             target.scatter_update(tf.IndexedSlices(values, rows))
+        for slots, values in filled.values():
+            ops.fill_rows(slots, rows, values)  # no [rows, dim] block to build and scatter
 
     # -- Keras --------------------------------------------------------------
 

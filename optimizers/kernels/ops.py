@@ -266,11 +266,16 @@ def resident_bags(rows, position):
 
 
 
-def fill_rows(variable, rows, value):
-    """Sets the rows `rows` (int64, in range) of `variable` to the scalar `value`, in place. Returns the op."""
-    var = _tf_variable(variable)
-    return _ops().embedopt_fill_rows(var.handle, rows, tf.constant(value, var.dtype))
+def fill_rows(variables, rows, values):
+    """Sets the rows `rows` (int64, in range) of each variable to its scalar value, in place, in one pass.
 
+    `variables` and `values`: one variable and one value, or lists of them (all of one dtype). Returns the op.
+    """
+    if not isinstance(variables, (list, tuple)):
+        variables, values = [variables], [values]
+    handles = [_tf_variable(v).handle for v in variables]
+    dtype = _tf_variable(variables[0]).dtype
+    return _ops().embedopt_fill_rows(handles, rows, [tf.constant(value, dtype) for value in values])
 
 
 def dynamic_policy(index, unique, counts, rows, layer):

@@ -19,6 +19,7 @@
 
 #include <algorithm>
 #include <cstdint>
+#include <cstring>
 #include <limits>
 #include <utility>
 #include <vector>
@@ -125,6 +126,55 @@ absl::Status CheckSize(const Tensor* t, int64_t n, const char* name) {
   return absl::OkStatus();
 }
 
+// Philox4x32-10 (tsl/lib/random/philox_random.h) on kLanes consecutive
+// blocks at once, in arrays the compiler vectorizes: block g has the
+// counter (g, g >> 32, c2, c3) after Skip(g) from (0, 0, c2, c3).
+constexpr int kLanes = 16;
+
+void PhiloxBlocks(uint64_t first, uint32_t c2, uint32_t c3, uint32_t key0, uint32_t key1, uint32_t out[4][kLanes]) {
+  uint32_t x0[kLanes], x1[kLanes], x2[kLanes], x3[kLanes];
+  for (int l = 0; l < kLanes; ++l) {
+    const uint64_t g = first + l;
+    x0[l] = static_cast<uint32_t>(g);
+    x1[l] = static_cast<uint32_t>(g >> 32);
+    x2[l] = c2;
+    x3[l] = c3;
+  }
+  for (int round = 0; round < 10; ++round) {
+    for (int l = 0; l < kLanes; ++l) {
+      const uint64_t p0 = uint64_t{0xD2511F53u} * x0[l];
+      const uint64_t p1 = uint64_t{0xCD9E8D57u} * x2[l];
+      const uint32_t y0 = static_cast<uint32_t>(p1 >> 32) ^ x1[l] ^ key0;
+      const uint32_t y2 = static_cast<uint32_t>(p0 >> 32) ^ x3[l] ^ key1;
+      x1[l] = static_cast<uint32_t>(p1);
+      x3[l] = static_cast<uint32_t>(p0);
+      x0[l] = y0;
+      x2[l] = y2;
+    }
+    key0 += 0x9E3779B9u;
+    key1 += 0xBB67AE85u;
+  }
+  for (int l = 0; l < kLanes; ++l) {
+    out[0][l] = x0[l];
+    out[1][l] = x1[l];
+    out[2][l] = x2[l];
+    out[3][l] = x3[l];
+  }
+}
+
+// u * range + minval for u = Uint32ToFloat(bits) (random_distributions.h), in
+// two roundings as TF's Mul then AddV2: no fused multiply-add here.
+__attribute__((optimize("fp-contract=off"))) void ScaleUniform(const uint32_t* bits, int64_t n, float range,
+                                                                float minval, float* out) {
+  for (int64_t i = 0; i < n; ++i) {
+    const uint32_t val = (127u << 23) | (bits[i] & 0x7fffffu);
+    float u;
+    std::memcpy(&u, &val, sizeof(u));
+    const float product = (u - 1.0f) * range;
+    out[i] = product + minval;
+  }
+}
+
 // tf.random.stateless_uniform([n, dim], seed=(seed, step), minval=-scale,
 // maxval=scale) written to table rows `rows`: Philox keyed as
 // StatelessRandomGetKeyCounter keys it, element e from the (e / 4)-th output
@@ -141,31 +191,27 @@ void UniformRows(OpKernelContext* ctx, float* table, int64_t dim, const std::vec
   counter[1] = static_cast<uint32_t>(seed0 >> 32);
   counter[2] = static_cast<uint32_t>(seed1);
   counter[3] = static_cast<uint32_t>(seed1 >> 32);
-  const auto mix = PhiloxRandom(counter, key)();
-  key[0] = mix[0];
-  key[1] = mix[1];
-  counter[0] = counter[1] = 0;
-  counter[2] = mix[2];
-  counter[3] = mix[3];
+  const auto mix = PhiloxRandom(counter, key)();  // then key (mix0, mix1), counter (0, 0, mix2, mix3)
   const float minval = -scale, range = scale - minval;
-  const int64_t total = static_cast<int64_t>(rows.size()) * dim;
-  const int64_t groups = (total + 3) / 4;
-  ParallelFor(ctx, groups, 40, [&](int64_t begin, int64_t end) {
-    PhiloxRandom gen(counter, key);
-    gen.Skip(static_cast<uint64_t>(begin));
-    for (int64_t g = begin; g < end; ++g) {
-      const auto sample = gen();
-      for (int k = 0; k < 4; ++k) {
-        const int64_t e = 4 * g + k;
-        if (e >= total) break;
-        const int64_t ahead = e / dim + kPrefetchAhead;
-        if (e % dim == 0 && ahead < static_cast<int64_t>(rows.size())) {
-          PrefetchRow(table + rows[ahead] * dim, dim, /*for_write=*/true);  // scattered rows: ask a few ahead
-        }
-        // Two roundings, as TF's Mul then AddV2: `volatile` keeps the compiler from fusing them into an FMA.
-        volatile float product = ::tsl::random::Uint32ToFloat(sample[k]) * range;
-        table[rows[e / dim] * dim + e % dim] = product + minval;
+  const int64_t n = static_cast<int64_t>(rows.size());
+  ParallelFor(ctx, n, dim * 8, [&](int64_t begin, int64_t end) {
+    // Elements [begin * dim, end * dim): the blocks that cover them, kLanes at a time, then row by row.
+    const int64_t first_block = begin * dim / 4, last_block = (end * dim + 3) / 4;
+    const int64_t blocks = (last_block - first_block + kLanes - 1) / kLanes * kLanes;
+    std::vector<uint32_t> bits(4 * blocks);
+    uint32_t out[4][kLanes];
+    for (int64_t b = 0; b < blocks; b += kLanes) {
+      PhiloxBlocks(static_cast<uint64_t>(first_block + b), mix[2], mix[3], mix[0], mix[1], out);
+      for (int l = 0; l < kLanes; ++l) {
+        for (int k = 0; k < 4; ++k) bits[4 * (b + l) + k] = out[k][l];
       }
+    }
+    std::vector<float> values(bits.size());
+    ScaleUniform(bits.data(), static_cast<int64_t>(bits.size()), range, minval, values.data());
+    const int64_t offset = 4 * first_block;
+    for (int64_t j = begin; j < end; ++j) {
+      if (j + kPrefetchAhead < end) PrefetchRow(table + rows[j + kPrefetchAhead] * dim, dim, /*for_write=*/true);
+      std::copy_n(values.data() + (j * dim - offset), dim, table + rows[j] * dim);
     }
   });
 }
@@ -272,6 +318,10 @@ class DynamicPolicyOp : public OpKernel {
     touched.reserve(u);
     int64_t total = 0, resident_total = 0;
     for (int64_t i = 0; i < u; ++i) {
+      // Rows, keys and index slots below are scattered over arrays of MBs: each loop asks for its lines ahead.
+      if (i + kPrefetchAhead < u && rows_before[i + kPrefetchAhead] >= 0) {
+        __builtin_prefetch(stamps + rows_before[i + kPrefetchAhead], 1);
+      }
       total += counts[i];
       const int64_t row = rows_before[i];
       if (row < 0) {
@@ -323,8 +373,21 @@ class DynamicPolicyOp : public OpKernel {
       }
       new_rows.insert(new_rows.end(), victims.begin(), victims.end());
     }
-    for (int64_t j = num_fresh; j < num_admit; ++j) index->Remove(row_keys[new_rows[j]]);
+    std::vector<int64_t> evicted(num_evict);
+    for (int64_t j = 0; j < num_evict; ++j) {
+      if (j + kPrefetchAhead < num_evict) __builtin_prefetch(row_keys + new_rows[num_fresh + j + kPrefetchAhead], 0);
+      evicted[j] = row_keys[new_rows[num_fresh + j]];
+    }
+    for (int64_t j = 0; j < num_evict; ++j) {
+      if (j + kPrefetchAhead < num_evict) index->Prefetch(evicted[j + kPrefetchAhead]);
+      index->Remove(evicted[j]);
+    }
     for (int64_t j = 0; j < num_admit; ++j) {
+      if (j + kPrefetchAhead < num_admit) {
+        index->Prefetch(keys[candidates[j + kPrefetchAhead]]);
+        __builtin_prefetch(row_keys + new_rows[j + kPrefetchAhead], 1);
+        __builtin_prefetch(stamps + new_rows[j + kPrefetchAhead], 1);
+      }
       const int64_t i = candidates[j], row = new_rows[j];
       index->Insert(keys[i], row);
       row_keys[row] = keys[i];

@@ -75,49 +75,68 @@ class ResidentBagsOp : public OpKernel {
 REGISTER_KERNEL_BUILDER(Name("EmbedoptResidentBags").Device(::tensorflow::DEVICE_CPU), ResidentBagsOp);
 
 REGISTER_OP("EmbedoptFillRows")
-    .Input("var: resource")
+    .Input("vars: N * resource")
     .Input("rows: int64")
-    .Input("value: T")
+    .Input("values: N * T")
+    .Attr("N: int >= 1")
     .Attr("T: {float, double, half, bfloat16}")
     .SetShapeFn(::tensorflow::shape_inference::NoOutputs)
-    .Doc("Sets every element of var[rows[i]] to the scalar `value`, in place.");
+    .Doc("Sets every element of vars[k][rows[i]] to the scalar values[k], in place, in one pass over the rows.");
 
 template <typename T>
 class FillRowsOp : public OpKernel {
  public:
-  explicit FillRowsOp(OpKernelConstruction* ctx) : OpKernel(ctx) {}
+  explicit FillRowsOp(OpKernelConstruction* ctx) : OpKernel(ctx) { OP_REQUIRES_OK(ctx, ctx->GetAttr("N", &num_)); }
 
   void Compute(OpKernelContext* ctx) override {
-    const Tensor& rows_in = ctx->input(1);
-    const Tensor& value_in = ctx->input(2);
+    const Tensor& rows_in = ctx->input(num_);
     OP_REQUIRES_OK(ctx, CheckIdVector("rows", rows_in));
-    OP_REQUIRES(ctx, ::tensorflow::TensorShapeUtils::IsScalar(value_in.shape()),
-                absl::InvalidArgumentError(
-                    absl::StrCat("value must be a scalar, got shape ", value_in.shape().DebugString())));
-    OP_REQUIRES_OK(ctx, CheckVariable<T>(ctx, 0, "var"));
+    std::vector<int> ids(num_);
+    for (int k = 0; k < num_; ++k) {
+      ids[k] = k;
+      OP_REQUIRES_OK(ctx, CheckVariable<T>(ctx, k, "vars"));
+      const Tensor& value_in = ctx->input(num_ + 1 + k);
+      OP_REQUIRES(ctx, ::tensorflow::TensorShapeUtils::IsScalar(value_in.shape()),
+                  absl::InvalidArgumentError(
+                      absl::StrCat("values must be scalars, got shape ", value_in.shape().DebugString())));
+    }
     auto locks = ::tensorflow::MaybeLockVariableInputMutexesInOrder<Eigen::ThreadPoolDevice, T>(
-        ctx, /*do_lock=*/false, /*sparse=*/true, {0});
-    Tensor var;
-    OP_REQUIRES_OK(ctx, ::tensorflow::GetInputTensorFromVariable<Eigen::ThreadPoolDevice, T>(
-                            ctx, 0, /*lock_held=*/false, /*sparse=*/true, &var));
-    OP_REQUIRES(ctx, var.dims() >= 1,
-                absl::InvalidArgumentError(absl::StrCat("var must have rank >= 1, got shape ",
-                                                        var.shape().DebugString())));
+        ctx, /*do_lock=*/false, /*sparse=*/true, ids);
     const int64_t n = rows_in.NumElements();
     const int64_t* rows = rows_in.flat<int64_t>().data();
-    const int64_t bad = FirstOutOfRange(rows, n, var.dim_size(0));
-    OP_REQUIRES(ctx, bad < 0, OutOfRange("rows", bad, bad < 0 ? 0 : rows[bad], var.dim_size(0), "var"));
-    const int64_t width = RowWidth(var);
-    const T value = value_in.scalar<T>()();
-    T* data = var.flat<T>().data();
-    ParallelFor(ctx, n, width * 2, [&](int64_t begin, int64_t end) {
+    std::vector<T*> data(num_);
+    std::vector<int64_t> width(num_);
+    std::vector<T> value(num_);
+    for (int k = 0; k < num_; ++k) {
+      Tensor var;
+      OP_REQUIRES_OK(ctx, ::tensorflow::GetInputTensorFromVariable<Eigen::ThreadPoolDevice, T>(
+                              ctx, k, /*lock_held=*/false, /*sparse=*/true, &var));
+      OP_REQUIRES(ctx, var.dims() >= 1,
+                  absl::InvalidArgumentError(absl::StrCat("vars[", k, "] must have rank >= 1, got shape ",
+                                                          var.shape().DebugString())));
+      const int64_t bad = FirstOutOfRange(rows, n, var.dim_size(0));
+      OP_REQUIRES(ctx, bad < 0, OutOfRange("rows", bad, bad < 0 ? 0 : rows[bad], var.dim_size(0), "var"));
+      data[k] = var.flat<T>().data();
+      width[k] = RowWidth(var);
+      value[k] = ctx->input(num_ + 1 + k).scalar<T>()();
+    }
+    int64_t cost = 0;
+    for (int64_t w : width) cost += 2 * w;
+    ParallelFor(ctx, n, cost, [&](int64_t begin, int64_t end) {
       for (int64_t i = begin; i < end; ++i) {
-        // Scattered rows: each write would first wait for its row's lines; ask for them a few rows ahead.
-        if (i + kPrefetchAhead < end) PrefetchRow(data + rows[i + kPrefetchAhead] * width, width, /*for_write=*/true);
-        std::fill(data + rows[i] * width, data + (rows[i] + 1) * width, value);
+        for (int k = 0; k < num_; ++k) {
+          // Scattered rows: each write would first wait for its row's lines; ask for them a few rows ahead.
+          if (i + kPrefetchAhead < end) {
+            PrefetchRow(data[k] + rows[i + kPrefetchAhead] * width[k], width[k], /*for_write=*/true);
+          }
+          std::fill(data[k] + rows[i] * width[k], data[k] + (rows[i] + 1) * width[k], value[k]);
+        }
       }
     });
   }
+
+ private:
+  int num_ = 1;
 };
 
 #define EMBEDOPT_REGISTER_FILL_ROWS(T) \

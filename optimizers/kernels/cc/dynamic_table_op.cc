@@ -192,6 +192,9 @@ class KeyIndexUniqueOp : public OpKernel {
     std::vector<int32_t> set(absent > 0 ? set_size : 0, -1);
     std::vector<int64_t> unique, counts, rows;
     for (int64_t i = 0; i < n; ++i) {
+      if (i + kPrefetchAhead < n && row_of[i + kPrefetchAhead] >= 0) {
+        __builtin_prefetch(&mark[row_of[i + kPrefetchAhead]], 1);  // marks are scattered over 4 bytes x capacity
+      }
       const int64_t key = keys[i], row = row_of[i];
       int32_t* slot;
       if (row >= 0) {

@@ -136,3 +136,14 @@ def test_fill_rows_sets_only_those_rows(kernel_ops, dtype):
     np.testing.assert_array_equal(tf.cast(var, tf.float32).numpy(), want)
     with pytest.raises(tf.errors.InvalidArgumentError, match=r"rows\[0\] = 6 is not in \[0, 6\)"):
         ops.fill_rows(var, tf.constant([6], tf.int64), 1.0)
+
+
+def test_fill_rows_sets_each_variable_to_its_own_value(kernel_ops):
+    rng = np.random.default_rng(0)
+    table, vector = rng.normal(size=(40, 3)).astype(np.float32), rng.normal(size=40).astype(np.float32)
+    variables = [tf.Variable(table), tf.Variable(vector)]
+    rows = rng.choice(40, 25, replace=False)  # enough rows for the prefetch and the thread split
+    ops.fill_rows(variables, tf.constant(rows, tf.int64), [0.5, -2.0])
+    table[rows], vector[rows] = 0.5, -2.0
+    np.testing.assert_array_equal(variables[0].numpy(), table)
+    np.testing.assert_array_equal(variables[1].numpy(), vector)
