@@ -194,24 +194,31 @@ void UniformRows(OpKernelContext* ctx, float* table, int64_t dim, const std::vec
   const auto mix = PhiloxRandom(counter, key)();  // then key (mix0, mix1), counter (0, 0, mix2, mix3)
   const float minval = -scale, range = scale - minval;
   const int64_t n = static_cast<int64_t>(rows.size());
+  // A few thousand elements at a time through small buffers (fresh MB-sized ones would cost page faults).
+  const int64_t chunk_rows = std::max<int64_t>(1, 4096 / dim);
   ParallelFor(ctx, n, dim * 8, [&](int64_t begin, int64_t end) {
-    // Elements [begin * dim, end * dim): the blocks that cover them, kLanes at a time, then row by row.
-    const int64_t first_block = begin * dim / 4, last_block = (end * dim + 3) / 4;
-    const int64_t blocks = (last_block - first_block + kLanes - 1) / kLanes * kLanes;
-    std::vector<uint32_t> bits(4 * blocks);
+    std::vector<uint32_t> bits;
+    std::vector<float> values;
     uint32_t out[4][kLanes];
-    for (int64_t b = 0; b < blocks; b += kLanes) {
-      PhiloxBlocks(static_cast<uint64_t>(first_block + b), mix[2], mix[3], mix[0], mix[1], out);
-      for (int l = 0; l < kLanes; ++l) {
-        for (int k = 0; k < 4; ++k) bits[4 * (b + l) + k] = out[k][l];
+    for (int64_t lo = begin; lo < end; lo += chunk_rows) {
+      const int64_t hi = std::min(end, lo + chunk_rows);
+      // Elements [lo * dim, hi * dim): the blocks that cover them, kLanes at a time, then row by row.
+      const int64_t first_block = lo * dim / 4, last_block = (hi * dim + 3) / 4;
+      const int64_t blocks = (last_block - first_block + kLanes - 1) / kLanes * kLanes;
+      bits.resize(4 * blocks);
+      values.resize(4 * blocks);
+      for (int64_t b = 0; b < blocks; b += kLanes) {
+        PhiloxBlocks(static_cast<uint64_t>(first_block + b), mix[2], mix[3], mix[0], mix[1], out);
+        for (int l = 0; l < kLanes; ++l) {
+          for (int k = 0; k < 4; ++k) bits[4 * (b + l) + k] = out[k][l];
+        }
       }
-    }
-    std::vector<float> values(bits.size());
-    ScaleUniform(bits.data(), static_cast<int64_t>(bits.size()), range, minval, values.data());
-    const int64_t offset = 4 * first_block;
-    for (int64_t j = begin; j < end; ++j) {
-      if (j + kPrefetchAhead < end) PrefetchRow(table + rows[j + kPrefetchAhead] * dim, dim, /*for_write=*/true);
-      std::copy_n(values.data() + (j * dim - offset), dim, table + rows[j] * dim);
+      ScaleUniform(bits.data(), static_cast<int64_t>(bits.size()), range, minval, values.data());
+      const int64_t offset = 4 * first_block;
+      for (int64_t j = lo; j < hi; ++j) {
+        if (j + kPrefetchAhead < end) PrefetchRow(table + rows[j + kPrefetchAhead] * dim, dim, /*for_write=*/true);
+        std::copy_n(values.data() + (j * dim - offset), dim, table + rows[j] * dim);
+      }
     }
   });
 }

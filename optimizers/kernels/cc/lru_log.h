@@ -88,12 +88,14 @@ struct LruLog {
     victims->clear();
     victims->reserve(std::max<int64_t>(num_evict, 0));
     int64_t position = *head;
-    for (; position < *tail && static_cast<int64_t>(victims->size()) < num_evict; ++position) {
-      const int64_t row = row_at(position);
+    // The ring index moves with the position, wrapping: no division per entry.
+    for (int64_t at = position % size; position < *tail && static_cast<int64_t>(victims->size()) < num_evict;
+         ++position, at = at + 1 == size ? 0 : at + 1) {
+      const int64_t row = rows[at];
       if (row < 0 || row >= capacity) {
         return absl::InvalidArgumentError(absl::StrCat("the LRU log holds row ", row, " of ", capacity));
       }
-      if (Live(position)) victims->push_back(row);
+      if (stamps[row] == steps[at]) victims->push_back(row);
     }
     if (static_cast<int64_t>(victims->size()) != std::max<int64_t>(num_evict, 0)) {
       return absl::InvalidArgumentError("DynamicEmbedding: the LRU log holds fewer live rows than needed");
@@ -124,9 +126,9 @@ struct LruLog {
       start = static_cast<int64_t>(live.size());
     }
     if (start - *head + n > size) return absl::InvalidArgumentError("the LRU log cannot hold this step's rows");
-    for (int64_t k = 0; k < n; ++k) {
-      row_at(start + k) = (*added)[k];
-      step_at(start + k) = step;
+    for (int64_t k = 0, at = start % size; k < n; ++k, at = at + 1 == size ? 0 : at + 1) {
+      rows[at] = (*added)[k];
+      steps[at] = step;
     }
     *tail = start + n;
     return absl::OkStatus();
