@@ -90,15 +90,15 @@ REASONS: list[tuple[str, str]] = [
         "values so parsing handles 3 features instead of 28.")),
     (r"^fused_step", FUSED_STEP),
     (r"^dynamic_tables: dynamic / fixed step", (
-        "The fixed step is one fused lookup and its fused gradient. The dynamic step's key -> row map is a native "
-        "open-addressing index (optimizers/kernels/cc/dynamic_table_op.cc): one op for the batch's distinct keys, "
-        "counts and rows, one for a step's evictions and admissions, in place of tf.unique_with_counts and the "
-        "MutableHashTable's single-threaded lookup/remove/insert (~10 ms of op time a step at 12k evictions); its "
-        "lookup and gradient are the fixed table's pooled kernels; slot resets and the LRU log (victims, append) "
-        "are kernels too. What is left on steps that admit and evict thousands of keys: the new rows' "
-        "stateless-uniform init (~2.4 ms; Philox, kept so the TF path and older checkpoints draw the same bits) "
-        "and ~60 small policy ops (stamp and key scatters, admission arithmetic). Fix for the rest: the whole "
-        "policy (stamps, keys, sketch, counters) as one kernel writing the state variables in place.")),
+        "The fixed step is one fused lookup and its fused gradient. The dynamic step adds a native unique + "
+        "lookup of the batch's keys (optimizers/kernels/cc/dynamic_table_op.cc; its dedup pass is serial, ~1 ms "
+        "at 106k keys), the whole admission/eviction policy as one kernel in place (dynamic_policy_op.cc: index, "
+        "LRU log, sketch, new rows with the TF path's Philox bits), and in-place slot resets. When the keys fit "
+        "that is within 1.5x. On steps that admit and evict ~12k keys, what is left is the work per new row: its "
+        "values (Philox, ~1 ms for 12.7k x 32 floats) and its m and v reset, each written at a scattered row, "
+        "and 24k index updates (0.6-1.4 ms). Fix for the rest: draw the new rows' values on another thread "
+        "while the index updates (tried once: no gain measurable over this machine's noise), and a parallel "
+        "dedup in the unique op.")),
     (r"^apply_bandwidth", (
         "With the fused kernel the apply reads each touched row of the variable and its slots once and writes it "
         "once, in parallel over rows, prefetching ahead (0.54-0.65 of memcpy for SGD, Momentum, Adagrad, LazyAdam "

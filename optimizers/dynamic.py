@@ -112,11 +112,13 @@ class DynamicEmbedding(keras.layers.Layer):
     insert of the admitted and a remove of the evicted keys. LRU victims come from the eviction log
     (`optimizers/dynamic_lru.py`): O(batch) amortized, with one O(capacity)
     compaction per at least `capacity` logged reads and one sort of the rows
-    when the table first fills. LFU victims are one `top_k` over the
-    `capacity` counts on each step that evicts (O(capacity)). On the kernel
-    path the lookup and its gradient are the fixed table's pooled lookup
-    kernels (bags of one; `shared_row` keeps `gather_resident`). Replicated
-    steps take the TF-ops path.
+    when the table first fills. LFU victims are the smallest counts among
+    all rows in use on each step that evicts (O(capacity)). On the kernel
+    path (one replica, float32) the whole policy step is one kernel
+    (`EmbedoptDynamicPolicy`, bit-identical to the TF ops), and the lookup
+    and its gradient are the fixed table's pooled lookup kernels (bags of
+    one; `shared_row` keeps `gather_resident`). Replicated steps take the
+    TF-ops path.
 
     Args:
         output_dim: embedding width, > 0.

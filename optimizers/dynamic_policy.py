@@ -1,7 +1,9 @@
 """One training step of `DynamicEmbedding`'s admission and eviction policy (the module docstring of
 `optimizers/dynamic.py` states it), on the layer's variables and hash table.
 
-Every write goes through `write_all`, so under a MirroredStrategy each replica's copy gets it.
+Every write goes through `write_all`, so under a MirroredStrategy each replica's copy gets it. Where
+the kernels serve the layer (one replica, a float32 table), `EmbedoptDynamicPolicy` does the whole step
+in one op, in place, with the same results bit for bit; these TF ops are its reference.
 """
 
 from __future__ import annotations
