@@ -31,7 +31,8 @@ admit the same keys in the same order, to the same rows, as one replica on
 the global batch. Across the workers of a MultiWorkerMirroredStrategy the
 replicas all-gather their distinct keys first and every worker runs the
 same policy on them, so each worker holds the same whole table (data
-parallel; a row-sharded dynamic table is not built). Outside training the layer only reads: unknown keys get
+parallel; `optimizers.ShardedDynamicEmbedding` instead splits a table over
+the workers by key hash). Outside training the layer only reads: unknown keys get
 the default. `optimizers/dynamic_policy.py` runs the policy step,
 `optimizers/dynamic_lru.py` keeps the LRU order without a scan of the table,
 `optimizers/dynamic_index.py` keeps the two indexes in step with the

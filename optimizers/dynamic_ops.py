@@ -22,13 +22,17 @@ def sketch_buckets(keys: tf.Tensor, depth: int, width: int) -> tf.Tensor:
     uint64 arithmetic) and keeps the low bits (`width` is a power of two).
     """
     keys = tf.cast(keys, tf.int64)
-    # Constants go in as NumPy uint64: inside tf.function a Python int above 2**63 is rounded through float64.
     z = tf.bitcast(keys, tf.uint64)[None, :]
     z = z + tf.constant(np.array([(d + 1) * _GOLDEN % 2**64 for d in range(depth)], np.uint64))[:, None]
+    return tf.cast(_splitmix64_finalize(z) & tf.constant(np.uint64(width - 1)), tf.int64)
+
+
+def _splitmix64_finalize(z: tf.Tensor) -> tf.Tensor:
+    """SplitMix64's finalizer on uint64 `z` (wrapping arithmetic), as the kernels' `SplitMix64Finalize`."""
+    # Constants go in as NumPy uint64: inside tf.function a Python int above 2**63 is rounded through float64.
     z = (z ^ tf.bitwise.right_shift(z, tf.constant(30, tf.uint64))) * tf.constant(np.uint64(_MIX1))
     z = (z ^ tf.bitwise.right_shift(z, tf.constant(27, tf.uint64))) * tf.constant(np.uint64(_MIX2))
-    z = z ^ tf.bitwise.right_shift(z, tf.constant(31, tf.uint64))
-    return tf.cast(z & tf.constant(np.uint64(width - 1)), tf.int64)
+    return z ^ tf.bitwise.right_shift(z, tf.constant(31, tf.uint64))
 
 
 def gather_resident(table, default: tf.Tensor, rows: tf.Tensor, position: tf.Tensor) -> tf.Tensor:
@@ -190,8 +194,5 @@ def owner_of(keys: tf.Tensor, num_shards: int) -> tf.Tensor:
     The finalizer of `sketch_buckets` with no offset (the sketch rows add
     `(d + 1) * golden`), so owners and sketch columns are independent hashes.
     """
-    z = tf.bitcast(tf.cast(keys, tf.int64), tf.uint64)
-    z = (z ^ tf.bitwise.right_shift(z, tf.constant(30, tf.uint64))) * tf.constant(np.uint64(_MIX1))
-    z = (z ^ tf.bitwise.right_shift(z, tf.constant(27, tf.uint64))) * tf.constant(np.uint64(_MIX2))
-    z = z ^ tf.bitwise.right_shift(z, tf.constant(31, tf.uint64))
+    z = _splitmix64_finalize(tf.bitcast(tf.cast(keys, tf.int64), tf.uint64))
     return tf.math.floormod(tf.cast(tf.bitwise.right_shift(z, tf.constant(33, tf.uint64)), tf.int64), num_shards)

@@ -12,8 +12,10 @@ replica order; across workers the replicas all-gather their distinct keys
 first), and writes every replica's copy of its state, so the replicas of a
 MirroredStrategy (several local devices) and the workers of a multi-worker
 job (`--local-workers`, TF_CONFIG) admit the same keys to the same rows:
-every worker holds the whole table (data_parallel). Row sharding a dynamic
-table is refused (fn_args).
+every worker holds the whole table (data_parallel). With `--table-sharding
+row_wise` each table is split over the workers by key hash instead
+(`optimizers.ShardedDynamicEmbedding`): every worker owns the keys that hash
+to it, and the chief exports one whole table (`whole_dynamic_model`).
 
 metrics.json gets `dynamic_tables`: per feature key, the table's capacity
 and policy (`admit_after`, `eviction`, `default_row`), `rows_in_use`,

@@ -19,7 +19,6 @@
 
 #include <algorithm>
 #include <cstdint>
-#include <cstring>
 #include <limits>
 #include <utility>
 #include <vector>
@@ -82,10 +81,8 @@ constexpr uint64_t kGolden = 0x9E3779B97F4A7C15ull;
 
 // Column of `key` in sketch row `d` (optimizers/dynamic_ops.py: sketch_buckets).
 inline int64_t SketchBucket(int64_t key, int64_t d, uint64_t mask) {
-  uint64_t z = static_cast<uint64_t>(key) + static_cast<uint64_t>(d + 1) * kGolden;
-  z = (z ^ (z >> 30)) * 0xBF58476D1CE4E5B9ull;
-  z = (z ^ (z >> 27)) * 0x94D049BB133111EBull;
-  return static_cast<int64_t>((z ^ (z >> 31)) & mask);
+  return static_cast<int64_t>(
+      SplitMix64Finalize(static_cast<uint64_t>(key) + static_cast<uint64_t>(d + 1) * kGolden) & mask);
 }
 
 // Variables of one op, switched to copy-on-read (so that writing in place
@@ -167,10 +164,7 @@ void PhiloxBlocks(uint64_t first, uint32_t c2, uint32_t c3, uint32_t key0, uint3
 __attribute__((optimize("fp-contract=off"))) void ScaleUniform(const uint32_t* bits, int64_t n, float range,
                                                                 float minval, float* out) {
   for (int64_t i = 0; i < n; ++i) {
-    const uint32_t val = (127u << 23) | (bits[i] & 0x7fffffu);
-    float u;
-    std::memcpy(&u, &val, sizeof(u));
-    const float product = (u - 1.0f) * range;
+    const float product = ::tsl::random::Uint32ToFloat(bits[i]) * range;
     out[i] = product + minval;
   }
 }
@@ -349,16 +343,20 @@ class DynamicPolicyOp : public OpKernel {
         for (int64_t c = 0; c < depth * width; ++c) sketch[c] /= 2;  // counts are >= 0: floor
       }
       const uint64_t mask = static_cast<uint64_t>(width - 1);
-      for (int64_t i : candidates) {
-        for (int64_t d = 0; d < depth; ++d) sketch[d * width + SketchBucket(keys[i], d, mask)] += counts[i];
+      // Every count is added before any estimate is read, as the TF ops do: the cells are hashed once, kept.
+      std::vector<int64_t> cells(candidates.size() * depth);
+      for (size_t c = 0; c < candidates.size(); ++c) {
+        const int64_t i = candidates[c];
+        for (int64_t d = 0; d < depth; ++d) {
+          cells[c * depth + d] = d * width + SketchBucket(keys[i], d, mask);
+          sketch[cells[c * depth + d]] += counts[i];
+        }
       }
       std::vector<int64_t> admitted;
-      for (int64_t i : candidates) {
+      for (size_t c = 0; c < candidates.size(); ++c) {
         int64_t estimate = std::numeric_limits<int64_t>::max();
-        for (int64_t d = 0; d < depth; ++d) {
-          estimate = std::min(estimate, sketch[d * width + SketchBucket(keys[i], d, mask)]);
-        }
-        if (estimate >= admit_after_) admitted.push_back(i);
+        for (int64_t d = 0; d < depth; ++d) estimate = std::min(estimate, sketch[cells[c * depth + d]]);
+        if (estimate >= admit_after_) admitted.push_back(candidates[c]);
       }
       candidates.swap(admitted);
     }
@@ -416,7 +414,7 @@ class DynamicPolicyOp : public OpKernel {
 
     if (!lfu_) {
       touched.insert(touched.end(), new_rows.begin(), new_rows.end());
-      OP_REQUIRES_OK(ctx, log.Append(&touched, step));
+      OP_REQUIRES_OK(ctx, log.Append(touched, step));
     }
     Tensor* out = nullptr;
     OP_REQUIRES_OK(ctx, ctx->allocate_output(0, unique_in.shape(), &out));

@@ -21,6 +21,14 @@
 
 namespace embedopt {
 
+// SplitMix64's finalizer: the key index's slots and the count-min sketch's
+// columns (optimizers/dynamic_ops.py: sketch_buckets) both hash with it.
+inline uint64_t SplitMix64Finalize(uint64_t z) {
+  z = (z ^ (z >> 30)) * 0xBF58476D1CE4E5B9ull;
+  z = (z ^ (z >> 27)) * 0x94D049BB133111EBull;
+  return z ^ (z >> 31);
+}
+
 class KeyIndex : public ::tensorflow::ResourceBase {
  public:
   // Step stamp of an index that must be rebuilt before use.
@@ -121,12 +129,7 @@ class KeyIndex : public ::tensorflow::ResourceBase {
   };
 
   // SplitMix64's finalizer: hashed keys (fingerprints) and small ids alike spread over the slots.
-  uint64_t Home(int64_t key) const {
-    uint64_t z = static_cast<uint64_t>(key);
-    z = (z ^ (z >> 30)) * 0xBF58476D1CE4E5B9ull;
-    z = (z ^ (z >> 27)) * 0x94D049BB133111EBull;
-    return (z ^ (z >> 31)) & mask_;
-  }
+  uint64_t Home(int64_t key) const { return SplitMix64Finalize(static_cast<uint64_t>(key)) & mask_; }
 
   ::tensorflow::mutex mu_;
   std::vector<Slot> slots_;

@@ -20,34 +20,9 @@
 
 #include "absl/status/status.h"
 #include "absl/strings/str_cat.h"
+#include "group_ids.h"
 
 namespace embedopt {
-
-// Sorts distinct values in [0, bound) ascending: LSD radix sort in 11-bit
-// digits, O(n) per digit (2 digits up to 4M rows, 3 up to 8G), where
-// std::sort of a step's ~30k rows costs about a millisecond.
-inline void SortRows(std::vector<int64_t>* values, int64_t bound) {
-  const size_t n = values->size();
-  if (n < 512) {
-    std::sort(values->begin(), values->end());
-    return;
-  }
-  constexpr int kBits = 11;
-  constexpr size_t kBuckets = size_t{1} << kBits;
-  std::vector<int64_t> other(n);
-  std::vector<size_t> start(kBuckets);
-  int64_t* from = values->data();
-  int64_t* to = other.data();
-  for (int shift = 0; shift == 0 || (bound - 1) >> shift; shift += kBits) {
-    std::fill(start.begin(), start.end(), 0);
-    for (size_t i = 0; i < n; ++i) ++start[(from[i] >> shift) & (kBuckets - 1)];
-    size_t sum = 0;
-    for (size_t& s : start) sum += std::exchange(s, sum);
-    for (size_t i = 0; i < n; ++i) to[start[(from[i] >> shift) & (kBuckets - 1)]++] = from[i];
-    std::swap(from, to);
-  }
-  if (from != values->data()) std::copy(from, from + n, values->data());
-}
 
 // The log's variables: pointers into last_seen [capacity], log_rows and
 // log_steps [size], head and tail (scalars). The caller holds their locks.
@@ -105,11 +80,12 @@ struct LruLog {
   }
 
   // Logs the distinct `added` rows (stamped `step`, each < capacity) in
-  // ascending order, once the log is kept (tail > 0). Sorts `added`.
-  absl::Status Append(std::vector<int64_t>* added, int64_t step) {
+  // ascending order, once the log is kept (tail > 0).
+  absl::Status Append(const std::vector<int64_t>& added, int64_t step) {
     if (*tail <= 0) return absl::OkStatus();  // no log kept yet
-    const int64_t n = static_cast<int64_t>(added->size());
-    SortRows(added, capacity);
+    const int64_t n = static_cast<int64_t>(added.size());
+    // Ascending through the ids' radix sort (group_ids.h), where std::sort of a step's ~30k rows takes ~1 ms.
+    const IdGroups sorted(added.data(), n, SerialFor{});
     int64_t start = *tail;
     if (*tail - *head + n > size) {
       // Compact: the live entries, in order, to positions 0, 1, ...
@@ -127,7 +103,7 @@ struct LruLog {
     }
     if (start - *head + n > size) return absl::InvalidArgumentError("the LRU log cannot hold this step's rows");
     for (int64_t k = 0, at = start % size; k < n; ++k, at = at + 1 == size ? 0 : at + 1) {
-      rows[at] = (*added)[k];
+      rows[at] = added[sorted.Position(k)];
       steps[at] = step;
     }
     *tail = start + n;
