@@ -14,6 +14,7 @@
 #include <vector>
 
 #include "absl/strings/str_cat.h"
+#include "distinct_keys.h"
 #include "tensorflow/core/framework/op_kernel.h"
 #include "tensorflow/core/framework/resource_base.h"
 #include "tensorflow/core/framework/resource_mgr.h"
@@ -61,6 +62,8 @@ class KeyIndex : public ::tensorflow::ResourceBase {
 
   // Scratch for the ops: one int32 per row, each -1 whenever the lock is free.
   std::vector<int32_t>& row_marks() { return row_marks_; }
+  // Scratch for the unique op: empty whenever the lock is free.
+  DistinctKeys& distinct_keys() { return distinct_keys_; }
   int64_t size() const { return size_; }
 
   // The row of `key`, or -1.
@@ -138,6 +141,7 @@ class KeyIndex : public ::tensorflow::ResourceBase {
   int64_t capacity_ = 0;
   int64_t synced_step_ = kStale;
   std::vector<int32_t> row_marks_;
+  DistinctKeys distinct_keys_;
 };
 
 // The KeyIndex that input `i` of the op names (created empty and out of date on first use).

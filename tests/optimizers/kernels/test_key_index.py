@@ -54,6 +54,27 @@ def test_unique_matches_first_occurrence_order_and_rows(kernel_ops, seed):
     np.testing.assert_array_equal(rows, [row_of.get(int(k), -1) for k in want_unique])
 
 
+def test_unique_keeps_first_occurrence_order_over_batches_on_one_index(kernel_ops):
+    # The op's set of distinct keys lives in the index between calls: it must be empty again after each batch,
+    # grow when a later batch brings more keys, and tell apart keys that hash to few slots (k << 58 differ only in
+    # their top 6 bits, keys at the int64 extremes).
+    rng = np.random.default_rng(7)
+    index = _index()
+    row_keys = tf.Variable(np.zeros(8, np.int64))
+    crowded = (np.arange(-32, 32, dtype=np.int64) << 58)
+    pool = np.concatenate([crowded, [INT64_MIN, INT64_MAX, -1, 0, 1],
+                           rng.integers(INT64_MIN, INT64_MAX, 3000, dtype=np.int64, endpoint=True)])
+    for size, spread in ((50, 20), (4000, 3069), (10, 3), (20_000, 3069), (0, 1), (300, 64)):
+        keys = rng.choice(pool[:spread], size)
+        unique, position, counts, rows = (t.numpy() for t in ops.key_index_unique(
+            index, tf.constant(keys, tf.int64), row_keys, tf.constant(0, tf.int64), tf.constant(0, tf.int64)))
+        want_unique, want_position, want_counts = _first_occurrence(keys)
+        np.testing.assert_array_equal(unique, want_unique.reshape(-1))
+        np.testing.assert_array_equal(position, want_position.reshape(-1))
+        np.testing.assert_array_equal(counts, want_counts.reshape(-1))
+        np.testing.assert_array_equal(rows, -np.ones(len(want_unique), np.int64))
+
+
 def test_updates_under_churn_match_a_dict(kernel_ops):
     # Capacity 64 in 128 slots, keys chosen to collide (multiples of 2**40 share low bits before hashing) and
     # thousands of removals: backward-shift deletion must keep every probe run intact.
