@@ -148,10 +148,10 @@ absl::Status EnsureInDate(OpKernelContext* ctx, KeyIndex* index, int row_keys_in
 }
 
 template <typename T>
-void Output(OpKernelContext* ctx, int i, const std::vector<T>& values) {
+void Output(OpKernelContext* ctx, int i, const T* values, int64_t n) {
   Tensor* out = nullptr;
-  OP_REQUIRES_OK(ctx, ctx->allocate_output(i, TensorShape({static_cast<int64_t>(values.size())}), &out));
-  std::copy(values.begin(), values.end(), out->flat<T>().data());
+  OP_REQUIRES_OK(ctx, ctx->allocate_output(i, TensorShape({n}), &out));
+  std::copy_n(values, n, out->flat<T>().data());
 }
 
 }  // namespace
@@ -177,28 +177,21 @@ class KeyIndexUniqueOp : public OpKernel {
     OP_REQUIRES_OK(ctx, ctx->allocate_output(1, keys_in.shape(), &position_out));
     int32_t* position = position_out->flat<int32_t>().data();
     DistinctKeys& distinct = index->distinct_keys();
-    std::vector<int64_t> unique, counts;
-    for (int64_t i = 0; i < n; ++i) {
-      if (i + kPrefetchAhead < n) distinct.Prefetch(keys[i + kPrefetchAhead]);
-      const int32_t number = distinct.Insert(keys[i], &unique);
-      if (static_cast<size_t>(number) == counts.size()) counts.push_back(0);
-      ++counts[number];
-      position[i] = number;
-    }
-    distinct.Clear();
+    const int64_t u = distinct.Number(keys, n, position);
+    const int64_t* unique = distinct.unique();
 
     // Then each distinct key's row: independent random reads, in parallel, each prefetched a few keys ahead.
-    const int64_t u = static_cast<int64_t>(unique.size());
-    std::vector<int64_t> rows(u);
+    Tensor* rows_out = nullptr;
+    OP_REQUIRES_OK(ctx, ctx->allocate_output(3, TensorShape({u}), &rows_out));
+    int64_t* rows = rows_out->flat<int64_t>().data();
     ParallelFor(ctx, u, 150, [&](int64_t begin, int64_t end) {
       for (int64_t j = begin; j < end; ++j) {
         if (j + kPrefetchAhead < end) index->Prefetch(unique[j + kPrefetchAhead]);
         rows[j] = index->Find(unique[j]);
       }
     });
-    Output(ctx, 0, unique);
-    Output(ctx, 2, counts);
-    Output(ctx, 3, rows);
+    Output(ctx, 0, unique, u);
+    Output(ctx, 2, distinct.counts(), u);
   }
 };
 REGISTER_KERNEL_BUILDER(Name("EmbedoptKeyIndexUnique").Device(::tensorflow::DEVICE_CPU), KeyIndexUniqueOp);
@@ -263,8 +256,8 @@ class KeyIndexExportOp : public OpKernel {
       keys.push_back(key);
       rows.push_back(row);
     });
-    Output(ctx, 0, keys);
-    Output(ctx, 1, rows);
+    Output(ctx, 0, keys.data(), static_cast<int64_t>(keys.size()));
+    Output(ctx, 1, rows.data(), static_cast<int64_t>(rows.size()));
   }
 };
 REGISTER_KERNEL_BUILDER(Name("EmbedoptKeyIndexExport").Device(::tensorflow::DEVICE_CPU), KeyIndexExportOp);
