@@ -73,15 +73,14 @@ def gather_resident(table, default: tf.Tensor, rows: tf.Tensor, position: tf.Ten
 def pooled_resident(table, rows: tf.Tensor, position: tf.Tensor) -> tf.Tensor:
     """`[n, dim]`: entry i is `table[rows[position[i]]]`, or zeros where that row is negative (kernels only).
 
-    The fixed table's pooled lookup kernel on bags of one (a key with no row
-    is an empty bag, which gives zeros), so the gradient is its kernel's: a
-    `tf.IndexedSlices` with one entry per distinct resident key, ascending,
-    each summed in input order as `gather_resident`'s.
+    One kernel (`EmbedoptResidentLookup`) whose gradient is a `tf.IndexedSlices`
+    with one entry per distinct resident key, rows ascending, each summed in
+    input order as `gather_resident`'s: `position` already groups the keys,
+    so neither pass sorts the batch.
     """
     from optimizers.kernels import ops
 
-    ids, row_splits = ops.resident_bags(rows, position)
-    return ops.pooled_lookup(table, ids, row_splits)
+    return ops.resident_lookup(table, rows, position)
 
 
 def _sum_by_entry(upstream, entry, num_entries, use_kernel):

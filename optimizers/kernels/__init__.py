@@ -12,10 +12,11 @@ TensorFlow ops in one shared library, built from `cc/` on first use
 - `EmbedoptKeyIndex*`: `DynamicEmbedding`'s key -> row index, an
   open-addressing hash table kept as a resource: unique + lookup of a batch's
   keys in one op, and a step's removals and insertions in another;
-- `EmbedoptDynamicPolicy`, `EmbedoptResidentBags`, `EmbedoptFillRows`: the
-  rest of `DynamicEmbedding`'s kernel path (a training step's admission,
-  eviction, LRU log and new rows in one op, the bags of its pooled lookup,
-  slot resets in place).
+- `EmbedoptDynamicPolicy`, `EmbedoptResidentLookup` (and its gradient),
+  `EmbedoptFillRows`: the rest of `DynamicEmbedding`'s kernel path (a
+  training step's admission, eviction, LRU log and new rows in one op, the
+  lookup of the batch's rows through the unique op's grouping, slot resets
+  in place).
 
 `optimizers.kernels.ops` holds the Python wrappers. The TF-ops path stays the
 fallback: callers ask `load()` or `status()` and take it when the kernels are

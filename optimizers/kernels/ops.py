@@ -260,9 +260,30 @@ def key_index_reset(index):
 
 
 
-def resident_bags(rows, position):
-    """`(ids, row_splits)`: bag i holds `rows[position[i]]` where that is >= 0, else nothing (one pass)."""
-    return tuple(_ops().embedopt_resident_bags(rows, position))
+def resident_lookup(table, rows, position):
+    """`[n] + table.shape[1:]`: entry i is `table[rows[position[i]]]`, or zeros where that row is -1.
+
+    `rows` (int64): one row (or -1) per distinct key; `position` (int32): each
+    occurrence's distinct key, as the key index's unique op gives them. Rows
+    are read in place. The table's gradient (`resident_lookup_grad`) is
+    deduplicated `tf.IndexedSlices`, rows ascending.
+    """
+    var = _tf_variable(table)
+    resource_variable_ops.variable_accessed(var)  # so tapes watching `table` record the lookup
+    return _ops().embedopt_resident_lookup(var.handle, rows, position, T=var.dtype)
+
+
+def resident_lookup_grad(upstream, rows, position):
+    """`(unique_rows, summed)`: the rows >= 0 of `rows` ascending, and each one's upstream rows summed in input order."""
+    return tuple(_ops().embedopt_resident_lookup_grad(upstream, rows, position))
+
+
+@tf.RegisterGradient("EmbedoptResidentLookup")
+def _resident_lookup_gradient(op, upstream):
+    """`tf.IndexedSlices` for the table handle, as TensorFlow's `ResourceGather` gradient."""
+    handle, rows, position = op.inputs
+    unique_rows, summed = resident_lookup_grad(upstream, rows, position)
+    return [tf.IndexedSlices(summed, unique_rows, resource_variable_ops.variable_shape(handle)), None, None]
 
 
 
@@ -300,5 +321,6 @@ def dynamic_policy(index, unique, counts, rows, layer):
 
 
 __all__ = ["COMBINERS", "HYPERS", "SLOTS", "all_finite", "bags", "dedup", "dynamic_policy", "fill_rows", "key_index_export", "key_index_handle",
-           "key_index_reset", "key_index_unique", "key_index_update", "pooled_lookup", "pooled_lookup_grad", "resident_bags",
+           "key_index_reset", "key_index_unique", "key_index_update", "pooled_lookup", "pooled_lookup_grad", "resident_lookup",
+           "resident_lookup_grad",
            "sparse_apply"]

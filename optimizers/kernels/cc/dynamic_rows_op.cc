@@ -1,12 +1,7 @@
-// Small row helpers of DynamicEmbedding's kernel path, each replacing TF ops
-// that cost milliseconds at 100k keys a step:
-//
-//   EmbedoptResidentBags  the bags of one (or none) that feed the pooled lookup:
-//                         gather + compare + cumsum + boolean_mask in one pass;
-//   EmbedoptFillRows      sets rows of a variable (an optimizer slot) to one
-//                         value in place, where a scatter of a scalar walks
-//                         element by element and a broadcast first writes
-//                         the whole [rows, dim] block.
+// EmbedoptFillRows, a row helper of DynamicEmbedding's kernel path: sets rows
+// of variables (an optimizer's slots) to one value each in place, where a
+// scatter of a scalar walks element by element and a broadcast first writes
+// the whole [rows, dim] block.
 #define EIGEN_USE_THREADS
 
 #include <cstdint>
@@ -22,57 +17,6 @@ namespace embedopt {
 using ::tensorflow::OpKernel;
 using ::tensorflow::OpKernelConstruction;
 using ::tensorflow::shape_inference::InferenceContext;
-
-REGISTER_OP("EmbedoptResidentBags")
-    .Input("rows: int64")
-    .Input("position: int32")
-    .Output("ids: int64")
-    .Output("row_splits: int64")
-    .SetShapeFn([](InferenceContext* c) {
-      ::tensorflow::shape_inference::ShapeHandle position;
-      TF_RETURN_IF_ERROR(c->WithRank(c->input(1), 1, &position));
-      ::tensorflow::shape_inference::DimensionHandle bags;
-      TF_RETURN_IF_ERROR(c->Add(c->Dim(position, 0), 1, &bags));
-      c->set_output(0, c->Vector(c->UnknownDim()));
-      c->set_output(1, c->Vector(bags));
-      return absl::OkStatus();
-    })
-    .Doc(R"doc(
-Bag i holds the row rows[position[i]] when it is >= 0, else nothing.
-
-ids: the rows of the non-empty bags, in bag order.
-row_splits: bag i is ids[row_splits[i]:row_splits[i + 1]].
-)doc");
-
-class ResidentBagsOp : public OpKernel {
- public:
-  explicit ResidentBagsOp(OpKernelConstruction* ctx) : OpKernel(ctx) {}
-
-  void Compute(OpKernelContext* ctx) override {
-    const Tensor& rows_in = ctx->input(0);
-    const Tensor& position_in = ctx->input(1);
-    OP_REQUIRES_OK(ctx, CheckIdVector("rows", rows_in));
-    OP_REQUIRES_OK(ctx, CheckIdVector("position", position_in));
-    const int64_t u = rows_in.NumElements(), n = position_in.NumElements();
-    const int64_t* rows = rows_in.flat<int64_t>().data();
-    const int32_t* position = position_in.flat<int32_t>().data();
-    const int64_t bad = FirstOutOfRange(position, n, u);
-    OP_REQUIRES(ctx, bad < 0, OutOfRange("position", bad, bad < 0 ? 0 : position[bad], u, "rows"));
-    Tensor* splits_out = nullptr;
-    OP_REQUIRES_OK(ctx, ctx->allocate_output(1, TensorShape({n + 1}), &splits_out));
-    int64_t* splits = splits_out->flat<int64_t>().data();
-    splits[0] = 0;
-    for (int64_t i = 0; i < n; ++i) splits[i + 1] = splits[i] + (rows[position[i]] >= 0);
-    Tensor* ids_out = nullptr;
-    OP_REQUIRES_OK(ctx, ctx->allocate_output(0, TensorShape({splits[n]}), &ids_out));
-    int64_t* ids = ids_out->flat<int64_t>().data();
-    for (int64_t i = 0, k = 0; i < n; ++i) {
-      const int64_t row = rows[position[i]];
-      if (row >= 0) ids[k++] = row;
-    }
-  }
-};
-REGISTER_KERNEL_BUILDER(Name("EmbedoptResidentBags").Device(::tensorflow::DEVICE_CPU), ResidentBagsOp);
 
 REGISTER_OP("EmbedoptFillRows")
     .Input("vars: N * resource")

@@ -136,15 +136,44 @@ def test_update_refuses_an_index_that_is_out_of_date(kernel_ops):
                              tf.constant(0, tf.int64))
 
 
-def test_resident_bags_match_numpy(kernel_ops):
-    rows = np.array([4, -1, 7, 0, -1], np.int64)
-    position = np.array([0, 1, 2, 3, 4, 0, 2, 1, 3], np.int32)
-    ids, splits = (t.numpy() for t in ops.resident_bags(tf.constant(rows), tf.constant(position)))
+@pytest.mark.parametrize("dtype", ["float32", "float64", "float16", "bfloat16"])
+def test_resident_lookup_and_its_gradient_match_numpy(kernel_ops, dtype):
+    rng = np.random.default_rng(5)
+    table = rng.normal(size=(50, 3)).astype(np.float32)
+    rows = np.array([40, -1, 7, 0, -1, 13, 2], np.int64)  # distinct keys' rows, -1: no row
+    position = rng.integers(0, len(rows), 3000).astype(np.int32)
+    position[:len(rows)] = np.arange(len(rows))
+    var = tf.Variable(tf.cast(table, dtype))
+    upstream = rng.normal(size=(len(position), 3)).astype(np.float32)
+    with tf.GradientTape() as tape:
+        out = ops.resident_lookup(var, tf.constant(rows), tf.constant(position))
+        loss = tf.reduce_sum(tf.cast(out, tf.float32) * upstream)
+    grad = tape.gradient(loss, var)
     key_rows = rows[position]
-    np.testing.assert_array_equal(ids, key_rows[key_rows >= 0])
-    np.testing.assert_array_equal(splits, np.concatenate([[0], np.cumsum(key_rows >= 0)]))
-    with pytest.raises(tf.errors.InvalidArgumentError, match=r"position\[1\] = 5 is not in \[0, 5\)"):
-        ops.resident_bags(tf.constant(rows), tf.constant([0, 5], tf.int32))
+    rounded = tf.cast(tf.cast(table, dtype), tf.float32).numpy()
+    want = np.where((key_rows >= 0)[:, None], rounded[np.maximum(key_rows, 0)], 0.0)
+    np.testing.assert_array_equal(tf.cast(out, tf.float32).numpy(), want)
+    assert isinstance(grad, tf.IndexedSlices)
+    np.testing.assert_array_equal(grad.indices.numpy(), np.sort(rows[rows >= 0]))  # one per key, ascending
+    up = tf.cast(tf.cast(upstream, dtype), tf.float64).numpy()
+    wide = np.float64 if dtype == "float64" else np.float32  # half types are summed in float32, rounded once
+    for k, row in enumerate(grad.indices.numpy()):
+        total = np.zeros(3, wide)  # from zero, in input order
+        for i in np.flatnonzero(key_rows == row):
+            total = (total + up[i].astype(wide)).astype(wide)
+        got = tf.cast(grad.values[k], tf.float64).numpy()
+        np.testing.assert_array_equal(got, tf.cast(tf.cast(total, dtype), tf.float64).numpy())
+
+
+def test_resident_lookup_names_bad_rows_and_positions(kernel_ops):
+    var = tf.Variable(tf.zeros([5, 2]))
+    rows = tf.constant([4, -1, 0], tf.int64)
+    with pytest.raises(tf.errors.InvalidArgumentError, match=r"position\[1\] = 3 is not in \[0, 3\)"):
+        ops.resident_lookup(var, rows, tf.constant([0, 3], tf.int32))
+    with pytest.raises(tf.errors.InvalidArgumentError, match=r"rows\[0\] = 5 is not -1 or in \[0, 5\)"):
+        ops.resident_lookup(var, tf.constant([5], tf.int64), tf.constant([0], tf.int32))
+    with pytest.raises(tf.errors.InvalidArgumentError, match="holds a row twice"):
+        ops.resident_lookup_grad(tf.zeros([2, 2]), tf.constant([1, 1], tf.int64), tf.constant([0, 1], tf.int32))
 
 
 @pytest.mark.parametrize("dtype", ["float32", "float64", "float16", "bfloat16"])
