@@ -6,13 +6,13 @@
 // (tests/optimizers/test_dynamic_paths.py):
 //
 //   1. resident keys stamp their row with the step (LRU) or add their counts
-//      to it (LFU);
+//      to it and stamp its last_seen with the step (LFU);
 //   2. other keys add their counts to the count-min sketch (halved first on
 //      every sketch_decay_every-th step); those whose estimate reaches
 //      admit_after are admitted, in first-occurrence order;
 //   3. admitted keys take never-used rows, then victims: the LRU log's head
-//      (O(batch) amortized), or the LFU rows with the smallest counts, ties
-//      to the lower row (one partial selection over the rows in use);
+//      (O(batch) amortized), or the LFU rows with the smallest (count,
+//      last_seen, row) (one partial selection over the rows in use);
 //   4. new rows get U(-init_scale, init_scale) from Philox seeded by
 //      (seed, step), the values and order tf.random.stateless_uniform gives.
 #define EIGEN_USE_THREADS
@@ -66,7 +66,8 @@ embeddings: the float32 [capacity, dim] table; new rows are re-initialized.
 state: the int64 variables steps, stamps (last_seen or row_counts),
   row_keys, rows_in_use, assigned_rows, num_assigned, admissions,
   evictions, lookups, default_lookups, then the sketch when admit_after > 1,
-  then log_rows, log_steps, log_head, log_tail for LRU (lfu false).
+  then last_seen for LFU (lfu true; stamps are then row_counts), or
+  log_rows, log_steps, log_head, log_tail for LRU (lfu false).
 init_scale: 0 gives zero rows.
 )doc");
 
@@ -230,7 +231,7 @@ class DynamicPolicyOp : public OpKernel {
     OP_REQUIRES_OK(ctx, ctx->GetAttr("seed", &seed_));
     OP_REQUIRES(ctx, init_scale_ >= 0,
                 absl::InvalidArgumentError(absl::StrCat("init_scale must be >= 0, got ", init_scale_)));
-    const int want = kFirstOptional + (admit_after_ > 1 ? 1 : 0) + (lfu_ ? 0 : 4);
+    const int want = kFirstOptional + (admit_after_ > 1 ? 1 : 0) + (lfu_ ? 1 : 4);
     OP_REQUIRES(ctx, num_state_ == want,
                 absl::InvalidArgumentError(absl::StrCat("state must hold ", want, " variables for admit_after = ",
                                                         admit_after_, " and lfu = ", lfu_, ", got ", num_state_)));
@@ -293,6 +294,11 @@ class DynamicPolicyOp : public OpKernel {
       OP_REQUIRES_OK(ctx, CheckSize(vars.tensor(3 + next), 1, "log_head"));
       OP_REQUIRES_OK(ctx, CheckSize(vars.tensor(4 + next), 1, "log_tail"));
     }
+    int64_t* last_seen = nullptr;  // LFU: each row's last read or admission step, the ties' order
+    if (lfu_) {
+      OP_REQUIRES_OK(ctx, CheckSize(vars.tensor(1 + next), capacity, "last_seen"));
+      last_seen = vars.tensor(1 + next)->flat<int64_t>().data();
+    }
     int64_t* const stamps = state(kStamps);
     int64_t* const row_keys = state(kRowKeys);
     const int64_t used = *state(kRowsInUse);
@@ -332,6 +338,7 @@ class DynamicPolicyOp : public OpKernel {
       touched.push_back(row);
       resident_total += counts[i];
       stamps[row] = lfu_ ? stamps[row] + counts[i] : step;
+      if (lfu_) last_seen[row] = step;
     }
     const int64_t num_resident = static_cast<int64_t>(touched.size());
 
@@ -372,7 +379,7 @@ class DynamicPolicyOp : public OpKernel {
     if (num_evict > 0) {
       std::vector<int64_t> victims;
       if (lfu_) {
-        LfuVictims(stamps, used, touched, num_evict, index->row_marks(), &victims);
+        LfuVictims(stamps, last_seen, used, touched, num_evict, index->row_marks(), &victims);
       } else {
         OP_REQUIRES_OK(ctx, log.Victims(num_evict, step, used, &victims));
       }
@@ -397,6 +404,7 @@ class DynamicPolicyOp : public OpKernel {
       index->Insert(keys[i], row);
       row_keys[row] = keys[i];
       stamps[row] = lfu_ ? counts[i] : step;
+      if (lfu_) last_seen[row] = step;
       state(kAssigned)[j] = row;
     }
     index->set_synced_step(step);
@@ -433,14 +441,20 @@ class DynamicPolicyOp : public OpKernel {
 
  private:
   // The `num_evict` rows below `used`, not in `resident`, with the smallest
-  // (count, row), in that order: what top_k over the negated counts gives.
-  static void LfuVictims(const int64_t* counts, int64_t used, const std::vector<int64_t>& resident, int64_t num_evict,
-                         std::vector<int32_t>& mark, std::vector<int64_t>* victims) {
+  // (count, last_seen, row), both clamped, in that order: what top_k over the
+  // TF path's negated keys min(count, 2^31-1) << 32 | min(last_seen, 2^32-1) gives.
+  static void LfuVictims(const int64_t* counts, const int64_t* last_seen, int64_t used,
+                         const std::vector<int64_t>& resident, int64_t num_evict, std::vector<int32_t>& mark,
+                         std::vector<int64_t>* victims) {
+    constexpr int64_t kMaxCount = (int64_t{1} << 31) - 1, kMaxStep = (int64_t{1} << 32) - 1;
     for (int64_t row : resident) mark[row] = 0;
     std::vector<std::pair<int64_t, int64_t>> order;
     order.reserve(used);
     for (int64_t r = 0; r < used; ++r) {
-      if (mark[r] < 0) order.emplace_back(counts[r], r);
+      if (mark[r] < 0) {
+        const int64_t count = std::min(std::max<int64_t>(counts[r], 0), kMaxCount);
+        order.emplace_back(count << 32 | std::min(std::max<int64_t>(last_seen[r], 0), kMaxStep), r);
+      }
     }
     for (int64_t row : resident) mark[row] = -1;
     std::partial_sort(order.begin(), order.begin() + num_evict, order.end());
