@@ -93,7 +93,9 @@ class DynamicEmbedding(keras.layers.Layer):
     bytes + `capacity * 24` (keys, LRU/LFU stamp, assigned rows) + the key
     index (native: 36 to 68 bytes per row; `MutableHashTable`: about
     `capacity * 40`, empty on the kernel path) + `sketch_depth * sketch_width * 8` + for
-    LRU the eviction log, `capacity * 32`; for LFU `last_seen`, `capacity * 8`.
+    LRU the eviction log, `capacity * 32`; for LFU `last_seen`, `capacity * 8`,
+    and on the kernel path its buckets, 8 bytes an entry, at most
+    `2 * capacity` + a step's rows entries.
 
     Count-min sketch: an estimate never falls below the true count of a
     key's occurrences while it was not resident, and exceeds it by more than
@@ -117,9 +119,12 @@ class DynamicEmbedding(keras.layers.Layer):
     insert of the admitted and a remove of the evicted keys. LRU victims come from the eviction log
     (`optimizers/dynamic_lru.py`): O(batch) amortized, with one O(capacity)
     compaction per at least `capacity` logged reads and one sort of the rows
-    when the table first fills. LFU victims are the smallest (count,
-    last-seen step) among all rows in use on each step that evicts
-    (O(capacity)). On the kernel
+    when the table first fills. LFU victims, on the kernel path, come from
+    buckets of rows by count (`lfu_buckets.h`), each in (last-seen step,
+    row) order: O(batch) amortized, with one O(capacity) compaction per at
+    least `capacity` appended entries and one sort of the rows in use after a
+    restore or a step of the TF path; the TF path takes one `top_k` over
+    all rows (O(capacity)) on each step that evicts. On the kernel
     path (one replica, float32) the whole policy step is one kernel
     (`EmbedoptDynamicPolicy`, bit-identical to the TF ops), and the lookup
     and its gradient are the fixed table's pooled lookup kernels (bags of

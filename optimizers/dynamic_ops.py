@@ -117,7 +117,9 @@ def lfu_victims(counts, last_seen, num_evict, used, protected_rows) -> tf.Tensor
     Counts and steps are compared clamped, as the int64 key
     `min(count, 2**31 - 1) << 32 | min(last_seen, 2**32 - 1)` (negative values
     as 0). One `top_k` over all `capacity` keys (it keeps the lower index first
-    among equal values): O(capacity) on a step that evicts.
+    among equal values): O(capacity) on a step that evicts. The TF path
+    (replicated, multi-worker and hash-sharded steps) pays it; the policy
+    kernel keeps the same order in buckets instead (`lfu_buckets.h`).
     """
     capacity = tf.shape(counts, out_type=tf.int64)[0]
     key = tf.bitwise.bitwise_or(tf.bitwise.left_shift(tf.clip_by_value(counts, 0, _LFU_MAX_COUNT),

@@ -10,9 +10,9 @@
 //   2. other keys add their counts to the count-min sketch (halved first on
 //      every sketch_decay_every-th step); those whose estimate reaches
 //      admit_after are admitted, in first-occurrence order;
-//   3. admitted keys take never-used rows, then victims: the LRU log's head
-//      (O(batch) amortized), or the LFU rows with the smallest (count,
-//      last_seen, row) (one partial selection over the rows in use);
+//   3. admitted keys take never-used rows, then victims: the LRU log's head,
+//      or the LFU rows with the smallest (count, last_seen, row) from the
+//      index's LFU buckets (lfu_buckets.h), both O(batch) amortized;
 //   4. new rows get U(-init_scale, init_scale) from Philox seeded by
 //      (seed, step), the values and order tf.random.stateless_uniform gives.
 #define EIGEN_USE_THREADS
@@ -25,6 +25,7 @@
 
 #include "common.h"
 #include "key_index.h"
+#include "lfu_buckets.h"
 #include "lru_log.h"
 #include "tensorflow/core/framework/op.h"
 #include "tensorflow/core/framework/shape_inference.h"
@@ -320,7 +321,7 @@ class DynamicPolicyOp : public OpKernel {
     *state(kSteps) = step;
 
     // 1. Resident keys.
-    std::vector<int64_t> touched;  // the rows this step reads or assigns: the LRU log's append
+    std::vector<int64_t> touched;  // the rows this step reads or assigns: the LRU log's or LFU buckets' append
     std::vector<int64_t> candidates;
     touched.reserve(u);
     int64_t total = 0, resident_total = 0;
@@ -379,7 +380,7 @@ class DynamicPolicyOp : public OpKernel {
     if (num_evict > 0) {
       std::vector<int64_t> victims;
       if (lfu_) {
-        LfuVictims(stamps, last_seen, used, touched, num_evict, index->row_marks(), &victims);
+        OP_REQUIRES_OK(ctx, index->lfu().Victims(stamps, last_seen, used, step, num_evict, &victims));
       } else {
         OP_REQUIRES_OK(ctx, log.Victims(num_evict, step, used, &victims));
       }
@@ -420,8 +421,10 @@ class DynamicPolicyOp : public OpKernel {
       for (int64_t row : new_rows) std::fill(table + row * dim, table + (row + 1) * dim, 0.0f);
     }
 
-    if (!lfu_) {
-      touched.insert(touched.end(), new_rows.begin(), new_rows.end());
+    touched.insert(touched.end(), new_rows.begin(), new_rows.end());
+    if (lfu_) {
+      index->lfu().Append(stamps, last_seen, touched, step, capacity);
+    } else {
       OP_REQUIRES_OK(ctx, log.Append(touched, step));
     }
     Tensor* out = nullptr;
@@ -440,28 +443,6 @@ class DynamicPolicyOp : public OpKernel {
   }
 
  private:
-  // The `num_evict` rows below `used`, not in `resident`, with the smallest
-  // (count, last_seen, row), both clamped, in that order: what top_k over the
-  // TF path's negated keys min(count, 2^31-1) << 32 | min(last_seen, 2^32-1) gives.
-  static void LfuVictims(const int64_t* counts, const int64_t* last_seen, int64_t used,
-                         const std::vector<int64_t>& resident, int64_t num_evict, std::vector<int32_t>& mark,
-                         std::vector<int64_t>* victims) {
-    constexpr int64_t kMaxCount = (int64_t{1} << 31) - 1, kMaxStep = (int64_t{1} << 32) - 1;
-    for (int64_t row : resident) mark[row] = 0;
-    std::vector<std::pair<int64_t, int64_t>> order;
-    order.reserve(used);
-    for (int64_t r = 0; r < used; ++r) {
-      if (mark[r] < 0) {
-        const int64_t count = std::min(std::max<int64_t>(counts[r], 0), kMaxCount);
-        order.emplace_back(count << 32 | std::min(std::max<int64_t>(last_seen[r], 0), kMaxStep), r);
-      }
-    }
-    for (int64_t row : resident) mark[row] = -1;
-    std::partial_sort(order.begin(), order.begin() + num_evict, order.end());
-    victims->clear();
-    for (int64_t k = 0; k < num_evict; ++k) victims->push_back(order[k].second);
-  }
-
   int num_state_ = 0;
   int admit_after_ = 1;
   bool lfu_ = false;

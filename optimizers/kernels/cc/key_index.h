@@ -14,6 +14,7 @@
 #include <vector>
 
 #include "absl/strings/str_cat.h"
+#include "lfu_buckets.h"
 #include "tensorflow/core/framework/op_kernel.h"
 #include "tensorflow/core/framework/resource_base.h"
 #include "tensorflow/core/framework/resource_mgr.h"
@@ -55,12 +56,15 @@ class KeyIndex : public ::tensorflow::ResourceBase {
     size_ = 0;
     capacity_ = capacity;
     row_marks_.assign(capacity, -1);
+    lfu_.Clear();
   }
 
   int64_t capacity() const { return capacity_; }
 
   // Scratch for the ops: one int32 per row, each -1 whenever the lock is free.
   std::vector<int32_t>& row_marks() { return row_marks_; }
+  // The LFU eviction order (LFU tables; EmbedoptDynamicPolicy keeps it), forgotten by every Reset.
+  LfuBuckets& lfu() { return lfu_; }
   int64_t size() const { return size_; }
 
   // The row of `key`, or -1.
@@ -138,6 +142,7 @@ class KeyIndex : public ::tensorflow::ResourceBase {
   int64_t capacity_ = 0;
   int64_t synced_step_ = kStale;
   std::vector<int32_t> row_marks_;
+  LfuBuckets lfu_;
 };
 
 // The KeyIndex that input `i` of the op names (created empty and out of date on first use).
