@@ -170,13 +170,7 @@ class LfuBuckets {
     Clear();
     buckets_.resize(num_buckets_);
     nonempty_.assign((num_buckets_ + 63) / 64, 0);
-    std::vector<std::pair<uint64_t, uint32_t>> order;
-    order.reserve(used);
-    for (int64_t r = 0; r < used; ++r) {
-      if (last_seen[r] == step) continue;
-      order.emplace_back(static_cast<uint64_t>(LfuCount(counts[r])) << 32 | static_cast<uint64_t>(LfuStep(last_seen[r])),
-                         static_cast<uint32_t>(r));
-    }
+    std::vector<std::pair<uint64_t, uint32_t>> order = Evictable(counts, last_seen, used, step);
     std::sort(order.begin(), order.end());
     for (const auto& [key, row] : order) Add(row, static_cast<int64_t>(key >> 32), static_cast<uint32_t>(key));
     synced_step_ = step - 1;
@@ -197,23 +191,29 @@ class LfuBuckets {
       stored_ += static_cast<int64_t>(kept);
       if (kept == 0) nonempty_[c / 64] &= ~(uint64_t{1} << (c % 64));
     }
-    auto dead = [&](const HeapEntry& e) {
-      return !Live(counts, last_seen, e.row, e.count, e.step);
-    };
+    auto dead = [&](const HeapEntry& e) { return !Live(counts, last_seen, e.row, e.count, e.step); };
     heap_.erase(std::remove_if(heap_.begin(), heap_.end(), dead), heap_.end());
     std::make_heap(heap_.begin(), heap_.end(), std::greater<HeapEntry>());
     stored_ += static_cast<int64_t>(heap_.size());
   }
 
+  // (key, row) for the rows below `used` not stamped `step`: key = clamped count << 32 | clamped last_seen.
+  static std::vector<std::pair<uint64_t, uint32_t>> Evictable(const int64_t* counts, const int64_t* last_seen,
+                                                              int64_t used, int64_t step) {
+    std::vector<std::pair<uint64_t, uint32_t>> order;
+    order.reserve(used);
+    for (int64_t r = 0; r < used; ++r) {
+      if (last_seen[r] == step) continue;
+      const uint64_t count = static_cast<uint64_t>(LfuCount(counts[r]));
+      order.emplace_back(count << 32 | static_cast<uint64_t>(LfuStep(last_seen[r])), static_cast<uint32_t>(r));
+    }
+    return order;
+  }
+
   // The victims by one partial sort of the rows in use (steps past 2^32 - 1 only).
   static absl::Status Scan(const int64_t* counts, const int64_t* last_seen, int64_t used, int64_t step,
                            int64_t num_evict, std::vector<int64_t>* victims) {
-    std::vector<std::pair<uint64_t, int64_t>> order;
-    for (int64_t r = 0; r < used; ++r) {
-      if (last_seen[r] == step) continue;
-      order.emplace_back(static_cast<uint64_t>(LfuCount(counts[r])) << 32 | static_cast<uint64_t>(LfuStep(last_seen[r])),
-                         r);
-    }
+    std::vector<std::pair<uint64_t, uint32_t>> order = Evictable(counts, last_seen, used, step);
     if (static_cast<int64_t>(order.size()) < num_evict) {
       return absl::InvalidArgumentError("DynamicEmbedding: fewer evictable rows than needed");
     }
