@@ -265,8 +265,8 @@ def _snapshot(layer, optimizer):
             + [keys[order], rows[order]])
 
 
-def _fresh(seed=7):
-    layer = DynamicEmbedding(4, capacity=16, admit_after=2, eviction="lru", default="shared_row",
+def _fresh(seed=7, eviction="lru"):
+    layer = DynamicEmbedding(4, capacity=16, admit_after=2, eviction=eviction, default="shared_row",
                              sketch_width=2**10, seed=seed)
     layer.build()
     optimizer = optimizers.LazyAdam(0.01)
@@ -284,14 +284,15 @@ def test_same_stream_gives_same_state():
     assert first[0].counters()["evictions"] > 0
 
 
-def test_checkpoint_round_trip_mid_stream(tmp_path):
+@pytest.mark.parametrize("eviction", ["lru", "lfu"])
+def test_checkpoint_round_trip_mid_stream(tmp_path, eviction):
     batches = _stream(12, 16, 20, np.arange(-40, 40, dtype=np.int64) * (2**40 + 3), zipf=0.9)
-    layer, optimizer = _fresh()
+    layer, optimizer = _fresh(eviction=eviction)
     _run(layer, optimizer, batches[:8], 0)
     path = tf.train.Checkpoint(layer=layer, optimizer=optimizer).write(str(tmp_path / "ckpt"))
     _run(layer, optimizer, batches[8:], 1)
 
-    restored, restored_opt = _fresh(seed=7)
+    restored, restored_opt = _fresh(seed=7, eviction=eviction)
     _run(restored, restored_opt, batches[:3], 5)  # different state, overwritten by the restore
     tf.train.Checkpoint(layer=restored, optimizer=restored_opt).read(path).assert_consumed()
     _run(restored, restored_opt, batches[8:], 1)
