@@ -12,15 +12,17 @@ slots, applies it unchanged. docs/dynamic_tables.md describes the policies.
 One training call (`training=True`), for the batch's distinct keys in order
 of first occurrence:
 
-1. resident keys refresh their row's last-seen step (LRU) or add their
-   occurrences to their row's count (LFU);
+1. resident keys refresh their row's last-seen step (LRU), or add their
+   occurrences to their row's count and refresh its last-seen step (LFU);
 2. other keys add their occurrences to a count-min sketch; those whose
    estimate reaches `admit_after` are admitted, in first-occurrence order;
 3. an admitted key takes a never-used row (rows are handed out 0, 1, 2, ...)
    or, when none is left, the row of the least recently used (LRU: smallest
-   last-seen step) or least frequently used (LFU: smallest count) key that
-   this batch does not read, ties to the lower row; keys that find no row
-   stay unadmitted;
+   last-seen step) or least frequently used (LFU: smallest count, ties to the
+   smallest last-seen step) key that this batch does not read, ties to the
+   lower row; keys that find no row stay unadmitted. A (re)assigned row's
+   last-seen step is this step, and under LFU its count the key's
+   occurrences in this batch;
 4. a (re)assigned row is re-initialized, and recorded so that
    `reset_slots(optimizer)` can reset its optimizer slots.
 
@@ -79,17 +81,21 @@ class DynamicEmbedding(keras.layers.Layer):
     read from `row_keys`; saved by `tf.train.Checkpoint` and by `.keras`
     files; the native index is rebuilt from `row_keys` when needed): `embeddings` `[capacity, output_dim]` (trainable),
     `default_row` `[1, output_dim]` (trainable, shared_row only), `row_keys`,
-    `last_seen` (LRU) or `row_counts` (LFU) `[capacity]` int64, the count-min
+    `last_seen` (LRU) or `row_counts` and `last_seen` (LFU) `[capacity]` int64, the count-min
     `sketch` `[sketch_depth, sketch_width]` int64 (only when `admit_after > 1`),
     the LRU eviction log (`lru_log_rows`, `lru_log_steps` `[2 * capacity]`,
     `lru_log_head`, `lru_log_tail`; LRU only), and the counters `admissions`,
     `evictions`, `default_lookups`, `lookups`, `rows_in_use`, `steps`.
+    An LFU checkpoint or `.keras` file written before LFU kept `last_seen`
+    restores with `last_seen` 0: rows not read since tie by row, as before.
 
     Memory: `capacity * output_dim * 4 * (1 + optimizer slots per element)`
     bytes + `capacity * 24` (keys, LRU/LFU stamp, assigned rows) + the key
     index (native: 36 to 68 bytes per row; `MutableHashTable`: about
     `capacity * 40`, empty on the kernel path) + `sketch_depth * sketch_width * 8` + for
-    LRU the eviction log, `capacity * 32`.
+    LRU the eviction log, `capacity * 32`; for LFU `last_seen`, `capacity * 8`,
+    and on the kernel path its buckets, 8 bytes an entry, at most
+    `2 * capacity` + a step's rows entries.
 
     Count-min sketch: an estimate never falls below the true count of a
     key's occurrences while it was not resident, and exceeds it by more than
@@ -113,8 +119,12 @@ class DynamicEmbedding(keras.layers.Layer):
     insert of the admitted and a remove of the evicted keys. LRU victims come from the eviction log
     (`optimizers/dynamic_lru.py`): O(batch) amortized, with one O(capacity)
     compaction per at least `capacity` logged reads and one sort of the rows
-    when the table first fills. LFU victims are the smallest counts among
-    all rows in use on each step that evicts (O(capacity)). On the kernel
+    when the table first fills. LFU victims, on the kernel path, come from
+    buckets of rows by count (`lfu_buckets.h`), each in (last-seen step,
+    row) order: O(batch) amortized, with one O(capacity) compaction per at
+    least `capacity` appended entries and one sort of the rows in use after a
+    restore or a step of the TF path; the TF path takes one `top_k` over
+    all rows (O(capacity)) on each step that evicts. On the kernel
     path (one replica, float32) the whole policy step is one kernel
     (`EmbedoptDynamicPolicy`, bit-identical to the TF ops), and the lookup
     and its gradient are the fixed table's pooled lookup kernels (bags of
@@ -191,8 +201,12 @@ class DynamicEmbedding(keras.layers.Layer):
         self.evictions = state("evictions", ())
         self.default_lookups = state("default_lookups", ())
         self.lookups = state("lookups", ())
+        # LFU's tie order. Made last, so that `.keras` files written before it existed keep their variables' order.
+        self.lfu_last_seen = state("last_seen", (self.capacity,)) if self.eviction == "lfu" else None
         with tf.init_scope():  # Keras may build while tracing `call`
             self.key_to_row = KeyToRow(self.row_keys, self.rows_in_use, name=f"{self.name}_key_to_row")
+        if self.lfu_last_seen is not None:
+            self.key_to_row.on_restore(self._zero_last_seen_unless_restored)
         self._native = None  # the kernels' index, made by the first step they serve
         self.built = True
 
@@ -220,8 +234,19 @@ class DynamicEmbedding(keras.layers.Layer):
         return self._native
 
     def load_own_variables(self, store):
+        if self.lfu_last_seen is not None and len(store.keys()) == len(self.weights) - 1:
+            # An LFU table saved before `last_seen` existed (the last variable): its rows tie by row alone.
+            store = {**{key: store[key] for key in store.keys()},
+                     str(len(self.weights) - 1): np.zeros(self.capacity, np.int64)}
         super().load_own_variables(store)
         self.rebuild_index()
+
+    def _zero_last_seen_unless_restored(self):
+        """After a checkpoint restore: an LFU checkpoint written before `last_seen` existed sets it to 0."""
+        # A restore stamps every object it holds a value for with its uid before it writes any value (and so
+        # before the table calls this); a `last_seen` with an older stamp was not in the checkpoint.
+        if self.lfu_last_seen._update_uid < self.key_to_row._update_uid:
+            self.lfu_last_seen.assign(tf.zeros_like(self.lfu_last_seen))
 
     # -- forward ------------------------------------------------------------
 

@@ -9,7 +9,9 @@ from __future__ import annotations
 import numpy as np
 import tensorflow as tf
 
-_INT64_MAX = np.iinfo(np.int64).max
+_INT64_MIN = np.iinfo(np.int64).min
+_LFU_MAX_COUNT = 2**31 - 1
+_LFU_MAX_STEP = 2**32 - 1
 _GOLDEN = 0x9E3779B97F4A7C15
 _MIX1 = 0xBF58476D1CE4E5B9
 _MIX2 = 0x94D049BB133111EB
@@ -107,16 +109,27 @@ def _sum_by_entry(upstream, entry, num_entries, use_kernel):
                                                  tf.stack([num_entries, tf.shape(summed, out_type=tf.int64)[1]])))
 
 
-def lfu_victims(stamps, num_evict, used, protected_rows) -> tf.Tensor:
-    """The `num_evict` rows below `used`, not in `protected_rows`, with the smallest stamps (ties: lower row).
+def lfu_victims(counts, last_seen, num_evict, used, protected_rows) -> tf.Tensor:
+    """The `num_evict` rows below `used`, not in `protected_rows`, in LFU order: smallest count, then smallest
+    last-seen step, then lower row.
 
-    One `top_k` over all `capacity` stamps: O(capacity), the LFU policy's cost on a step that evicts.
+    Counts and steps are compared clamped, as the int64 key
+    `min(count, 2**31 - 1) << 32 | min(last_seen, 2**32 - 1)` (negative values
+    as 0). One `top_k` over all `capacity` keys (it keeps the lower index first
+    among equal values): O(capacity) on a step that evicts. The TF path
+    (replicated, multi-worker and hash-sharded steps) pays it; the policy
+    kernel keeps the same order in buckets instead (`lfu_buckets.h`).
     """
-    capacity = tf.shape(stamps, out_type=tf.int64)[0]
-    stamps = tf.where(tf.range(capacity) < used, stamps, _INT64_MAX)
-    stamps = tf.tensor_scatter_nd_update(stamps, protected_rows[:, None],
-                                         tf.fill(tf.shape(protected_rows), tf.constant(_INT64_MAX, tf.int64)))
-    _, victims = tf.math.top_k(-stamps, k=tf.cast(num_evict, tf.int32), sorted=True)
+    capacity = tf.shape(counts, out_type=tf.int64)[0]
+    key = tf.bitwise.bitwise_or(tf.bitwise.left_shift(tf.clip_by_value(counts, 0, _LFU_MAX_COUNT),
+                                                       tf.constant(32, tf.int64)),
+                                tf.clip_by_value(last_seen, 0, _LFU_MAX_STEP))
+    evictable = tf.range(capacity) < used
+    evictable = tf.tensor_scatter_nd_update(evictable, protected_rows[:, None],
+                                            tf.zeros(tf.shape(protected_rows), tf.bool))
+    # Keys are >= 0, so -key > INT64_MIN: rows that may not be evicted come after every other.
+    score = tf.where(evictable, -key, tf.constant(_INT64_MIN, tf.int64))
+    _, victims = tf.math.top_k(score, k=tf.cast(num_evict, tf.int32), sorted=True)
     return tf.cast(victims, tf.int64)
 
 

@@ -40,6 +40,7 @@ def policy_step(layer, unique, counts, rows=None, native=None):
         scatter(layer.row_stamps, resident_rows, tf.fill(tf.shape(resident_rows), step))
     else:
         scatter(layer.row_stamps, resident_rows, tf.boolean_mask(counts, resident), "scatter_add")
+        scatter(layer.lfu_last_seen, resident_rows, tf.fill(tf.shape(resident_rows), step))
 
     candidate_at = tf.where(tf.logical_not(resident))[:, 0]
     candidate_keys = tf.gather(unique, candidate_at)
@@ -73,7 +74,8 @@ def policy_step(layer, unique, counts, rows=None, native=None):
     if layer.lru_log is not None:
         pick = lambda: layer.lru_log.victims(layer.row_stamps, num_evict, step, used)  # noqa: E731
     else:
-        pick = lambda: lfu_victims(layer.row_stamps.value, num_evict, used, resident_rows)  # noqa: E731
+        def pick():
+            return lfu_victims(layer.row_stamps.value, layer.lfu_last_seen.value, num_evict, used, resident_rows)
     victims = tf.cond(num_evict > 0, pick, lambda: tf.zeros([0], tf.int64))
     victim_keys = tf.gather(layer.row_keys.value, victims)
     new_rows = tf.concat([tf.range(used, used + num_fresh), victims], axis=0)
@@ -84,6 +86,8 @@ def policy_step(layer, unique, counts, rows=None, native=None):
     scatter(layer.row_keys, new_rows, new_keys)
     stamps = tf.fill(tf.shape(new_rows), step) if layer.eviction == "lru" else candidate_counts[:num_admit]
     scatter(layer.row_stamps, new_rows, stamps)
+    if layer.lfu_last_seen is not None:
+        scatter(layer.lfu_last_seen, new_rows, tf.fill(tf.shape(new_rows), step))
     scatter(layer.embeddings, new_rows, _initial_rows(layer, tf.size(new_rows), step))
     scatter(layer.assigned_rows, tf.range(num_admit), new_rows)
     assign(layer.num_assigned, num_admit)

@@ -135,7 +135,8 @@ def build_parser() -> argparse.ArgumentParser:
                        f"gets a row; until then it reads the default row (default: {defaults.admit_after})")
     model.add_argument("--eviction", choices=keys.EVICTIONS,
                        help="with --table-kind dynamic: which key loses its row when the table is full: lru (least "
-                       "recently read) or lfu (fewest reads since admission); never one the batch reads "
+                       "recently read) or lfu (fewest reads since admission, ties to the least recently read); "
+                       "never one the batch reads "
                        f"(default: {defaults.eviction})")
     model.add_argument("--default-row", choices=keys.DEFAULT_ROWS,
                        help="with --table-kind dynamic: what a key without a row reads: zeros (no parameter) or "

@@ -310,6 +310,8 @@ def dynamic_policy(index, unique, counts, rows, layer):
              layer.num_assigned, layer.admissions, layer.evictions, layer.lookups, layer.default_lookups]
     if layer.sketch is not None:
         state.append(layer.sketch)
+    if layer.lfu_last_seen is not None:
+        state.append(layer.lfu_last_seen)
     if layer.lru_log is not None:
         log = layer.lru_log
         state += [log.rows, log.steps, log.head, log.tail]

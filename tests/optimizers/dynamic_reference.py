@@ -11,6 +11,7 @@ import numpy as np
 GOLDEN = np.uint64(0x9E3779B97F4A7C15)
 MIX1 = np.uint64(0xBF58476D1CE4E5B9)
 MIX2 = np.uint64(0x94D049BB133111EB)
+LFU_MAX_COUNT, LFU_MAX_STEP = 2**31 - 1, 2**32 - 1  # LFU compares counts and last-seen steps clamped to these
 
 
 def sketch_columns(key: int, depth: int, width: int) -> list[int]:
@@ -40,6 +41,7 @@ class ReferenceTable:
         self.row_of: dict[int, int] = {}
         self.key_of: dict[int, int] = {}
         self.stamp = np.zeros(capacity, np.int64)  # last-seen step (LRU) or count (LFU)
+        self.last_seen = np.zeros(capacity, np.int64)  # LFU: the step each row was last read or assigned
         self.step = 0
         self.admissions = self.evictions = self.default_lookups = self.lookups = 0
         self.assigned: list[int] = []  # rows (re)assigned by the latest training batch, in order
@@ -58,6 +60,7 @@ class ReferenceTable:
         for k in resident:
             r = self.row_of[k]
             self.stamp[r] = self.step if self.eviction == "lru" else self.stamp[r] + counts[k]
+            self.last_seen[r] = self.step
         newcomers = [k for k in order if k not in self.row_of]
         if self.admit_after > 1:
             if self.decay_every and self.step % self.decay_every == 0:
@@ -71,8 +74,9 @@ class ReferenceTable:
         protected = {self.row_of[k] for k in resident}
         in_use = len(self.key_of)
         fresh = list(range(in_use, self.capacity))
-        # Eviction order: smallest stamp first, ties to the lower row; never a row this batch reads.
-        victims = sorted((r for r in range(in_use) if r not in protected), key=lambda r: (self.stamp[r], r))
+        # Eviction order: smallest stamp first (LFU: then the earliest last-seen step, both clamped), ties to the
+        # lower row; never a row this batch reads.
+        victims = sorted((r for r in range(in_use) if r not in protected), key=self._eviction_key)
         self.assigned = []
         for k in newcomers:
             if fresh:
@@ -86,12 +90,18 @@ class ReferenceTable:
             self.row_of[k] = r
             self.key_of[r] = k
             self.stamp[r] = self.step if self.eviction == "lru" else counts[k]
+            self.last_seen[r] = self.step
             self.assigned.append(r)
             self.admissions += 1
         rows = np.array([self.row_of.get(k, -1) for k in keys], np.int64)
         self.lookups += len(keys)
         self.default_lookups += int((rows < 0).sum())
         return rows
+
+    def _eviction_key(self, r):
+        if self.eviction == "lru":
+            return self.stamp[r], r
+        return min(max(self.stamp[r], 0), LFU_MAX_COUNT), min(max(self.last_seen[r], 0), LFU_MAX_STEP), r
 
     def rows(self, keys) -> np.ndarray:
         """Read-only lookup (serving)."""

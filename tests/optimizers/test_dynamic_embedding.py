@@ -36,6 +36,8 @@ def _check_state(layer, ref):
                                 "default_lookups": ref.default_lookups, "lookups": ref.lookups, "steps": ref.step}
     np.testing.assert_array_equal(layer.row_keys.numpy()[:used], [ref.key_of[r] for r in range(used)])
     np.testing.assert_array_equal(layer.row_stamps.numpy()[:used], ref.stamp[:used])
+    if layer.lfu_last_seen is not None:
+        np.testing.assert_array_equal(layer.lfu_last_seen.numpy()[:used], ref.last_seen[:used])
     assert sorted(layer.assigned_rows.numpy()[:int(layer.num_assigned.numpy())]) == sorted(ref.assigned)
     exported_keys, exported_rows = (t.numpy() for t in layer.key_to_row.export())
     assert dict(zip(exported_keys.tolist(), exported_rows.tolist())) == ref.row_of
@@ -97,6 +99,29 @@ def test_eviction_order_small_example(eviction, expected_victims):
         ref.train(keys)
     assert ref.assigned == expected_victims
     assert layer2.assigned_rows.numpy()[:2].tolist() == expected_victims
+
+
+@pytest.mark.parametrize("kernels", ["on", "off"])
+def test_lfu_ties_go_to_the_row_seen_least_recently(kernels):
+    # Rows a -> 0, b -> 1, c -> 2 at step 1 (count 1 each); b is read at step 2 and a at step 3 (count 2 each).
+    # Two newcomers then take c's row (count 1), then b's: b ties with a on count 2 but was seen earlier, though
+    # a holds the lower row.
+    from optimizers import fast_path
+
+    a, b, c, d, e = 10, 20, 30, 40, 50
+    context = fast_path.disabled() if kernels == "off" else contextlib.nullcontext()
+    with context:
+        layer = DynamicEmbedding(2, capacity=3, eviction="lfu")
+        step = tf.function(lambda k: layer(k, training=True))
+        for keys in ([a, b, c], [b], [a], [d, e]):
+            step(tf.constant(keys, tf.int64))
+    ref = ReferenceTable(3, eviction="lfu")
+    for keys in ([a, b, c], [b], [a], [d, e]):
+        ref.train(keys)
+    assert ref.assigned == [2, 1]  # the order by (count, row) alone would take rows 2 and 0
+    assert layer.assigned_rows.numpy()[:2].tolist() == [2, 1]
+    np.testing.assert_array_equal(layer.lfu_last_seen.numpy(), [3, 4, 4])
+    np.testing.assert_array_equal(_layer_rows(layer, [a, b, c, d, e]), [0, -1, -1, 2, 1])
 
 
 def test_int64_extremes_are_distinct_keys():
@@ -240,8 +265,8 @@ def _snapshot(layer, optimizer):
             + [keys[order], rows[order]])
 
 
-def _fresh(seed=7):
-    layer = DynamicEmbedding(4, capacity=16, admit_after=2, eviction="lru", default="shared_row",
+def _fresh(seed=7, eviction="lru"):
+    layer = DynamicEmbedding(4, capacity=16, admit_after=2, eviction=eviction, default="shared_row",
                              sketch_width=2**10, seed=seed)
     layer.build()
     optimizer = optimizers.LazyAdam(0.01)
@@ -259,14 +284,15 @@ def test_same_stream_gives_same_state():
     assert first[0].counters()["evictions"] > 0
 
 
-def test_checkpoint_round_trip_mid_stream(tmp_path):
+@pytest.mark.parametrize("eviction", ["lru", "lfu"])
+def test_checkpoint_round_trip_mid_stream(tmp_path, eviction):
     batches = _stream(12, 16, 20, np.arange(-40, 40, dtype=np.int64) * (2**40 + 3), zipf=0.9)
-    layer, optimizer = _fresh()
+    layer, optimizer = _fresh(eviction=eviction)
     _run(layer, optimizer, batches[:8], 0)
     path = tf.train.Checkpoint(layer=layer, optimizer=optimizer).write(str(tmp_path / "ckpt"))
     _run(layer, optimizer, batches[8:], 1)
 
-    restored, restored_opt = _fresh(seed=7)
+    restored, restored_opt = _fresh(seed=7, eviction=eviction)
     _run(restored, restored_opt, batches[:3], 5)  # different state, overwritten by the restore
     tf.train.Checkpoint(layer=restored, optimizer=restored_opt).read(path).assert_consumed()
     _run(restored, restored_opt, batches[8:], 1)
@@ -289,6 +315,29 @@ def test_keras_file_round_trip(tmp_path):
     assert loaded_layer.counters() == layer.counters() and layer.counters()["evictions"] == 1
     np.testing.assert_array_equal(_layer_rows(loaded_layer, [1, 2, INT64_MIN, 4, 5, 6, 7, 8, INT64_MAX]),
                                   _layer_rows(layer, [1, 2, INT64_MIN, 4, 5, 6, 7, 8, INT64_MAX]))
+
+
+def test_lfu_keras_file_from_before_last_seen_loads_with_zeros(tmp_path, monkeypatch):
+    inputs = keras.Input(shape=(3,), dtype="int64")
+    model = keras.Model(inputs, DynamicEmbedding(4, capacity=4, eviction="lfu", name="dyn")(inputs))
+    layer = model.get_layer("dyn")
+    for keys in ([[1, 2, 3]], [[1, 4, 5]]):  # 5 keys, 4 rows: one eviction
+        model(tf.constant(keys, tf.int64), training=True)
+    assert layer.weights[-1] is layer.lfu_last_seen  # so that older files hold every variable but the last
+
+    def save_without_last_seen(self, store):  # what an LFU table saved before it kept last_seen
+        for i, variable in enumerate(self.weights[:-1]):
+            store[str(i)] = variable
+
+    monkeypatch.setattr(DynamicEmbedding, "save_own_variables", save_without_last_seen)
+    model.save(tmp_path / "old.keras")
+    monkeypatch.undo()
+    loaded = keras.saving.load_model(tmp_path / "old.keras").get_layer("dyn")
+    np.testing.assert_array_equal(loaded.lfu_last_seen.numpy(), 0)
+    for mine, theirs in zip(loaded.weights[:-1], layer.weights[:-1]):
+        np.testing.assert_array_equal(mine.numpy(), theirs.numpy())
+    assert loaded.counters() == layer.counters() and layer.counters()["evictions"] == 1
+    np.testing.assert_array_equal(_layer_rows(loaded, [1, 2, 3, 4, 5]), _layer_rows(layer, [1, 2, 3, 4, 5]))
 
 
 @pytest.mark.parametrize("kwargs, match", [

@@ -118,10 +118,12 @@ def test_kernel_and_tf_paths_agree_with_thousands_of_keys_a_step(eviction, admit
         np.testing.assert_array_equal(a, b)
 
 
-def test_switching_paths_mid_stream_matches_reference():
+@pytest.mark.parametrize("eviction", ["lru", "lfu"])
+def test_switching_paths_mid_stream_matches_reference(eviction):
+    # Each switch to the kernel path finds the native index (and LFU's buckets) out of date and rebuilds them.
     keys, coefs = _stream(8, 24, 16, np.arange(1, 50, dtype=np.int64) * -104729)
-    layer, optimizer = _make(eviction="lru", admit_after=1)
-    ref = ReferenceTable(12, eviction="lru")
+    layer, optimizer = _make(eviction=eviction, admit_after=1)
+    ref = ReferenceTable(12, eviction=eviction)
     steps = {True: _step_fn(layer, optimizer, True), False: _step_fn(layer, optimizer, False)}
     for t, (k, c) in enumerate(zip(keys, coefs)):
         table_kernels = (t // 3) % 2 == 0  # three steps on each path in turn
@@ -135,7 +137,58 @@ def test_switching_paths_mid_stream_matches_reference():
         np.testing.assert_array_equal(out[rows < 0], 0.0)
         keys_out, rows_out = (t.numpy() for t in layer.key_to_row.export())
         assert dict(zip(keys_out.tolist(), rows_out.tolist())) == ref.row_of
+        np.testing.assert_array_equal(layer.row_stamps.numpy(), ref.stamp)
     assert ref.evictions > 0
+
+
+def _hot_stream(seed, steps):
+    """Batches where 3 of 16 hot keys occur 4096 or 4097 times each (LFU counts past the kernel's 4096 buckets, often
+    equal) and 6 cold keys once: with 10 rows, victims come from the buckets and from the heap of large counts, where
+    ties on count must go to the row seen least recently (with the heap ordered by count and row alone, the rows
+    assigned differ within 14 steps)."""
+    rng = np.random.default_rng(seed)
+    hot, keys = np.arange(16, dtype=np.int64) * 7 + 1, []
+    for t in range(steps):
+        picked = rng.choice(hot, 3, replace=False)
+        batch = np.concatenate([np.repeat(picked, rng.integers(4096, 4098, 3)), 10_000 + 6 * t + np.arange(6)])
+        keys.append(rng.permutation(batch).astype(np.int64))
+    return keys, [rng.normal(size=(len(k), 3)).astype(np.float32) for k in keys]
+
+
+def _saturate(layer):
+    """Counts at the clamp (2^31 - 1) and beyond, and steps near 2^32, where the step count overflows the LFU key."""
+    counts = layer.row_stamps.numpy()
+    counts[:6] = [2**31 - 2, 2**31 - 1, 2**31, 2**40, 2**31 - 2, 2**31]
+    layer.row_stamps.assign(counts)
+    layer.steps.assign(2**32 - 4)
+    layer.rebuild_index()  # state written from outside: the native index and the buckets must be rebuilt
+
+
+@pytest.mark.parametrize("case", ["large_counts", "saturated"])
+def test_kernel_and_tf_paths_agree_on_lfu_counts_past_the_buckets(case):
+    keys, coefs = _hot_stream(0, 14)
+    runs = {}
+    for table_kernels in (True, False):
+        layer = DynamicEmbedding(3, capacity=10, seed=3, eviction="lfu")
+        layer.build()
+        optimizer = optimizers.LazyAdam(0.05)
+        optimizer.build(layer.trainable_variables)
+        step = _step_fn(layer, optimizer, table_kernels)
+        states = []  # after every step: a different victim order may be overwritten again a few steps later
+        for t, (k, c) in enumerate(zip(keys, coefs)):
+            if case == "saturated" and t == 6:
+                _saturate(layer)
+            step(tf.constant(k), tf.constant(c))
+            states.append(_state(layer, optimizer))
+        runs[table_kernels] = (layer, states)
+    counters = runs[True][0].counters()
+    assert counters == runs[False][0].counters()
+    assert counters["evictions"] > 40
+    if case == "saturated":
+        assert counters["steps"] > 2**32  # the last steps ran past the 32-bit last-seen steps
+    for t, (kernel_state, tf_state) in enumerate(zip(runs[True][1], runs[False][1])):
+        for a, b in zip(kernel_state, tf_state):
+            np.testing.assert_array_equal(a, b, err_msg=f"after step {t}")
 
 
 def test_restore_at_the_same_step_rebuilds_the_native_index(tmp_path):

@@ -6,13 +6,13 @@
 // (tests/optimizers/test_dynamic_paths.py):
 //
 //   1. resident keys stamp their row with the step (LRU) or add their counts
-//      to it (LFU);
+//      to it and stamp its last_seen with the step (LFU);
 //   2. other keys add their counts to the count-min sketch (halved first on
 //      every sketch_decay_every-th step); those whose estimate reaches
 //      admit_after are admitted, in first-occurrence order;
-//   3. admitted keys take never-used rows, then victims: the LRU log's head
-//      (O(batch) amortized), or the LFU rows with the smallest counts, ties
-//      to the lower row (one partial selection over the rows in use);
+//   3. admitted keys take never-used rows, then victims: the LRU log's head,
+//      or the LFU rows with the smallest (count, last_seen, row) from the
+//      index's LFU buckets (lfu_buckets.h), both O(batch) amortized;
 //   4. new rows get U(-init_scale, init_scale) from Philox seeded by
 //      (seed, step), the values and order tf.random.stateless_uniform gives.
 #define EIGEN_USE_THREADS
@@ -25,6 +25,7 @@
 
 #include "common.h"
 #include "key_index.h"
+#include "lfu_buckets.h"
 #include "lru_log.h"
 #include "tensorflow/core/framework/op.h"
 #include "tensorflow/core/framework/shape_inference.h"
@@ -66,7 +67,8 @@ embeddings: the float32 [capacity, dim] table; new rows are re-initialized.
 state: the int64 variables steps, stamps (last_seen or row_counts),
   row_keys, rows_in_use, assigned_rows, num_assigned, admissions,
   evictions, lookups, default_lookups, then the sketch when admit_after > 1,
-  then log_rows, log_steps, log_head, log_tail for LRU (lfu false).
+  then last_seen for LFU (lfu true; stamps are then row_counts), or
+  log_rows, log_steps, log_head, log_tail for LRU (lfu false).
 init_scale: 0 gives zero rows.
 )doc");
 
@@ -240,7 +242,7 @@ class DynamicPolicyOp : public OpKernel {
     OP_REQUIRES_OK(ctx, ctx->GetAttr("seed", &seed_));
     OP_REQUIRES(ctx, init_scale_ >= 0,
                 absl::InvalidArgumentError(absl::StrCat("init_scale must be >= 0, got ", init_scale_)));
-    const int want = kFirstOptional + (admit_after_ > 1 ? 1 : 0) + (lfu_ ? 0 : 4);
+    const int want = kFirstOptional + (admit_after_ > 1 ? 1 : 0) + (lfu_ ? 1 : 4);
     OP_REQUIRES(ctx, num_state_ == want,
                 absl::InvalidArgumentError(absl::StrCat("state must hold ", want, " variables for admit_after = ",
                                                         admit_after_, " and lfu = ", lfu_, ", got ", num_state_)));
@@ -303,6 +305,11 @@ class DynamicPolicyOp : public OpKernel {
       OP_REQUIRES_OK(ctx, CheckSize(vars.tensor(3 + next), 1, "log_head"));
       OP_REQUIRES_OK(ctx, CheckSize(vars.tensor(4 + next), 1, "log_tail"));
     }
+    int64_t* last_seen = nullptr;  // LFU: each row's last read or admission step, the ties' order
+    if (lfu_) {
+      OP_REQUIRES_OK(ctx, CheckSize(vars.tensor(1 + next), capacity, "last_seen"));
+      last_seen = vars.tensor(1 + next)->flat<int64_t>().data();
+    }
     int64_t* const stamps = state(kStamps);
     int64_t* const row_keys = state(kRowKeys);
     const int64_t used = *state(kRowsInUse);
@@ -324,7 +331,7 @@ class DynamicPolicyOp : public OpKernel {
     *state(kSteps) = step;
 
     // 1. Resident keys.
-    std::vector<int64_t> touched;  // the rows this step reads or assigns: the LRU log's append
+    std::vector<int64_t> touched;  // the rows this step reads or assigns: the LRU log's or LFU buckets' append
     std::vector<int64_t> candidates;
     touched.reserve(u);
     int64_t total = 0, resident_total = 0;
@@ -342,6 +349,7 @@ class DynamicPolicyOp : public OpKernel {
       touched.push_back(row);
       resident_total += counts[i];
       stamps[row] = lfu_ ? stamps[row] + counts[i] : step;
+      if (lfu_) last_seen[row] = step;
     }
     const int64_t num_resident = static_cast<int64_t>(touched.size());
 
@@ -382,7 +390,7 @@ class DynamicPolicyOp : public OpKernel {
     if (num_evict > 0) {
       std::vector<int64_t> victims;
       if (lfu_) {
-        LfuVictims(stamps, used, touched, num_evict, index->row_marks(), &victims);
+        OP_REQUIRES_OK(ctx, index->lfu().Victims(stamps, last_seen, used, step, num_evict, &victims));
       } else {
         OP_REQUIRES_OK(ctx, log.Victims(num_evict, step, used, &victims));
       }
@@ -407,6 +415,7 @@ class DynamicPolicyOp : public OpKernel {
       index->Insert(keys[i], row);
       row_keys[row] = keys[i];
       stamps[row] = lfu_ ? counts[i] : step;
+      if (lfu_) last_seen[row] = step;
       state(kAssigned)[j] = row;
     }
     index->set_synced_step(step);
@@ -422,8 +431,10 @@ class DynamicPolicyOp : public OpKernel {
       for (int64_t row : new_rows) std::fill(table + row * dim, table + (row + 1) * dim, 0.0f);
     }
 
-    if (!lfu_) {
-      touched.insert(touched.end(), new_rows.begin(), new_rows.end());
+    touched.insert(touched.end(), new_rows.begin(), new_rows.end());
+    if (lfu_) {
+      index->lfu().Append(stamps, last_seen, touched, step, capacity);
+    } else {
       OP_REQUIRES_OK(ctx, log.Append(touched, step));
     }
     Tensor* out = nullptr;
@@ -442,22 +453,6 @@ class DynamicPolicyOp : public OpKernel {
   }
 
  private:
-  // The `num_evict` rows below `used`, not in `resident`, with the smallest
-  // (count, row), in that order: what top_k over the negated counts gives.
-  static void LfuVictims(const int64_t* counts, int64_t used, const std::vector<int64_t>& resident, int64_t num_evict,
-                         std::vector<int32_t>& mark, std::vector<int64_t>* victims) {
-    for (int64_t row : resident) mark[row] = 0;
-    std::vector<std::pair<int64_t, int64_t>> order;
-    order.reserve(used);
-    for (int64_t r = 0; r < used; ++r) {
-      if (mark[r] < 0) order.emplace_back(counts[r], r);
-    }
-    for (int64_t row : resident) mark[row] = -1;
-    std::partial_sort(order.begin(), order.begin() + num_evict, order.end());
-    victims->clear();
-    for (int64_t k = 0; k < num_evict; ++k) victims->push_back(order[k].second);
-  }
-
   int num_state_ = 0;
   int admit_after_ = 1;
   bool lfu_ = false;

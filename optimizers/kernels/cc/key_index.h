@@ -15,6 +15,7 @@
 
 #include "absl/strings/str_cat.h"
 #include "distinct_keys.h"
+#include "lfu_buckets.h"
 #include "tensorflow/core/framework/op_kernel.h"
 #include "tensorflow/core/framework/resource_base.h"
 #include "tensorflow/core/framework/resource_mgr.h"
@@ -56,6 +57,7 @@ class KeyIndex : public ::tensorflow::ResourceBase {
     size_ = 0;
     capacity_ = capacity;
     row_marks_.assign(capacity, -1);
+    lfu_.Clear();
   }
 
   int64_t capacity() const { return capacity_; }
@@ -64,6 +66,8 @@ class KeyIndex : public ::tensorflow::ResourceBase {
   std::vector<int32_t>& row_marks() { return row_marks_; }
   // Scratch for the unique op: empty whenever the lock is free.
   DistinctKeys& distinct_keys() { return distinct_keys_; }
+  // The LFU eviction order (LFU tables; EmbedoptDynamicPolicy keeps it), forgotten by every Reset.
+  LfuBuckets& lfu() { return lfu_; }
   int64_t size() const { return size_; }
 
   // The row of `key`, or -1.
@@ -142,6 +146,7 @@ class KeyIndex : public ::tensorflow::ResourceBase {
   int64_t synced_step_ = kStale;
   std::vector<int32_t> row_marks_;
   DistinctKeys distinct_keys_;
+  LfuBuckets lfu_;
 };
 
 // The KeyIndex that input `i` of the op names (created empty and out of date on first use).
