@@ -127,9 +127,9 @@ class DynamicEmbedding(keras.layers.Layer):
     all rows (O(capacity)) on each step that evicts. On the kernel
     path (one replica, float32) the whole policy step is one kernel
     (`EmbedoptDynamicPolicy`, bit-identical to the TF ops), and the lookup
-    and its gradient are the fixed table's pooled lookup kernels (bags of
-    one; `shared_row` keeps `gather_resident`). Replicated steps take the
-    TF-ops path.
+    and its gradient are `EmbedoptResidentLookup`'s kernels, which reuse the
+    unique op's grouping of the batch (`shared_row` keeps
+    `gather_resident`). Replicated steps take the TF-ops path.
 
     Args:
         output_dim: embedding width, > 0.
@@ -244,8 +244,10 @@ class DynamicEmbedding(keras.layers.Layer):
     def _zero_last_seen_unless_restored(self):
         """After a checkpoint restore: an LFU checkpoint written before `last_seen` existed sets it to 0."""
         # A restore stamps every object it holds a value for with its uid before it writes any value (and so
-        # before the table calls this); a `last_seen` with an older stamp was not in the checkpoint.
-        if self.lfu_last_seen._update_uid < self.key_to_row._update_uid:
+        # before the table calls this); a `last_seen` with an older stamp was not in the checkpoint. The stamp is
+        # TensorFlow's private `_update_uid`: where a release lacks it, `last_seen` keeps its value.
+        seen, table = (getattr(v, "_update_uid", None) for v in (self.lfu_last_seen, self.key_to_row))
+        if seen is not None and table is not None and seen < table:
             self.lfu_last_seen.assign(tf.zeros_like(self.lfu_last_seen))
 
     # -- forward ------------------------------------------------------------
