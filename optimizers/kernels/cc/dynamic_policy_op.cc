@@ -185,8 +185,9 @@ __attribute__((optimize("fp-contract=off"))) void ScaleUniform(const uint32_t* b
 // maxval=scale) written to table rows `rows`: Philox keyed as
 // StatelessRandomGetKeyCounter keys it, element e from the (e / 4)-th output
 // block, then u * (max - min) + min in float, as the Python op computes it.
-void UniformRows(OpKernelContext* ctx, float* table, int64_t dim, const std::vector<int64_t>& rows, int64_t seed,
-                 int64_t step, float scale) {
+template <typename ParallelForFn>
+void UniformRows(const ParallelForFn& parallel_for, float* table, int64_t dim, const std::vector<int64_t>& rows,
+                 int64_t seed, int64_t step, float scale) {
   using ::tsl::random::PhiloxRandom;
   PhiloxRandom::Key key;
   PhiloxRandom::ResultType counter;
@@ -202,7 +203,7 @@ void UniformRows(OpKernelContext* ctx, float* table, int64_t dim, const std::vec
   const int64_t n = static_cast<int64_t>(rows.size());
   // A few thousand elements at a time through small buffers (fresh MB-sized ones would cost page faults).
   const int64_t chunk_rows = std::max<int64_t>(1, 4096 / dim);
-  ParallelFor(ctx, n, dim * 8, [&](int64_t begin, int64_t end) {
+  parallel_for(n, dim * 8, [&](int64_t begin, int64_t end) {
     std::vector<uint32_t> bits;
     std::vector<float> values;
     uint32_t out[4][kLanes];
@@ -401,42 +402,57 @@ class DynamicPolicyOp : public OpKernel {
       if (j + kPrefetchAhead < num_evict) __builtin_prefetch(row_keys + new_rows[num_fresh + j + kPrefetchAhead], 0);
       evicted[j] = row_keys[new_rows[num_fresh + j]];
     }
-    for (int64_t j = 0; j < num_evict; ++j) {
-      if (j + kPrefetchAhead < num_evict) index->Prefetch(evicted[j + kPrefetchAhead]);
-      index->Remove(evicted[j]);
-    }
-    for (int64_t j = 0; j < num_admit; ++j) {
-      if (j + kPrefetchAhead < num_admit) {
-        index->Prefetch(keys[candidates[j + kPrefetchAhead]]);
-        __builtin_prefetch(row_keys + new_rows[j + kPrefetchAhead], 1);
-        __builtin_prefetch(stamps + new_rows[j + kPrefetchAhead], 1);
+    // The index's removals and insertions, and the writes to the variables, the new rows' values and the
+    // eviction order's append, touch disjoint memory: they run side by side. (On the benchmark's evicting
+    // step, about 2 ms one after the other, 0.8-1.1 ms side by side.)
+    const int64_t dim = table_t->dim_size(1);
+    float* table = table_t->flat<float>().data();
+    absl::Status side_status;
+    auto variables = [&] {
+      for (int64_t j = 0; j < num_admit; ++j) {
+        if (j + kPrefetchAhead < num_admit) {
+          __builtin_prefetch(row_keys + new_rows[j + kPrefetchAhead], 1);
+          __builtin_prefetch(stamps + new_rows[j + kPrefetchAhead], 1);
+        }
+        const int64_t i = candidates[j], row = new_rows[j];
+        row_keys[row] = keys[i];
+        stamps[row] = lfu_ ? counts[i] : step;
+        if (lfu_) last_seen[row] = step;
+        state(kAssigned)[j] = row;
       }
-      const int64_t i = candidates[j], row = new_rows[j];
-      index->Insert(keys[i], row);
-      row_keys[row] = keys[i];
-      stamps[row] = lfu_ ? counts[i] : step;
-      if (lfu_) last_seen[row] = step;
-      state(kAssigned)[j] = row;
-    }
+      // 4. The new rows' values.
+      if (init_scale_ > 0) {
+        UniformRows(SerialFor{}, table, dim, new_rows, seed_, step, init_scale_);
+      } else {
+        for (int64_t row : new_rows) std::fill(table + row * dim, table + (row + 1) * dim, 0.0f);
+      }
+      touched.insert(touched.end(), new_rows.begin(), new_rows.end());
+      if (lfu_) {
+        index->lfu().Append(stamps, last_seen, touched, step, capacity);
+      } else {
+        side_status = log.Append(touched, step);
+      }
+    };
+    auto update_index = [&] {
+      for (int64_t j = 0; j < num_evict; ++j) {
+        if (j + kPrefetchAhead < num_evict) index->Prefetch(evicted[j + kPrefetchAhead]);
+        index->Remove(evicted[j]);
+      }
+      for (int64_t j = 0; j < num_admit; ++j) {
+        if (j + kPrefetchAhead < num_admit) index->Prefetch(keys[candidates[j + kPrefetchAhead]]);
+        index->Insert(keys[candidates[j]], new_rows[j]);
+      }
+    };
+    // Two units, one per thread, as the pooled lookup runs its grouping beside its gather.
+    ctx->device()->tensorflow_cpu_worker_threads()->workers->ParallelFor(
+        2, ::tsl::thread::ThreadPool::SchedulingParams::Fixed(1), [&](int64_t begin, int64_t end) {
+          for (int64_t unit = begin; unit < end; ++unit) unit == 0 ? update_index() : variables();
+        });
+    OP_REQUIRES_OK(ctx, side_status);
     index->set_synced_step(step);
     *state(kNumAssigned) = num_admit;
     *state(kRowsInUse) = used + num_fresh;
 
-    // 4. The new rows' values.
-    const int64_t dim = table_t->dim_size(1);
-    float* table = table_t->flat<float>().data();
-    if (init_scale_ > 0) {
-      UniformRows(ctx, table, dim, new_rows, seed_, step, init_scale_);
-    } else {
-      for (int64_t row : new_rows) std::fill(table + row * dim, table + (row + 1) * dim, 0.0f);
-    }
-
-    touched.insert(touched.end(), new_rows.begin(), new_rows.end());
-    if (lfu_) {
-      index->lfu().Append(stamps, last_seen, touched, step, capacity);
-    } else {
-      OP_REQUIRES_OK(ctx, log.Append(touched, step));
-    }
     Tensor* out = nullptr;
     OP_REQUIRES_OK(ctx, ctx->allocate_output(0, unique_in.shape(), &out));
     int64_t* rows_after = out->flat<int64_t>().data();
