@@ -91,7 +91,7 @@ class DynamicEmbedding(keras.layers.Layer):
 
     Memory: `capacity * output_dim * 4 * (1 + optimizer slots per element)`
     bytes + `capacity * 24` (keys, LRU/LFU stamp, assigned rows) + the key
-    index (native: 36 to 68 bytes per row; `MutableHashTable`: about
+    index (native: 32 to 64 bytes per row; `MutableHashTable`: about
     `capacity * 40`, empty on the kernel path) + `sketch_depth * sketch_width * 8` + for
     LRU the eviction log, `capacity * 32`; for LFU `last_seen`, `capacity * 8`,
     and on the kernel path its buckets, 8 bytes an entry, at most

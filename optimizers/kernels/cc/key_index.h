@@ -56,14 +56,11 @@ class KeyIndex : public ::tensorflow::ResourceBase {
     mask_ = slots - 1;
     size_ = 0;
     capacity_ = capacity;
-    row_marks_.assign(capacity, -1);
     lfu_.Clear();
   }
 
   int64_t capacity() const { return capacity_; }
 
-  // Scratch for the ops: one int32 per row, each -1 whenever the lock is free.
-  std::vector<int32_t>& row_marks() { return row_marks_; }
   // Scratch for the unique op: empty whenever the lock is free.
   DistinctKeys& distinct_keys() { return distinct_keys_; }
   // The LFU eviction order (LFU tables; EmbedoptDynamicPolicy keeps it), forgotten by every Reset.
@@ -144,7 +141,6 @@ class KeyIndex : public ::tensorflow::ResourceBase {
   int64_t size_ = 0;
   int64_t capacity_ = 0;
   int64_t synced_step_ = kStale;
-  std::vector<int32_t> row_marks_;
   DistinctKeys distinct_keys_;
   LfuBuckets lfu_;
 };
