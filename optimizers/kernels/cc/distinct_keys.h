@@ -21,7 +21,10 @@ class DistinctKeys {
   // keys[0, n), counted 0, 1, 2, ... in first-occurrence order; returns how
   // many there are. unique() and counts() then hold them and their counts.
   int64_t Number(const int64_t* keys, int64_t n, int32_t* number) {
-    constexpr int64_t kAhead = 16;  // slots prefetched this many keys ahead
+    // Slots prefetched this many keys ahead: in a training step the set comes back cold from memory (the
+    // step's tables pass through the caches in between), and 16 ahead kept too few misses in flight
+    // (106k keys, caches flushed first: 0.87 ms at 16, 0.62 ms at 64; warm: 0.49 and 0.54 ms).
+    constexpr int64_t kAhead = 64;
     if (static_cast<int64_t>(unique_.size()) < n) {
       unique_.resize(n);
       counts_.resize(n);

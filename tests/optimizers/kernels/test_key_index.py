@@ -75,6 +75,28 @@ def test_unique_keeps_first_occurrence_order_over_batches_on_one_index(kernel_op
         np.testing.assert_array_equal(rows, -np.ones(len(want_unique), np.int64))
 
 
+def test_unique_of_large_batches_matches_first_occurrence(kernel_ops):
+    # Batches of 16k to 100k keys, so that slots are prefetched far ahead and the set grows several times within
+    # one batch; skewed ones too: keys that agree in their top bits (one half of a random set), one key repeated,
+    # a few keys over a long batch. Keys at the int64 extremes among them.
+    rng = np.random.default_rng(11)
+    index = _index()
+    row_keys = tf.Variable(np.zeros(8, np.int64))
+    spread = rng.integers(INT64_MIN, INT64_MAX, 120_000, dtype=np.int64, endpoint=True)
+    spread[:2] = [INT64_MIN, INT64_MAX]
+    first_part = spread[spread < 0]
+    batches = [rng.choice(spread[:30_000], 100_000), rng.choice(first_part, 40_000), spread[:16_384],
+               np.full(20_000, INT64_MIN, np.int64), rng.choice(np.concatenate([first_part[:50], spread[:9]]), 17_000)]
+    for keys in batches:
+        unique, position, counts, rows = (t.numpy() for t in ops.key_index_unique(
+            index, tf.constant(keys, tf.int64), row_keys, tf.constant(0, tf.int64), tf.constant(0, tf.int64)))
+        want_unique, want_position, want_counts = _first_occurrence(keys)
+        np.testing.assert_array_equal(unique, want_unique)
+        np.testing.assert_array_equal(position, want_position)
+        np.testing.assert_array_equal(counts, want_counts)
+        np.testing.assert_array_equal(rows, -np.ones(len(want_unique), np.int64))
+
+
 def test_updates_under_churn_match_a_dict(kernel_ops):
     # Capacity 64 in 128 slots, keys chosen to collide (multiples of 2**40 share low bits before hashing) and
     # thousands of removals: backward-shift deletion must keep every probe run intact.
@@ -137,11 +159,15 @@ def test_update_refuses_an_index_that_is_out_of_date(kernel_ops):
 
 
 @pytest.mark.parametrize("dtype", ["float32", "float64", "float16", "bfloat16"])
-def test_resident_lookup_and_its_gradient_match_numpy(kernel_ops, dtype):
+@pytest.mark.parametrize("num_keys, n", [(7, 3000), (600, 40_000)])
+def test_resident_lookup_and_its_gradient_match_numpy(kernel_ops, dtype, num_keys, n):
+    # 40,000 positions: the gradient's keys are cut into one range per thread, summed side by side.
     rng = np.random.default_rng(5)
-    table = rng.normal(size=(50, 3)).astype(np.float32)
-    rows = np.array([40, -1, 7, 0, -1, 13, 2], np.int64)  # distinct keys' rows, -1: no row
-    position = rng.integers(0, len(rows), 3000).astype(np.int32)
+    table = rng.normal(size=(num_keys * 7, 3)).astype(np.float32)
+    rows = rng.choice(len(table), num_keys, replace=False).astype(np.int64)  # distinct keys' rows, -1: no row
+    rows[rng.random(num_keys) < 0.3] = -1
+    rows[:4] = [0, -1, len(table) - 1, 7]
+    position = rng.integers(0, len(rows), n).astype(np.int32)
     position[:len(rows)] = np.arange(len(rows))
     var = tf.Variable(tf.cast(table, dtype))
     upstream = rng.normal(size=(len(position), 3)).astype(np.float32)
@@ -157,12 +183,12 @@ def test_resident_lookup_and_its_gradient_match_numpy(kernel_ops, dtype):
     np.testing.assert_array_equal(grad.indices.numpy(), np.sort(rows[rows >= 0]))  # one per key, ascending
     up = tf.cast(tf.cast(upstream, dtype), tf.float64).numpy()
     wide = np.float64 if dtype == "float64" else np.float32  # half types are summed in float32, rounded once
-    for k, row in enumerate(grad.indices.numpy()):
-        total = np.zeros(3, wide)  # from zero, in input order
-        for i in np.flatnonzero(key_rows == row):
-            total = (total + up[i].astype(wide)).astype(wide)
-        got = tf.cast(grad.values[k], tf.float64).numpy()
-        np.testing.assert_array_equal(got, tf.cast(tf.cast(total, dtype), tf.float64).numpy())
+    totals = np.zeros((len(rows), 3), wide)
+    np.add.at(totals, position, up.astype(wide))  # per key, from zero, one position after another in input order
+    key_of_row = {int(r): j for j, r in enumerate(rows) if r >= 0}
+    want_values = totals[[key_of_row[int(r)] for r in grad.indices.numpy()]]
+    np.testing.assert_array_equal(tf.cast(grad.values, tf.float64).numpy(),
+                                  tf.cast(tf.cast(want_values, dtype), tf.float64).numpy())
 
 
 def test_resident_lookup_names_bad_rows_and_positions(kernel_ops):
