@@ -58,6 +58,17 @@ void ParallelFor(OpKernelContext* ctx, int64_t total, int64_t cost_per_unit, con
                     [&fn](int64_t begin, int64_t end) { fn(begin, end); });
 }
 
+// Runs fn(unit) for unit in [0, units), each unit a task of its own on the
+// intra-op pool (the caller's thread takes part): for a few unlike pieces of
+// work that should run side by side.
+template <typename F>
+void RunUnits(OpKernelContext* ctx, int64_t units, const F& fn) {
+  ctx->device()->tensorflow_cpu_worker_threads()->workers->ParallelFor(
+      units, tsl::thread::ThreadPool::SchedulingParams::Fixed(1), [&fn](int64_t begin, int64_t end) {
+        for (int64_t unit = begin; unit < end; ++unit) fn(unit);
+      });
+}
+
 // ParallelFor bound to a kernel's context, for helpers that take a
 // `parallel_for(total, cost_per_unit, fn)`.
 struct IntraOpPool {

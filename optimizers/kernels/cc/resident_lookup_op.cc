@@ -9,9 +9,10 @@
 // The key index's unique op has already grouped the batch's keys (`position`
 // maps each occurrence to its distinct key), so neither op sorts the batch:
 // the gradient sorts the distinct rows only (a quarter of the batch in a Zipf
-// stream) and adds each occurrence to its row's sum. The sums are the same
-// bits as EmbedoptPooledLookupGrad's on bags of one: per row, from zero, in
-// input order.
+// stream) and adds each occurrence to its key's sum, the keys cut into one
+// range per thread, the sort beside them. The sums are the same bits as
+// EmbedoptPooledLookupGrad's on bags of one, whatever the thread count: per
+// row, from zero, in input order.
 #define EIGEN_USE_THREADS
 
 #include <algorithm>
@@ -163,8 +164,11 @@ class ResidentLookupGradOp : public OpKernel {
                                                         "position), got ", upstream.shape().DebugString())));
     const int64_t* rows = rows_in.flat<int64_t>().data();
     const int32_t* position = position_in.flat<int32_t>().data();
+    const int64_t width = RowWidth(upstream);
+    const T* up = upstream.flat<T>().data();
+    using C = ComputeType<T>;
 
-    // The distinct keys with a row, by ascending row: rank[j] is key j's entry, or m (a sink row past the end).
+    // The distinct keys with a row, by ascending row.
     std::vector<int64_t> resident, of_key;
     for (int64_t j = 0; j < u; ++j) {
       if (rows[j] >= 0) {
@@ -173,43 +177,69 @@ class ResidentLookupGradOp : public OpKernel {
       }
     }
     const int64_t m = static_cast<int64_t>(resident.size());
-    std::vector<int32_t> rank(u, static_cast<int32_t>(m));
     Tensor* rows_out = nullptr;
     OP_REQUIRES_OK(ctx, ctx->allocate_output(0, TensorShape({m}), &rows_out));
     int64_t* unique_rows = rows_out->flat<int64_t>().data();
-    {
+    Tensor* summed_t = nullptr;
+    OP_REQUIRES_OK(ctx, ctx->allocate_output(1, WithRows(m, upstream.shape()), &summed_t));
+    T* out = summed_t->flat<T>().data();
+
+    // sums[j] adds the upstream rows of key j's occurrences, in input order, by one thread (the same bits
+    // whatever the thread count): the keys are cut into one range per part, each part first lists the
+    // positions of its resident keys (without a branch), then adds them up. The rows' sort runs beside.
+    // Half types are summed in float and rounded once, as the pooled gradient does.
+    const int parts = n < kSplitAbove ? 1
+                                      : static_cast<int>(std::clamp<int64_t>(
+                                            ctx->device()->tensorflow_cpu_worker_threads()->num_threads, 1, 8));
+    ScratchBuffer<C> sums(u * width, /*slot=*/0);
+    std::vector<int32_t> entry(m);  // entry[k]: the key of the k-th row, ascending
+    bool distinct_rows = true;
+    auto sort_rows = [&] {
       const IdGroups sorted(resident.data(), m, SerialFor{});
-      OP_REQUIRES(ctx, sorted.size() == m, absl::InvalidArgumentError("rows holds a row twice"));
+      distinct_rows = sorted.size() == m;
+      if (!distinct_rows) return;
       for (int64_t k = 0; k < m; ++k) {
         const int64_t at = sorted.Position(sorted.Begin(k));
         unique_rows[k] = resident[at];
-        rank[of_key[at]] = static_cast<int32_t>(k);
+        entry[k] = static_cast<int32_t>(of_key[at]);
       }
-    }
-
-    Tensor* summed_t = nullptr;
-    OP_REQUIRES_OK(ctx, ctx->allocate_output(1, WithRows(m, upstream.shape()), &summed_t));
-    const int64_t width = RowWidth(upstream);
-    using C = ComputeType<T>;
-    // One thread adds every occurrence to its entry in input order (the same bits whatever the thread count),
-    // without a branch: occurrences of keys without a row go to the sink row m. Half types are summed in
-    // float and rounded once, as the pooled gradient does.
-    ScratchBuffer<C> acc((m + 1) * width, /*slot=*/0);
-    std::fill_n(acc.get(), (m + 1) * width, C(0));
-    const T* up = upstream.flat<T>().data();
-    WithRowWidth(width, [&](auto fixed) {
-      constexpr int64_t kWidth = decltype(fixed)::value;  // 0: only known at run time
-      const int64_t w = kWidth > 0 ? kWidth : width;
+    };
+    auto add_part = [&](int64_t part) {
+      const int64_t lo = u * part / parts, hi = u * (part + 1) / parts;
+      std::fill_n(sums.get() + lo * width, (hi - lo) * width, C(0));
+      ScratchBuffer<int32_t> mine(n, /*slot=*/1);
+      int64_t count = 0;
       for (int64_t i = 0; i < n; ++i) {
-        if (i + kPrefetchAhead < n) PrefetchRow(acc.get() + rank[position[i + kPrefetchAhead]] * w, w, true);
-        C* dst = acc.get() + rank[position[i]] * w;
-        const T* src = up + i * w;
-        for (int64_t e = 0; e < w; ++e) dst[e] += static_cast<C>(src[e]);
+        const int64_t j = position[i];
+        mine[count] = static_cast<int32_t>(i);
+        count += static_cast<int64_t>(j >= lo && j < hi && rows[j] >= 0);
       }
+      WithRowWidth(width, [&](auto fixed) {
+        constexpr int64_t kWidth = decltype(fixed)::value;  // 0: only known at run time
+        const int64_t w = kWidth > 0 ? kWidth : width;
+        for (int64_t c = 0; c < count; ++c) {
+          if (c + kPrefetchAhead < count) {
+            const int64_t ahead = mine[c + kPrefetchAhead];
+            PrefetchRow(sums.get() + position[ahead] * w, w, true);
+            if (parts > 1) PrefetchRow(up + ahead * w, w);
+          }
+          const int64_t i = mine[c];
+          C* dst = sums.get() + position[i] * w;
+          const T* src = up + i * w;
+          for (int64_t e = 0; e < w; ++e) dst[e] += static_cast<C>(src[e]);
+        }
+      });
+    };
+    RunUnits(ctx, parts + 1, [&](int64_t unit) { unit == 0 ? sort_rows() : add_part(unit - 1); });
+    OP_REQUIRES(ctx, distinct_rows, absl::InvalidArgumentError("rows holds a row twice"));
+    ParallelFor(ctx, m, 4 * width, [&](int64_t begin, int64_t end) {
+      for (int64_t k = begin; k < end; ++k) StoreRow(sums.get() + entry[k] * width, width, out + k * width);
     });
-    T* out = summed_t->flat<T>().data();
-    for (int64_t k = 0; k < m; ++k) StoreRow(acc.get() + k * width, width, out + k * width);
   }
+
+ private:
+  // Batches of fewer positions are summed on one thread.
+  static constexpr int64_t kSplitAbove = 16384;
 };
 #define EMBEDOPT_REGISTER_RESIDENT_LOOKUP(T)                                                                 \
   REGISTER_KERNEL_BUILDER(                                                                                   \
