@@ -210,3 +210,27 @@ def test_restore_at_the_same_step_rebuilds_the_native_index(tmp_path):
     native_keys, native_rows = (t.numpy() for t in second._native.export())
     assert dict(zip(native_keys.tolist(), native_rows.tolist())) == dict(
         zip(*(t.numpy().tolist() for t in first.key_to_row.export())))
+
+
+@pytest.mark.parametrize("eviction", ["lru", "lfu"])
+def test_native_index_holds_the_tables_keys_after_every_step(eviction):
+    # The policy kernel hands its index changes to the next unique op, which makes them beside its dedup; every
+    # other reader makes them first. After each step (keys that evict: 60 ids over 12 rows), read the index both
+    # ways: an export (which makes the changes) or an inference call (a unique op), against row_keys.
+    keys, coefs = _stream(9, 16, 16, np.arange(60, dtype=np.int64) * 7919 - 100)
+    layer, optimizer = _make(eviction=eviction, admit_after=1)
+    step = _step_fn(layer, optimizer, True)
+    probe = tf.constant(np.arange(60, dtype=np.int64) * 7919 - 100)
+    for t, (k, c) in enumerate(zip(keys, coefs)):
+        step(tf.constant(k), tf.constant(c))
+        used = int(layer.rows_in_use.numpy())
+        truth = {int(key): row for row, key in enumerate(layer.row_keys.numpy()[:used])}
+        if t % 2:
+            out = layer(probe, training=False).numpy()
+            table = layer.embeddings.numpy()
+            for key, row in zip(probe.numpy().tolist(), out):
+                want = table[truth[key]] if key in truth else np.zeros(3, np.float32)
+                np.testing.assert_array_equal(row, want, err_msg=f"key {key} after step {t}")
+        native_keys, native_rows = (x.numpy() for x in layer._native.export())
+        assert dict(zip(native_keys.tolist(), native_rows.tolist())) == truth, f"after step {t}"
+    assert layer.counters()["evictions"] > 0

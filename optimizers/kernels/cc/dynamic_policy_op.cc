@@ -15,6 +15,10 @@
 //      index's LFU buckets (lfu_buckets.h), both O(batch) amortized;
 //   4. new rows get U(-init_scale, init_scale) from Philox seeded by
 //      (seed, step), the values and order tf.random.stateless_uniform gives.
+//
+// The index's removals (evicted keys) and insertions (admitted keys) are
+// handed to the KeyIndex (KeyIndex::Defer): the next step's unique op makes
+// them beside its dedup, which leaves a core idle otherwise.
 #define EIGEN_USE_THREADS
 
 #include <algorithm>
@@ -181,6 +185,15 @@ __attribute__((optimize("fp-contract=off"))) void ScaleUniform(const uint32_t* b
   }
 }
 
+// A `parallel_for` that runs only [lo, hi) of its range, on the calling thread.
+struct RangeFor {
+  int64_t lo, hi;
+  template <typename F>
+  void operator()(int64_t total, int64_t /*cost_per_unit*/, const F& fn) const {
+    if (std::min(hi, total) > lo) fn(lo, std::min(hi, total));
+  }
+};
+
 // tf.random.stateless_uniform([n, dim], seed=(seed, step), minval=-scale,
 // maxval=scale) written to table rows `rows`: Philox keyed as
 // StatelessRandomGetKeyCounter keys it, element e from the (e / 4)-th output
@@ -248,6 +261,9 @@ class DynamicPolicyOp : public OpKernel {
                 absl::InvalidArgumentError(absl::StrCat("state must hold ", want, " variables for admit_after = ",
                                                         admit_after_, " and lfu = ", lfu_, ", got ", num_state_)));
   }
+
+  // The new rows' values are written in this many units.
+  static constexpr int kValueUnits = 3;
 
   void Compute(OpKernelContext* ctx) override {
     const Tensor& unique_in = ctx->input(1);
@@ -335,12 +351,9 @@ class DynamicPolicyOp : public OpKernel {
     std::vector<int64_t> touched;  // the rows this step reads or assigns: the LRU log's or LFU buckets' append
     std::vector<int64_t> candidates;
     touched.reserve(u);
+    candidates.reserve(u);
     int64_t total = 0, resident_total = 0;
     for (int64_t i = 0; i < u; ++i) {
-      // Rows, keys and index slots below are scattered over arrays of MBs: each loop asks for its lines ahead.
-      if (i + kPrefetchAhead < u && rows_before[i + kPrefetchAhead] >= 0) {
-        __builtin_prefetch(stamps + rows_before[i + kPrefetchAhead], 1);
-      }
       total += counts[i];
       const int64_t row = rows_before[i];
       if (row < 0) {
@@ -349,10 +362,21 @@ class DynamicPolicyOp : public OpKernel {
       }
       touched.push_back(row);
       resident_total += counts[i];
-      stamps[row] = lfu_ ? stamps[row] + counts[i] : step;
-      if (lfu_) last_seen[row] = step;
     }
     const int64_t num_resident = static_cast<int64_t>(touched.size());
+    // The resident rows' stamps: scattered over an array of MBs (each loop below asks for its lines ahead),
+    // one row per distinct key, so the threads never write the same one.
+    ParallelFor(ctx, u, 40, [&](int64_t begin, int64_t end) {
+      for (int64_t i = begin; i < end; ++i) {
+        if (i + kPrefetchAhead < end && rows_before[i + kPrefetchAhead] >= 0) {
+          __builtin_prefetch(stamps + rows_before[i + kPrefetchAhead], 1);
+        }
+        const int64_t row = rows_before[i];
+        if (row < 0) continue;
+        stamps[row] = lfu_ ? stamps[row] + counts[i] : step;
+        if (lfu_) last_seen[row] = step;
+      }
+    });
 
     // 2. Admission through the count-min sketch.
     if (sketch_t != nullptr) {
@@ -402,9 +426,9 @@ class DynamicPolicyOp : public OpKernel {
       if (j + kPrefetchAhead < num_evict) __builtin_prefetch(row_keys + new_rows[num_fresh + j + kPrefetchAhead], 0);
       evicted[j] = row_keys[new_rows[num_fresh + j]];
     }
-    // The index's removals and insertions, and the writes to the variables, the new rows' values and the
-    // eviction order's append, touch disjoint memory: they run side by side. (On the benchmark's evicting
-    // step, about 2 ms one after the other, 0.8-1.1 ms side by side.)
+    // The writes to the row variables with the eviction order's append, and the new rows' values (in
+    // thirds), touch disjoint memory: they run side by side, four units on the pool. (On the benchmark's
+    // evicting step, about 0.33 ms for the first unit, 0.5 ms for the values.)
     const int64_t dim = table_t->dim_size(1);
     float* table = table_t->flat<float>().data();
     absl::Status side_status;
@@ -420,12 +444,6 @@ class DynamicPolicyOp : public OpKernel {
         if (lfu_) last_seen[row] = step;
         state(kAssigned)[j] = row;
       }
-      // 4. The new rows' values.
-      if (init_scale_ > 0) {
-        UniformRows(SerialFor{}, table, dim, new_rows, seed_, step, init_scale_);
-      } else {
-        for (int64_t row : new_rows) std::fill(table + row * dim, table + (row + 1) * dim, 0.0f);
-      }
       touched.insert(touched.end(), new_rows.begin(), new_rows.end());
       if (lfu_) {
         index->lfu().Append(stamps, last_seen, touched, step, capacity);
@@ -433,21 +451,26 @@ class DynamicPolicyOp : public OpKernel {
         side_status = log.Append(touched, step);
       }
     };
-    auto update_index = [&] {
-      for (int64_t j = 0; j < num_evict; ++j) {
-        if (j + kPrefetchAhead < num_evict) index->Prefetch(evicted[j + kPrefetchAhead]);
-        index->Remove(evicted[j]);
-      }
-      for (int64_t j = 0; j < num_admit; ++j) {
-        if (j + kPrefetchAhead < num_admit) index->Prefetch(keys[candidates[j + kPrefetchAhead]]);
-        index->Insert(keys[candidates[j]], new_rows[j]);
+    // 4. The new rows' values, rows [lo, hi) of new_rows (the same bits however they are cut).
+    auto values = [&](int64_t lo, int64_t hi) {
+      if (init_scale_ > 0) {
+        UniformRows(RangeFor{lo, hi}, table, dim, new_rows, seed_, step, init_scale_);
+      } else {
+        for (int64_t j = lo; j < hi; ++j) std::fill(table + new_rows[j] * dim, table + (new_rows[j] + 1) * dim, 0.0f);
       }
     };
-    // Two units, one per thread, as the pooled lookup runs its grouping beside its gather.
-    ctx->device()->tensorflow_cpu_worker_threads()->workers->ParallelFor(
-        2, ::tsl::thread::ThreadPool::SchedulingParams::Fixed(1), [&](int64_t begin, int64_t end) {
-          for (int64_t unit = begin; unit < end; ++unit) unit == 0 ? update_index() : variables();
-        });
+    RunUnits(ctx, 1 + kValueUnits, [&](int64_t unit) {
+      if (unit == 0) {
+        variables();
+      } else {
+        values(num_admit * (unit - 1) / kValueUnits, num_admit * unit / kValueUnits);
+      }
+    });
+    // The index's removals and insertions wait for the next step's unique op, which makes them beside its
+    // dedup (every other reader of the index makes them first).
+    std::vector<std::pair<int64_t, int64_t>> inserted(num_admit);
+    for (int64_t j = 0; j < num_admit; ++j) inserted[j] = {keys[candidates[j]], new_rows[j]};
+    index->Defer(std::move(evicted), std::move(inserted));
     OP_REQUIRES_OK(ctx, side_status);
     index->set_synced_step(step);
     *state(kNumAssigned) = num_admit;

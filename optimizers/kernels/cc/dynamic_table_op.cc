@@ -4,7 +4,9 @@
 //   EmbedoptKeyIndexUnique  a batch's distinct keys in first-occurrence order,
 //                           each key's position among them, their counts and
 //                           rows (tf.unique_with_counts + a hash lookup, in one
-//                           op, with the distinct keys' probes in parallel);
+//                           op, with the distinct keys' probes in parallel; the
+//                           last policy step's index changes are made beside
+//                           the dedup);
 //   EmbedoptKeyIndexUpdate  one step's removals and insertions;
 //   EmbedoptKeyIndexExport  the entries (tests, debugging);
 //   EmbedoptKeyIndexReset   marks the index out of date (after a restore).
@@ -117,13 +119,17 @@ absl::Status ScalarInput(OpKernelContext* ctx, int i, const char* arg, int64_t* 
 }
 
 // Rebuilds `index` from row_keys[:rows_in_use] (inputs row_keys_input and the
-// two after it) unless it is stamped with `steps` already. Call with the
-// index's lock held.
-absl::Status EnsureInDate(OpKernelContext* ctx, KeyIndex* index, int row_keys_input) {
+// two after it) unless it is stamped with `steps` already; then the index's
+// deferred changes are made, unless `apply_deferred` is false (the caller
+// makes them). Call with the index's lock held.
+absl::Status EnsureInDate(OpKernelContext* ctx, KeyIndex* index, int row_keys_input, bool apply_deferred = true) {
   int64_t rows_in_use = 0, steps = 0;
   TF_RETURN_IF_ERROR(ScalarInput(ctx, row_keys_input + 1, "rows_in_use", &rows_in_use));
   TF_RETURN_IF_ERROR(ScalarInput(ctx, row_keys_input + 2, "steps", &steps));
-  if (index->synced_step() == steps && steps != KeyIndex::kStale) return absl::OkStatus();
+  if (index->synced_step() == steps && steps != KeyIndex::kStale) {
+    if (apply_deferred) index->ApplyDeferred();
+    return absl::OkStatus();
+  }
   TF_RETURN_IF_ERROR(CheckVariable<int64_t>(ctx, row_keys_input, "row_keys"));
   ::tensorflow::core::RefCountPtr<::tensorflow::Var> var;
   TF_RETURN_IF_ERROR(::tensorflow::LookupResource(ctx, ::tensorflow::HandleFromInput(ctx, row_keys_input), &var));
@@ -168,16 +174,20 @@ class KeyIndexUniqueOp : public OpKernel {
     ::tensorflow::core::RefCountPtr<KeyIndex> index;
     OP_REQUIRES_OK(ctx, GetKeyIndex(ctx, 0, &index));
     ::tensorflow::mutex_lock lock(*index->mu());
-    OP_REQUIRES_OK(ctx, EnsureInDate(ctx, index.get(), 2));
+    OP_REQUIRES_OK(ctx, EnsureInDate(ctx, index.get(), 2, /*apply_deferred=*/false));
 
     // Distinct keys in first-occurrence order, each key's number among them and
     // their counts: one pass through a set kept in the index (at 100k keys a
-    // step of a Zipf stream about a quarter are distinct).
+    // step of a Zipf stream about a quarter are distinct). It reads nothing of
+    // the index's table: the last policy step's removals and insertions are
+    // made beside it.
     Tensor* position_out = nullptr;
     OP_REQUIRES_OK(ctx, ctx->allocate_output(1, keys_in.shape(), &position_out));
     int32_t* position = position_out->flat<int32_t>().data();
     DistinctKeys& distinct = index->distinct_keys();
-    const int64_t u = distinct.Number(keys, n, position);
+    int64_t u = 0;
+    RunUnits(ctx, 2, [&](int64_t unit) { unit == 0 ? void(u = distinct.Number(keys, n, position))
+                                                   : index->ApplyDeferred(); });
     const int64_t* unique = distinct.unique();
 
     // Then each distinct key's row: independent random reads, in parallel, each prefetched a few keys ahead.
@@ -223,6 +233,7 @@ class KeyIndexUpdateOp : public OpKernel {
     const int64_t m = inserted.NumElements();
     const int64_t bad = FirstOutOfRange(rows, m, index->capacity());
     OP_REQUIRES(ctx, bad < 0, OutOfRange("inserted_rows", bad, bad < 0 ? 0 : rows[bad], index->capacity(), "the table"));
+    index->ApplyDeferred();
     for (int64_t key : absl::Span<const int64_t>(removed.flat<int64_t>().data(), removed.NumElements())) {
       index->Remove(key);
     }

@@ -11,6 +11,7 @@
 
 #include <cstdint>
 #include <string>
+#include <utility>
 #include <vector>
 
 #include "absl/strings/str_cat.h"
@@ -57,6 +58,34 @@ class KeyIndex : public ::tensorflow::ResourceBase {
     size_ = 0;
     capacity_ = capacity;
     lfu_.Clear();
+    removed_.clear();
+    inserted_.clear();
+  }
+
+  // A policy step's removals and insertions, kept to be made later, by
+  // ApplyDeferred: the policy op hands them over so that the next step's
+  // unique op makes them beside its dedup, which does not read the index.
+  // Every other reader of the index makes them first.
+  void Defer(std::vector<int64_t> removed_keys, std::vector<std::pair<int64_t, int64_t>> inserted) {
+    ApplyDeferred();
+    removed_ = std::move(removed_keys);
+    inserted_ = std::move(inserted);
+  }
+
+  // Removes the deferred keys, then inserts the deferred (key, row) pairs.
+  void ApplyDeferred() {
+    const int64_t num_removed = static_cast<int64_t>(removed_.size());
+    for (int64_t j = 0; j < num_removed; ++j) {
+      if (j + kAhead < num_removed) Prefetch(removed_[j + kAhead]);
+      Remove(removed_[j]);
+    }
+    const int64_t num_inserted = static_cast<int64_t>(inserted_.size());
+    for (int64_t j = 0; j < num_inserted; ++j) {
+      if (j + kAhead < num_inserted) Prefetch(inserted_[j + kAhead].first);
+      Insert(inserted_[j].first, inserted_[j].second);
+    }
+    removed_.clear();
+    inserted_.clear();
   }
 
   int64_t capacity() const { return capacity_; }
@@ -127,6 +156,7 @@ class KeyIndex : public ::tensorflow::ResourceBase {
 
  private:
   static constexpr int64_t kEmpty = -1;
+  static constexpr int64_t kAhead = 16;  // slots prefetched this many keys ahead
   struct Slot {
     int64_t key;
     int64_t row;
@@ -143,6 +173,8 @@ class KeyIndex : public ::tensorflow::ResourceBase {
   int64_t synced_step_ = kStale;
   DistinctKeys distinct_keys_;
   LfuBuckets lfu_;
+  std::vector<int64_t> removed_;                      // deferred removals
+  std::vector<std::pair<int64_t, int64_t>> inserted_;  // deferred insertions: (key, row)
 };
 
 // The KeyIndex that input `i` of the op names (created empty and out of date on first use).
