@@ -261,6 +261,10 @@ inline void PrefetchRow(const T* row, int64_t width, bool for_write = false) {
 
 // How many rows ahead the gather loops prefetch: enough to cover a DRAM miss.
 constexpr int64_t kPrefetchAhead = 16;
+// How many items ahead the dynamic table's loops over a step's distinct keys
+// prefetch: their arrays (key index, stamps, rows) come back cold from memory
+// in a training step, and each item is little work.
+constexpr int64_t kFarAhead = 32;
 
 // Calls fn(std::integral_constant<int64_t, W>) for the common row widths and
 // fn(std::integral_constant<int64_t, 0>) for any other (the caller then uses

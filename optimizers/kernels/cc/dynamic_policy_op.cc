@@ -368,8 +368,8 @@ class DynamicPolicyOp : public OpKernel {
     // one row per distinct key, so the threads never write the same one.
     ParallelFor(ctx, u, 40, [&](int64_t begin, int64_t end) {
       for (int64_t i = begin; i < end; ++i) {
-        if (i + kPrefetchAhead < end && rows_before[i + kPrefetchAhead] >= 0) {
-          __builtin_prefetch(stamps + rows_before[i + kPrefetchAhead], 1);
+        if (i + kFarAhead < end && rows_before[i + kFarAhead] >= 0) {
+          __builtin_prefetch(stamps + rows_before[i + kFarAhead], 1);
         }
         const int64_t row = rows_before[i];
         if (row < 0) continue;
@@ -423,7 +423,7 @@ class DynamicPolicyOp : public OpKernel {
     }
     std::vector<int64_t> evicted(num_evict);
     for (int64_t j = 0; j < num_evict; ++j) {
-      if (j + kPrefetchAhead < num_evict) __builtin_prefetch(row_keys + new_rows[num_fresh + j + kPrefetchAhead], 0);
+      if (j + kFarAhead < num_evict) __builtin_prefetch(row_keys + new_rows[num_fresh + j + kFarAhead], 0);
       evicted[j] = row_keys[new_rows[num_fresh + j]];
     }
     // The writes to the row variables with the eviction order's append, and the new rows' values (in
@@ -434,9 +434,9 @@ class DynamicPolicyOp : public OpKernel {
     absl::Status side_status;
     auto variables = [&] {
       for (int64_t j = 0; j < num_admit; ++j) {
-        if (j + kPrefetchAhead < num_admit) {
-          __builtin_prefetch(row_keys + new_rows[j + kPrefetchAhead], 1);
-          __builtin_prefetch(stamps + new_rows[j + kPrefetchAhead], 1);
+        if (j + kFarAhead < num_admit) {
+          __builtin_prefetch(row_keys + new_rows[j + kFarAhead], 1);
+          __builtin_prefetch(stamps + new_rows[j + kFarAhead], 1);
         }
         const int64_t i = candidates[j], row = new_rows[j];
         row_keys[row] = keys[i];

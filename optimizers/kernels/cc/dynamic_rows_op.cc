@@ -70,8 +70,8 @@ class FillRowsOp : public OpKernel {
       for (int64_t i = begin; i < end; ++i) {
         for (int k = 0; k < num_; ++k) {
           // Scattered rows: each write would first wait for its row's lines; ask for them a few rows ahead.
-          if (i + kPrefetchAhead < end) {
-            PrefetchRow(data[k] + rows[i + kPrefetchAhead] * width[k], width[k], /*for_write=*/true);
+          if (i + kFarAhead < end) {
+            PrefetchRow(data[k] + rows[i + kFarAhead] * width[k], width[k], /*for_write=*/true);
           }
           std::fill(data[k] + rows[i] * width[k], data[k] + (rows[i] + 1) * width[k], value[k]);
         }

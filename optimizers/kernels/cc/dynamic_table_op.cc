@@ -196,7 +196,7 @@ class KeyIndexUniqueOp : public OpKernel {
     int64_t* rows = rows_out->flat<int64_t>().data();
     ParallelFor(ctx, u, 150, [&](int64_t begin, int64_t end) {
       for (int64_t j = begin; j < end; ++j) {
-        if (j + kPrefetchAhead < end) index->Prefetch(unique[j + kPrefetchAhead]);
+        if (j + kFarAhead < end) index->Prefetch(unique[j + kFarAhead]);
         rows[j] = index->Find(unique[j]);
       }
     });

@@ -133,8 +133,8 @@ class ResidentLookupOp : public OpKernel {
     T* out = out_t->flat<T>().data();
     ParallelFor(ctx, n, 2 * width, [&](int64_t begin, int64_t end) {
       for (int64_t i = begin; i < end; ++i) {
-        if (i + kPrefetchAhead < end) {
-          const int64_t ahead = rows[position[i + kPrefetchAhead]];
+        if (i + kFarAhead < end) {
+          const int64_t ahead = rows[position[i + kFarAhead]];
           if (ahead >= 0) PrefetchRow(data + ahead * width, width);
         }
         const int64_t row = rows[position[i]];
@@ -218,8 +218,8 @@ class ResidentLookupGradOp : public OpKernel {
         constexpr int64_t kWidth = decltype(fixed)::value;  // 0: only known at run time
         const int64_t w = kWidth > 0 ? kWidth : width;
         for (int64_t c = 0; c < count; ++c) {
-          if (c + kPrefetchAhead < count) {
-            const int64_t ahead = mine[c + kPrefetchAhead];
+          if (c + kFarAhead < count) {
+            const int64_t ahead = mine[c + kFarAhead];
             PrefetchRow(sums.get() + position[ahead] * w, w, true);
             if (parts > 1) PrefetchRow(up + ahead * w, w);
           }
