@@ -186,8 +186,12 @@ class KeyIndexUniqueOp : public OpKernel {
     int32_t* position = position_out->flat<int32_t>().data();
     DistinctKeys& distinct = index->distinct_keys();
     int64_t u = 0;
-    RunUnits(ctx, 2, [&](int64_t unit) { unit == 0 ? void(u = distinct.Number(keys, n, position))
-                                                   : index->ApplyDeferred(); });
+    if (index->has_deferred()) {  // after a training step; not at inference, where a pool task costs latency
+      RunUnits(ctx, 2, [&](int64_t unit) { unit == 0 ? void(u = distinct.Number(keys, n, position))
+                                                     : index->ApplyDeferred(); });
+    } else {
+      u = distinct.Number(keys, n, position);
+    }
     const int64_t* unique = distinct.unique();
 
     // Then each distinct key's row: independent random reads, in parallel, each prefetched a few keys ahead.

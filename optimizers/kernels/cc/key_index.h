@@ -72,6 +72,8 @@ class KeyIndex : public ::tensorflow::ResourceBase {
     inserted_ = std::move(inserted);
   }
 
+  bool has_deferred() const { return !removed_.empty() || !inserted_.empty(); }
+
   // Removes the deferred keys, then inserts the deferred (key, row) pairs.
   void ApplyDeferred() {
     const int64_t num_removed = static_cast<int64_t>(removed_.size());
