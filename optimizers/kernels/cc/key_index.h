@@ -15,6 +15,7 @@
 #include <vector>
 
 #include "absl/strings/str_cat.h"
+#include "common.h"
 #include "distinct_keys.h"
 #include "lfu_buckets.h"
 #include "tensorflow/core/framework/op_kernel.h"
@@ -78,12 +79,12 @@ class KeyIndex : public ::tensorflow::ResourceBase {
   void ApplyDeferred() {
     const int64_t num_removed = static_cast<int64_t>(removed_.size());
     for (int64_t j = 0; j < num_removed; ++j) {
-      if (j + kAhead < num_removed) Prefetch(removed_[j + kAhead]);
+      if (j + kFarAhead < num_removed) Prefetch(removed_[j + kFarAhead]);
       Remove(removed_[j]);
     }
     const int64_t num_inserted = static_cast<int64_t>(inserted_.size());
     for (int64_t j = 0; j < num_inserted; ++j) {
-      if (j + kAhead < num_inserted) Prefetch(inserted_[j + kAhead].first);
+      if (j + kFarAhead < num_inserted) Prefetch(inserted_[j + kFarAhead].first);
       Insert(inserted_[j].first, inserted_[j].second);
     }
     removed_.clear();
@@ -158,7 +159,6 @@ class KeyIndex : public ::tensorflow::ResourceBase {
 
  private:
   static constexpr int64_t kEmpty = -1;
-  static constexpr int64_t kAhead = 16;  // slots prefetched this many keys ahead
   struct Slot {
     int64_t key;
     int64_t row;
